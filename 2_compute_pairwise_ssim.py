@@ -1,0 +1,67 @@
+"""Script 2: memorization score of each prompt and the threshold tau_mem (SPEC §3).
+
+Score: max pairwise MS-SSIM of the first-step noise differences of --samples_per_prompt
+seeds. Rows are written as each prompt finishes; at the end the threshold
+mean + 1 std over the prompts is printed and saved beside the output. Run it on
+non-memorized prompts to calibrate tau_mem (paper: 0.428), on memorized ones for detection.
+"""
+
+import json
+import logging
+
+import torch
+from tqdm import tqdm
+
+from utils import cli
+from utils.files import RowWriter, read_csv, read_prompts
+from utils.layers import value_layers
+from utils.models import load_pipeline, resolve_device
+from utils.noise import initial_latents, latent_shape, prompt_noise_difference
+from utils.score import check_ssim_size, pairwise_max_scores
+
+logger = logging.getLogger("2_compute_pairwise_ssim")
+SCORE_COLUMNS = ["Caption", "Memorization Score", "Sample Scores"]
+
+
+def memorization_threshold(scores) -> float:
+    """tau_mem = mean + 1 std (unbiased) of the per-prompt scores (SPEC §3)."""
+    scores = torch.as_tensor(list(scores), dtype=torch.float64)
+    return (scores.mean() + scores.std()).item()
+
+
+def main(argv=None) -> float:
+    parser = cli.parser_for(__doc__)
+    parser.add_argument("--prompts", default="prompts/unmemorized_laion_prompts.csv",
+                        help="prompt file (';'-separated, column Caption)")
+    parser.add_argument("--output", default="results/pairwise_ssim_per_prompt.csv",
+                        help="per-prompt scores (';' CSV); the threshold goes to <output>.threshold.json")
+    cli.add_model_args(parser)
+    cli.add_detection_args(parser)
+    cli.add_run_args(parser)
+    args = parser.parse_args(argv)
+    cli.setup_logging(args.log_level)
+
+    prompts = read_prompts(args.prompts)["Caption"].tolist()
+    pipe = load_pipeline(args.version, resolve_device(args.device))
+    layers = value_layers(pipe.unet)
+    shape = latent_shape(pipe.unet)
+    check_ssim_size(shape[-1], args.ssim_kernel_size)
+    latents = initial_latents(args.seed, args.samples_per_prompt, shape)  # [n, 4, h, w]
+    with RowWriter(args.output, SCORE_COLUMNS, cli.run_settings(args), args.resume) as writer:
+        for i in tqdm(cli.pending(len(prompts), writer.done, args.limit), desc="scoring", unit="prompt"):
+            noise = prompt_noise_difference(pipe, layers, prompts[i], num_inference_steps=args.num_inference_steps,
+                                            timestep_index=args.timestep_index, guidance_scale=args.guidance_scale)
+            per_sample = pairwise_max_scores(noise(latents)[0], args.ssim_kernel_size)
+            writer.write({"Caption": prompts[i], "Memorization Score": per_sample.max().item(),
+                          "Sample Scores": [round(s, 6) for s in per_sample.tolist()]})
+    scores = read_csv(args.output, tuple(SCORE_COLUMNS), "score file")["Memorization Score"]
+    threshold = memorization_threshold(scores)
+    with open(args.output + ".threshold.json", "w") as f:
+        json.dump(dict(threshold=threshold, mean=float(scores.mean()), std=float(scores.std()),
+                       num_prompts=len(scores)), f, indent=1)
+    print(f"memorization threshold (mean + 1 std of {len(scores)} prompts): {threshold:.4f}")
+    return threshold
+
+
+if __name__ == "__main__":
+    cli.run(main)

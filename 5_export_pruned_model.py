@@ -1,0 +1,49 @@
+"""Script 5: write a diffusers folder of the model with neurons permanently removed.
+
+The chosen neurons' rows of the value layers' weights are zeroed, which equals
+deactivating them with factor 0 (SPEC §1); StableDiffusionPipeline.from_pretrained
+loads the result like any checkpoint.
+"""
+
+import logging
+
+import torch
+
+from utils import cli, selection
+from utils.export import prune_value_neurons
+from utils.files import parse_neuron_set, read_results
+from utils.layers import count_neurons, layer_widths, value_layers
+from utils.models import load_pipeline, resolve_device
+
+logger = logging.getLogger("5_export_pruned_model")
+
+
+def main(argv=None) -> None:
+    parser = cli.parser_for(__doc__)
+    parser.add_argument("-o", "--output", required=True, help="folder to write the pruned pipeline to")
+    source = parser.add_argument_group("neurons to remove (one)").add_mutually_exclusive_group(required=True)
+    source.add_argument("--neurons", help="a neuron list such as '[[], [12], [], [], [], [], [3, 9]]'")
+    source.add_argument("-f", "--result_file", help="results of script 3: remove the union of all refined neurons")
+    parser.add_argument("--top_k", type=int, default=None,
+                        help="with --result_file: only the K most frequent refined neurons")
+    cli.add_model_args(parser)
+    parser.add_argument("--log_level", default="INFO", help="logging level")
+    args = parser.parse_args(argv)
+    cli.setup_logging(args.log_level)
+
+    # fp32 on every device, so the saved weights are full precision
+    pipe = load_pipeline(args.version, resolve_device(args.device), torch.float32)
+    widths = layer_widths(value_layers(pipe.unet))
+    if args.neurons:
+        neurons = parse_neuron_set(args.neurons, widths, "--neurons")
+    else:
+        refined = list(read_results(args.result_file, widths)["Refined Neurons"])
+        k = args.top_k if args.top_k is not None else len(selection.neuron_frequencies(refined))
+        neurons = selection.top_k_overall(refined, k)
+    prune_value_neurons(pipe.unet, neurons)
+    pipe.save_pretrained(args.output)
+    print(f"removed {count_neurons(neurons)} neurons; pruned model written to {args.output}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

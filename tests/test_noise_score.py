@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from utils.layers import value_layers
+from utils.noise import (NoiseDifference, UNetCounter, detection_timestep, initial_latents, normalize_maps,
+                         prompt_noise_difference)
+from utils.score import blocked_scores, check_ssim_size, memorization_score, ms_ssim, pairwise_max_scores
+
+KERNEL = 5
+
+
+def test_sd_detection_timestep_is_961(tiny_pipe):
+    assert int(detection_timestep(tiny_pipe.scheduler, 50, 1)) == 961
+
+
+def test_initial_latents_are_one_seeded_cpu_draw():
+    latents = initial_latents(1, 10, (4, 8, 8))
+    assert torch.equal(latents, torch.randn(10, 4, 8, 8, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(latents[:3], initial_latents(1, 3, (4, 8, 8)))
+
+
+def test_normalize_maps_sends_each_map_to_zero_one():
+    x = torch.randn(3, 4, 6, 6) * torch.arange(1, 13).reshape(3, 4, 1, 1)
+    y = normalize_maps(x)
+    assert torch.allclose(y.amin(dim=(-2, -1)), torch.zeros(3, 4))
+    assert torch.allclose(y.amax(dim=(-2, -1)), torch.ones(3, 4))
+    torch.testing.assert_close(y[1, 2], (x[1, 2] - x[1, 2].min()) / (x[1, 2].max() - x[1, 2].min()))
+
+
+@torch.no_grad()
+def test_noise_difference_is_normalized_eps_minus_latent_in_one_unet_call(tiny_pipe):
+    layers = value_layers(tiny_pipe.unet)
+    noise = prompt_noise_difference(tiny_pipe, layers, "the famous cat poster")
+    noise.counter = UNetCounter()
+    x = initial_latents(0, 3, (4, 24, 24))
+    sets = [[[]] * 7, [[1, 2]] + [[]] * 6]
+    deltas = noise(x, sets)
+    assert deltas.shape == (2, 3, 4, 24, 24)
+    assert (noise.counter.calls, noise.counter.sample_forwards) == (1, 6)
+    eps = tiny_pipe.unet(x, 961, encoder_hidden_states=noise.text_embedding.expand(3, -1, -1)).sample
+    torch.testing.assert_close(deltas[0], normalize_maps(eps - x), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(deltas[0], deltas[1])
+
+
+@torch.no_grad()
+def test_guided_noise_difference_combines_conditional_and_unconditional(tiny_pipe):
+    layers = value_layers(tiny_pipe.unet)
+    guided = prompt_noise_difference(tiny_pipe, layers, "a red cat", guidance_scale=3.0)
+    x = initial_latents(0, 2, (4, 24, 24))
+    unet = tiny_pipe.unet
+    cond = unet(x, 961, encoder_hidden_states=guided.text_embedding.expand(2, -1, -1)).sample
+    uncond = unet(x, 961, encoder_hidden_states=guided.uncond_embedding.expand(2, -1, -1)).sample
+    torch.testing.assert_close(guided(x)[0], normalize_maps(uncond + 3.0 * (cond - uncond) - x), rtol=1e-4, atol=1e-5)
+
+
+def test_ms_ssim_of_identical_maps_is_one():
+    x = torch.rand(4, 4, 24, 24)
+    torch.testing.assert_close(ms_ssim(x, x, KERNEL), torch.ones(4))
+    assert ms_ssim(x, torch.rand(4, 4, 24, 24), KERNEL).max() < 0.5
+
+
+@pytest.mark.parametrize("side,kernel", [(16, 5), (16, 3), (24, 7), (32, 11), (48, 13)])
+def test_latent_too_small_for_the_kernel_is_a_clear_error(side, kernel):
+    with pytest.raises(ValueError, match=f"latent of {side}x{side} is too small .*--ssim_kernel_size {kernel}"):
+        ms_ssim(torch.rand(2, 4, side, side), torch.rand(2, 4, side, side), kernel)
+
+
+@pytest.mark.parametrize("side,kernel", [(24, 5), (32, 7), (64, 11)])
+def test_accepted_sizes_run(side, kernel):
+    check_ssim_size(side, kernel)
+    ms_ssim(torch.rand(2, 4, side, side), torch.rand(2, 4, side, side), kernel)
+
+
+def test_pairwise_max_scores_match_brute_force():
+    torch.manual_seed(0)
+    base = torch.rand(1, 4, 24, 24)
+    # normalized maps (min 0, max 1), as noise differences are: MS-SSIM's data range is then 1 in any batch
+    deltas = normalize_maps(torch.cat([base + 0.05 * torch.rand(1, 4, 24, 24), torch.rand(3, 4, 24, 24), base]))
+    expected = torch.tensor([max(ms_ssim(deltas[i:i + 1], deltas[j:j + 1], KERNEL).item() for j in range(5) if j != i)
+                             for i in range(5)])
+    torch.testing.assert_close(pairwise_max_scores(deltas, KERNEL), expected)
+    assert memorization_score(deltas, KERNEL) == pytest.approx(expected.max().item())
+    assert expected[0] > 0.9 and expected[1] < 0.5
+
+
+def test_blocked_scores_take_the_max_over_samples():
+    unblocked = torch.rand(3, 4, 24, 24)
+    blocked = torch.stack([torch.rand(3, 4, 24, 24), torch.cat([torch.rand(2, 4, 24, 24), unblocked[2:]])])
+    scores = blocked_scores(unblocked, blocked, KERNEL)
+    assert scores[0] < 0.5 and scores[1] == pytest.approx(1.0, abs=1e-4)

@@ -1,0 +1,169 @@
+"""Each numbered script end to end on the tiny pipeline (CPU, no downloads)."""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from tests.conftest import TINY_KERNEL, upstream_file
+from utils.files import read_results
+from utils.hooks import deactivate_neurons
+from utils.layers import value_layers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+script = {n: importlib.import_module(name) for n, name in enumerate(
+    ["1_compute_activations_statistics", "2_compute_pairwise_ssim", "3_detect_memorized_neurons",
+     "4_generate_images", "5_export_pruned_model"], start=1)}
+FAST = ["--samples_per_prompt", "4", "--ssim_kernel_size", str(TINY_KERNEL)]
+
+
+@pytest.fixture(scope="module")
+def statistics(tiny_model_dir, prompt_files, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("stats") / "stats.pt")
+    script[1].main(["--prompts", prompt_files["unmemorized"], "--output", path, "-v", tiny_model_dir])
+    return path
+
+
+def localize(model, prompts, statistics, output, *extra):
+    # pairwise threshold 0 keeps every seed: the random tiny model's scores sit far below 0.428
+    script[3].main(["-v", model, "-d", prompts, "-o", output, "--statistics", statistics, "--limit", "2",
+                    "--pairwise_ssim_threshold", "0.0", *FAST, *extra])
+    return pd.read_csv(output, sep=";")
+
+
+def test_script1_writes_statistics_with_layer_names(statistics, tiny_model_dir):
+    data = torch.load(statistics)
+    assert data["num_prompts"] == 4 and data["model"] == tiny_model_dir
+    assert len(data["layer_names"]) == 7 and [len(m) for m in data["means"]] == [8, 8, 16, 16, 16, 16, 16]
+
+
+def test_script2_scores_each_prompt_and_prints_the_threshold(tiny_model_dir, prompt_files, tmp_path, capsys):
+    out = str(tmp_path / "scores.csv")
+    threshold = script[2].main(["--prompts", prompt_files["unmemorized"], "--output", out, "-v", tiny_model_dir, *FAST])
+    frame = pd.read_csv(out, sep=";")
+    assert len(frame) == 4 and frame["Memorization Score"].between(0, 1).all()
+    assert threshold == pytest.approx(frame["Memorization Score"].mean() + frame["Memorization Score"].std())
+    assert f"{threshold:.4f}" in capsys.readouterr().out
+    assert json.load(open(out + ".threshold.json"))["num_prompts"] == 4
+
+
+def test_script3_localizes_and_batching_changes_nothing(tiny_model_dir, prompt_files, statistics, tmp_path):
+    sequential = localize(tiny_model_dir, prompt_files["memorized"], statistics, str(tmp_path / "a.csv"),
+                          "--batch_candidates", "0")
+    batched = localize(tiny_model_dir, prompt_files["memorized"], statistics, str(tmp_path / "b.csv"),
+                       "--batch_candidates", "8")
+    assert list(sequential.columns[1:7]) == ["Caption", "URL", "Initial Neurons", "Initial SSIM",
+                                             "Refined Neurons", "Refined SSIM"]
+    # same decisions; scores agree to float precision (a U-Net batch of 8 sets sums in another order)
+    same = ["Caption", "Initial Neurons", "Refined Neurons"]
+    pd.testing.assert_frame_equal(sequential[same], batched[same])
+    for column in ("Initial SSIM", "Refined SSIM"):
+        assert (sequential[column] - batched[column]).abs().max() < 1e-5
+    assert (batched["UNet Sample Forwards"] > 0).all()
+    refined = read_results(str(tmp_path / "a.csv"), [8, 8, 16, 16, 16, 16, 16])["Refined Neurons"]
+    assert any(any(layer) for layer in refined)
+
+
+def test_script3_resume_after_a_crash_gives_the_same_file(tiny_model_dir, prompt_files, statistics, tmp_path,
+                                                          monkeypatch):
+    full = localize(tiny_model_dir, prompt_files["memorized"], statistics, str(tmp_path / "full.csv"))
+    crashed = str(tmp_path / "crashed.csv")
+    real, calls = script[3].localize_prompt, []
+
+    def crash_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(script[3], "localize_prompt", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        localize(tiny_model_dir, prompt_files["memorized"], statistics, crashed)
+    assert len(pd.read_csv(crashed, sep=";")) == 1
+    monkeypatch.setattr(script[3], "localize_prompt", real)
+    resumed = localize(tiny_model_dir, prompt_files["memorized"], statistics, crashed, "--resume")
+    columns = [c for c in full.columns if c != "Seconds"]
+    pd.testing.assert_frame_equal(full[columns], resumed[columns])
+    with pytest.raises(ValueError, match="other settings"):
+        localize(tiny_model_dir, prompt_files["memorized"], statistics, crashed, "--resume", "--seed", "3")
+
+
+@pytest.fixture(scope="module")
+def results(tiny_model_dir, prompt_files, statistics, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("results") / "results.csv")
+    localize(tiny_model_dir, prompt_files["memorized"], statistics, path)
+    return path
+
+
+GEN = ["--steps", "2", "-n", "2"]
+
+
+@pytest.mark.parametrize("mode", [[], ["--refined_neurons"], ["--initial_neurons"], ["--block_random_neurons"],
+                                  ["--block_top_k_neurons_per_layer", "1"], ["--block_top_k_neurons", "2"],
+                                  ["--block_top_k_neuron_subgroups", "1"]])
+def test_script4_generates_named_images_and_config(tiny_model_dir, results, prompt_files, tmp_path, mode):
+    out = str(tmp_path / "images")
+    script[4].main(["-v", tiny_model_dir, "-f", results, "-d", prompt_files["memorized"], "-o", out, *GEN, *mode])
+    assert sorted(f for f in os.listdir(out) if f.endswith(".jpg")) == [
+        f"img_{p:04d}_{s:02d}.jpg" for p in range(2) for s in range(2)]
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["num_samples"] == 2 and len(config["neurons"]) == 2
+
+
+def test_script4_type_filter_and_deactivation_change_images(tiny_model_dir, results, prompt_files, tmp_path):
+    plain, blocked = str(tmp_path / "plain"), str(tmp_path / "blocked")
+    args = ["-v", tiny_model_dir, "-f", results, "-d", prompt_files["memorized"], "--memorization_type", "VM", *GEN]
+    script[4].main([*args, "-o", plain])
+    script[4].main([*args, "-o", blocked, "--block_top_k_neurons", "40"])
+    assert sorted(os.listdir(plain)) == ["config.json"] + [f"img_{p:04d}_{s:02d}.jpg" for p in (0,) for s in range(2)]
+    from PIL import Image
+    import numpy as np
+    a = np.asarray(Image.open(os.path.join(plain, "img_0000_00.jpg")), dtype=float)
+    b = np.asarray(Image.open(os.path.join(blocked, "img_0000_00.jpg")), dtype=float)
+    assert np.abs(a - b).mean() > 0.5
+
+
+@torch.no_grad()
+def test_script5_pruned_model_equals_the_hooked_model(tiny_model_dir, tiny_pipe, tmp_path):
+    neurons = [[1], [], [0, 5], [], [], [], [3, 15]]
+    out = str(tmp_path / "pruned")
+    script[5].main(["-v", tiny_model_dir, "-o", out, "--neurons", str(neurons)])
+    pruned = StableDiffusionPipeline.from_pretrained(out).unet
+    x, text = torch.randn(2, 4, 24, 24), torch.randn(2, 77, 16)
+    with deactivate_neurons(value_layers(tiny_pipe.unet), neurons):
+        hooked = tiny_pipe.unet(x, 961, encoder_hidden_states=text).sample
+    torch.testing.assert_close(pruned(x, 961, encoder_hidden_states=text).sample, hooked, rtol=0, atol=0)
+
+
+def test_bad_inputs_are_one_line_errors(tiny_model_dir, prompt_files, statistics, tmp_path):
+    with pytest.raises(ValueError, match="prompt file .*missing.csv not found"):
+        script[3].main(["-v", tiny_model_dir, "-d", str(tmp_path / "missing.csv"), "--statistics", statistics])
+    with pytest.raises(ValueError, match="do not match the model's 7 value layers"):
+        script[3].main(["-v", tiny_model_dir, "-d", prompt_files["memorized"], "-o", str(tmp_path / "r.csv"),
+                        "--statistics", upstream_file("statistics_additional_laion_prompts_v1_4.pt")])
+    with pytest.raises(ValueError, match="latent of 24x24 is too small"):
+        script[2].main(["--prompts", prompt_files["unmemorized"], "--output", str(tmp_path / "s.csv"),
+                        "-v", tiny_model_dir])
+    with pytest.raises(ValueError, match="--neurons: malformed neuron list"):
+        script[5].main(["-v", tiny_model_dir, "-o", str(tmp_path / "p"), "--neurons", "[[1], []"])
+    with pytest.raises(ValueError, match="could not load model .*pass a local diffusers folder"):
+        script[1].main(["-v", str(tmp_path / "no_model"), "--prompts", prompt_files["unmemorized"]])
+
+
+def test_command_line_error_is_one_line(tmp_path):
+    run = subprocess.run([sys.executable, "3_detect_memorized_neurons.py", "-d", str(tmp_path / "x.csv")],
+                         cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [f"3_detect_memorized_neurons.py: error: prompt file {tmp_path / 'x.csv'} not found"]
+
+
+@pytest.mark.parametrize("n", range(1, 6))
+def test_help_shows_defaults(n):
+    run = subprocess.run([sys.executable, f"{script[n].__name__}.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0 and "(default:" in run.stdout

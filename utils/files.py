@@ -1,0 +1,101 @@
+"""Prompt files, results files and run settings in the authors' formats (SPEC §4, §7)."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import os
+
+import pandas as pd
+
+from utils.layers import NeuronSet, validate_neuron_set
+
+CSV_SEPARATOR = ";"  # the authors' prompt and results files
+PROMPT_COLUMN = "Caption"
+# Results columns of the authors' script 3, then the cost figures this suite adds.
+RESULT_COLUMNS = ["Caption", "URL", "Initial Neurons", "Initial SSIM", "Refined Neurons", "Refined SSIM"]
+COST_COLUMNS = ["Seconds", "UNet Sample Forwards", "Sets Scored"]
+
+
+def read_csv(path: str, required: tuple[str, ...] = (PROMPT_COLUMN,), what: str = "prompt file") -> pd.DataFrame:
+    """A ``;``-separated file (leading unnamed index column optional) with ``required`` columns."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path} not found")
+    frame = pd.read_csv(path, sep=CSV_SEPARATOR, keep_default_na=False)
+    frame = frame.drop(columns=[c for c in frame.columns if c.startswith("Unnamed:") or c == ""])
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} {path} has no column {missing[0]!r} (columns: {list(frame.columns)})")
+    return frame.reset_index(drop=True)
+
+
+def read_prompts(path: str) -> pd.DataFrame:
+    """Prompt file with at least ``Caption``; ``URL`` and ``type`` are kept when present."""
+    return read_csv(path)
+
+
+def parse_neuron_set(text, widths: list[int], source: str) -> NeuronSet:
+    """A results-file cell such as ``[[], [12], [], [], [], [], [3, 9]]`` as a neuron set."""
+    try:
+        value = ast.literal_eval(text) if isinstance(text, str) else text
+    except (ValueError, SyntaxError):
+        raise ValueError(f"{source}: malformed neuron list {str(text)!r:.80}; expected {len(widths)} lists of ints")
+    return validate_neuron_set(value, widths, source)
+
+
+def read_results(path: str, widths: list[int]) -> pd.DataFrame:
+    """Results of script 3 (ours or the authors'), neuron columns parsed into neuron sets."""
+    frame = read_csv(path, tuple(RESULT_COLUMNS), what="results file")
+    for column in ("Initial Neurons", "Refined Neurons"):
+        frame[column] = [parse_neuron_set(cell, widths, f"{path} row {i} column {column!r}")
+                         for i, cell in enumerate(frame[column])]
+    return frame
+
+
+class RowWriter:
+    """Appends rows to a ``;`` CSV, flushed one by one, so a killed run loses no finished row.
+
+    ``settings`` are kept in ``<path>.settings.json``; with ``resume`` the rows already
+    written are kept (``done`` counts them) and different settings are refused.
+    """
+
+    def __init__(self, path: str, columns: list[str], settings: dict, resume: bool):
+        self.path, self.columns = path, columns
+        settings_path = path + ".settings.json"
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.done = 0
+        if resume and os.path.exists(path):
+            previous = json.load(open(settings_path)) if os.path.exists(settings_path) else None
+            if previous != json.loads(json.dumps(settings)):
+                changed = sorted(k for k in settings if previous is None or previous.get(k) != settings[k])
+                raise ValueError(f"--resume: {path} was written with other settings ({', '.join(changed)}); "
+                                 "use the same flags or a new --output")
+            self.done = len(read_csv(path, tuple(columns), what="results file"))
+            self.file = open(path, "a", newline="")
+            self.writer = csv.writer(self.file, delimiter=CSV_SEPARATOR)
+        else:
+            self.file = open(path, "w", newline="")
+            self.writer = csv.writer(self.file, delimiter=CSV_SEPARATOR)
+            self._write([""] + columns)
+            with open(settings_path, "w") as f:
+                json.dump(settings, f, indent=1)
+        self.index = self.done
+
+    def _write(self, cells: list) -> None:
+        self.writer.writerow(cells)
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def write(self, row: dict) -> None:
+        self._write([self.index] + [row[c] for c in self.columns])
+        self.index += 1
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,91 @@
+"""The one place where forward hooks are registered: recording and deactivating neurons."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from utils.layers import NeuronSet
+
+# edit(output [batch, tokens, features], layer_name) -> new output, or None to keep it.
+Edit = Callable[[torch.Tensor, str], "torch.Tensor | None"]
+
+
+@contextmanager
+def edit_outputs(layers: dict[str, nn.Module], edit: Edit) -> Iterator[None]:
+    """Apply ``edit`` to the output of every layer in ``layers`` while the context is open.
+
+    Hooks are removed in reverse order on exit, also when the body raises.
+    """
+    handles = []
+    try:
+        for name, module in layers.items():
+            handles.append(module.register_forward_hook(lambda _m, _i, out, name=name: edit(out, name)))
+        yield
+    finally:
+        for handle in reversed(handles):
+            handle.remove()
+
+
+@contextmanager
+def record_outputs(layers: dict[str, nn.Module]) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Collect every output of each layer (detached), keyed by layer name, in call order."""
+    records: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+
+    def keep(output: torch.Tensor, name: str) -> None:
+        records[name].append(output.detach())
+
+    with edit_outputs(layers, keep):
+        yield records
+
+
+def neuron_masks(
+    neuron_sets: Sequence[NeuronSet], widths: list[int], factor: float, device, dtype
+) -> list[torch.Tensor | None]:
+    """Per layer a multiplier [n_sets, 1, 1, features] (None where no set touches the layer)."""
+    masks: list[torch.Tensor | None] = []
+    for layer, width in enumerate(widths):
+        if not any(neurons[layer] for neurons in neuron_sets):
+            masks.append(None)
+            continue
+        mask = torch.ones(len(neuron_sets), 1, 1, width, device=device, dtype=dtype)
+        for s, neurons in enumerate(neuron_sets):
+            mask[s, 0, 0, list(neurons[layer])] = factor
+        masks.append(mask)
+    return masks
+
+
+@contextmanager
+def deactivate_neurons(layers: dict[str, nn.Linear], neurons: NeuronSet, factor: float = 0.0) -> Iterator[None]:
+    """Scale the output features ``neurons`` of the value layers by ``factor`` (SPEC §1),
+    for every token and batch element of every call while the context is open."""
+    with deactivate_per_slice(layers, [neurons], factor):
+        yield
+
+
+@contextmanager
+def deactivate_per_slice(
+    layers: dict[str, nn.Linear], neuron_sets: Sequence[NeuronSet], factor: float = 0.0
+) -> Iterator[None]:
+    """Like ``deactivate_neurons`` with S sets: the batch is cut into S equal consecutive
+    slices and slice s gets ``neuron_sets[s]``, so S candidate sets share one U-Net call."""
+    widths = [layer.out_features for layer in layers.values()]
+    weight = next(iter(layers.values())).weight
+    masks = dict(zip(layers, neuron_masks(neuron_sets, widths, factor, weight.device, weight.dtype)))
+    n_sets = len(neuron_sets)
+
+    def scale(output: torch.Tensor, name: str) -> torch.Tensor | None:
+        mask = masks[name]
+        if mask is None:
+            return None
+        batch = output.shape[0]  # [batch, tokens, features]
+        if batch % n_sets:
+            raise ValueError(f"a batch of {batch} cannot be cut into {n_sets} neuron-set slices")
+        sliced = output.reshape(n_sets, batch // n_sets, *output.shape[1:])
+        return (sliced * mask).reshape(output.shape)
+
+    with edit_outputs(layers, scale):
+        yield

@@ -1,0 +1,60 @@
+"""Discovery of the cross-attention value layers (SPEC §1) and neuron sets over them."""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+# Cross-attention value projection of a transformer block (diffusers naming).
+VALUE_LAYER_SUFFIX = "attn2.to_v"
+# Parts of the U-Net whose value layers NeMo looks at, in execution order (SPEC §1).
+SEARCHED_BLOCKS = ("down_blocks", "mid_block")
+
+# One list of neuron indices per value layer, e.g. [[], [17], [], [], [3, 250], [], []].
+NeuronSet = list[list[int]]
+
+
+def _execution_key(name: str) -> tuple:
+    block = name.split(".")[0]
+    numbers = tuple(int(n) for n in re.findall(r"\.(\d+)(?=\.|$)", name))
+    return (SEARCHED_BLOCKS.index(block),) + numbers
+
+
+def value_layers(unet: nn.Module) -> dict[str, nn.Linear]:
+    """Dotted name -> ``attn2.to_v`` of the down and mid blocks, in execution order.
+
+    SD v1.x: 7 layers of 320, 320, 640, 640, 1280, 1280, 1280 output features.
+    """
+    found = {
+        name: module
+        for name, module in unet.named_modules()
+        if name.endswith(VALUE_LAYER_SUFFIX) and name.split(".")[0] in SEARCHED_BLOCKS
+    }
+    if not found:
+        raise ValueError(f"the U-Net has no {VALUE_LAYER_SUFFIX} layers in {SEARCHED_BLOCKS}")
+    return {name: found[name] for name in sorted(found, key=_execution_key)}
+
+
+def layer_widths(layers: dict[str, nn.Linear]) -> list[int]:
+    return [layer.out_features for layer in layers.values()]
+
+
+def empty_set(num_layers: int) -> NeuronSet:
+    return [[] for _ in range(num_layers)]
+
+
+def count_neurons(neurons: NeuronSet) -> int:
+    return sum(len(layer) for layer in neurons)
+
+
+def validate_neuron_set(neurons, widths: list[int], source: str = "neuron list") -> NeuronSet:
+    """``neurons`` as a list of per-layer int lists, or a ValueError naming ``source``."""
+    if not isinstance(neurons, (list, tuple)) or len(neurons) != len(widths):
+        raise ValueError(f"{source}: expected a list of {len(widths)} lists of neuron indices, got {neurons!r:.80}")
+    result = []
+    for layer, (indices, width) in enumerate(zip(neurons, widths)):
+        if not isinstance(indices, (list, tuple)) or not all(isinstance(i, int) and 0 <= i < width for i in indices):
+            raise ValueError(f"{source}: layer {layer} must list ints in [0, {width}), got {indices!r:.80}")
+        result.append(list(indices))
+    return result

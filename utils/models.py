@@ -1,0 +1,58 @@
+"""Loading a Stable Diffusion checkpoint: hub id, version alias or local diffusers folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+logger = logging.getLogger(__name__)
+
+# The authors' `-v/--version` values (their scripts) and the hub ids they stand for.
+MODEL_VERSIONS = {
+    "v1-4": "CompVis/stable-diffusion-v1-4",
+    "v1-5": "runwayml/stable-diffusion-v1-5",
+}
+
+
+class ModelNotFoundError(ValueError):
+    """The checkpoint is neither a local folder nor loadable from the hub (or its cache)."""
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """``name`` if given, else cuda when available, else cpu."""
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp16 on CUDA (the paper's setting, SPEC §1), fp32 elsewhere."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def model_source(version: str) -> str:
+    """Hub id or folder for ``version`` (an alias of ``MODEL_VERSIONS``, a hub id or a path)."""
+    return MODEL_VERSIONS.get(version, version)
+
+
+def load_pipeline(version: str, device: torch.device, dtype: torch.dtype | None = None) -> StableDiffusionPipeline:
+    """The checkpoint's pipeline on ``device`` with a DDIM scheduler and no safety checker."""
+    source = model_source(version)
+    dtype = dtype or default_dtype(device)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            source, torch_dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+    except (OSError, ValueError) as error:
+        where = "folder" if os.path.isdir(source) else "hub id"
+        raise ModelNotFoundError(
+            f"could not load model {version!r} ({where} {source!r}): {str(error).splitlines()[0]} "
+            "-- without network access pass a local diffusers folder with -v/--version PATH"
+        ) from error
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    logger.info("loaded %s on %s (%s)", source, device, dtype)
+    return pipe.to(device)

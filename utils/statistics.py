@@ -1,0 +1,102 @@
+"""Text-only neuron activations and their hold-out statistics (SPEC §2, script 1)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+# Prompts per text-encoder batch in script 1 (text only, so large batches are cheap).
+STATISTICS_BATCH_SIZE = 64
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+    """Last hidden state of the text encoder, padded to max_length: [n, 77, dim]."""
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    return text_encoder(ids.to(text_encoder.device))[0]
+
+
+@torch.no_grad()
+def text_activations(layers: dict[str, nn.Linear], embeddings: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer the token-averaged |to_v(embedding)|: list of [n, features], float32.
+
+    The value layers only read the text embedding, so this equals what they output
+    inside any U-Net pass, averaged over the 77 tokens.
+    """
+    return [layer(embeddings).abs().mean(dim=1).float() for layer in layers.values()]
+
+
+@dataclass
+class NeuronStatistics:
+    """Per-layer mean and unbiased std of the activations over hold-out prompts."""
+
+    means: list[torch.Tensor]  # per layer [features]
+    stds: list[torch.Tensor]  # per layer [features]
+    layer_names: list[str] | None = None  # None for the authors' (means, stds) files
+    model: str | None = None
+    num_prompts: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def z_scores(self, activations: list[torch.Tensor]) -> list[torch.Tensor]:
+        """(a - mean) / std per layer; ``activations`` per layer [..., features]."""
+        return [(a.cpu() - m) / s for a, m, s in zip(activations, self.means, self.stds)]
+
+
+@torch.no_grad()
+def compute_statistics(pipe, layers: dict[str, nn.Linear], prompts: list[str], model: str,
+                       batch_size: int = STATISTICS_BATCH_SIZE) -> NeuronStatistics:
+    """Mean and std per neuron over ``prompts``, accumulated in float64 without a U-Net pass."""
+    if len(prompts) < 2:
+        raise ValueError(f"statistics need at least 2 prompts, got {len(prompts)}")
+    sums = sumsq = None
+    for start in tqdm(range(0, len(prompts), batch_size), desc="statistics", unit="batch"):
+        embeddings = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts[start:start + batch_size])
+        acts = [a.double().cpu() for a in text_activations(layers, embeddings)]
+        if sums is None:
+            sums = [a.sum(0) for a in acts]
+            sumsq = [(a * a).sum(0) for a in acts]
+        else:
+            sums = [s + a.sum(0) for s, a in zip(sums, acts)]
+            sumsq = [s + (a * a).sum(0) for s, a in zip(sumsq, acts)]
+    n = len(prompts)
+    means = [s / n for s in sums]
+    stds = [((q - n * m * m) / (n - 1)).clamp_min(0).sqrt() for q, m in zip(sumsq, means)]
+    return NeuronStatistics([m.float() for m in means], [s.float() for s in stds], list(layers), model, n)
+
+
+def save_statistics(stats: NeuronStatistics, path: str) -> None:
+    torch.save(dict(means=stats.means, stds=stats.stds, layer_names=stats.layer_names,
+                    model=stats.model, num_prompts=stats.num_prompts), path)
+
+
+def load_statistics(path: str, layers: dict[str, nn.Linear]) -> NeuronStatistics:
+    """Read our file or the authors' ``(means, stds)`` pair and check it against ``layers``."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"statistics file {path} not found; compute it with 1_compute_activations_statistics.py")
+    if isinstance(data, dict) and {"means", "stds"} <= data.keys():
+        stats = NeuronStatistics(list(data["means"]), list(data["stds"]), data.get("layer_names"),
+                                 data.get("model"), data.get("num_prompts"))
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        stats = NeuronStatistics(list(data[0]), list(data[1]))
+    else:
+        raise ValueError(f"{path}: expected (means, stds) or a dict with 'means' and 'stds'")
+    widths = [layer.out_features for layer in layers.values()]
+    got = [len(m) for m in stats.means]
+    if got != widths or [len(s) for s in stats.stds] != widths:
+        raise ValueError(f"{path}: statistics of {len(got)} layers with widths {got} do not match the model's "
+                         f"{len(widths)} value layers with widths {widths}")
+    if stats.layer_names is not None and list(stats.layer_names) != list(layers):
+        raise ValueError(f"{path}: statistics were computed for layers {stats.layer_names}, the model has {list(layers)}")
+    stats.means = [m.float() for m in stats.means]
+    stats.stds = [s.float() for s in stats.stds]
+    return stats
