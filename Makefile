@@ -1,0 +1,26 @@
+# The two commands of the README: `make demo` (main job on the built-in test bed) and
+# `make test` (the test suite). Both create the virtual environment on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RUN := PYTHONPATH=. $(PY)
+
+.PHONY: demo test testbed benchmark
+
+$(VENV)/installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+demo: $(VENV)/installed
+	$(RUN) -m testbed.table1
+
+test: $(VENV)/installed
+	$(RUN) -m pytest -q
+
+# Retrain the built-in test bed from scratch (about 1 h on 2 CPU cores).
+testbed: $(VENV)/installed
+	$(RUN) -m testbed.train_testbed --output testbed
+
+benchmark: $(VENV)/installed
+	$(RUN) -m benchmarks.localization
