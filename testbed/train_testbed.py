@@ -1,0 +1,231 @@
+"""Train the built-in test bed: a tiny SD-shaped model that memorizes some captions.
+
+Deterministic (seeded) and CPU-friendly. Writes, under ``--output`` (default ``testbed/``):
+* ``model/``: a diffusers folder (``StableDiffusionPipeline.from_pretrained`` loads it);
+* ``prompts/``: prompt files in the authors' CSV format (memorized, unmemorized, additional);
+* ``originals/``: the training image of each memorized prompt, ``{index:04d}.png``.
+
+Usage: ``python -m testbed.train_testbed [--unet-steps N]`` (``make testbed``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, StableDiffusionPipeline
+from PIL import Image
+
+from testbed import synthetic_data as data
+from utils.testbed import TinySize, build_components
+
+logger = logging.getLogger(__name__)
+
+TESTBED_SIZE = TinySize(
+    unet_channels=(16, 32, 32, 32),
+    norm_groups=8,
+    attention_heads=4,
+    text_width=64,
+    text_layers=2,
+    vae_channels=(16, 32),
+    latent_size=24,  # 48 px images; 24 is the smallest latent MS-SSIM (3 scales, kernel 5) accepts
+    cross_attention_only_first_level=True,
+)
+SEED = 0
+BATCH_SIZE = 32
+VAE_STEPS = 800
+UNET_STEPS = 2500
+LEARNING_RATE = 5e-4
+# Share of each batch per caption kind; the rest is ordinary captions.
+VM_SHARE, TM_SHARE = 0.35, 0.15
+CAPTION_DROPOUT = 0.1  # empty caption, so classifier-free guidance works
+# NeMo reads memorization off the first DDIM step (t=961), where the epsilon loss barely
+# depends on the caption (it scales with alpha_bar ~ 0.007). So half of each batch draws t
+# from the high-noise range, and the loss is weighted by 1/SNR there (capped): the test bed
+# then memorizes where the detector looks, as SD v1.4 does after its long training.
+HIGH_T_SHARE, HIGH_T_START = 0.5, 800
+MAX_LOSS_WEIGHT = 10.0
+DETECTION_TIMESTEP = 961  # SD's DDIM-50 timestep index 1 (SPEC §3)
+
+
+class Sampler:
+    """Draws training batches (images [B, 3, 48, 48] in [-1, 1], captions) from the mixture."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.ordinary, _ = data.split_ordinary(seed)
+        self.vm_images = [data.render_vm(i, seed) for i in range(len(data.VM_NAMES))]
+
+    def draw(self, batch_size: int) -> tuple[torch.Tensor, list[str]]:
+        images, captions = [], []
+        for _ in range(batch_size):
+            u = self.rng.random()
+            if u < VM_SHARE:
+                i = int(self.rng.integers(len(data.VM_NAMES)))
+                images.append(self.vm_images[i])
+                captions.append(data.vm_caption(i))
+            elif u < VM_SHARE + TM_SHARE:
+                t, v = self.rng.integers(len(data.TM_TEMPLATES)), self.rng.integers(len(data.TM_VARIANTS))
+                images.append(data.render_tm(int(t), self.rng, self.seed))
+                captions.append(data.tm_caption(int(t), int(v)))
+            else:
+                combo = self.ordinary[self.rng.integers(len(self.ordinary))]
+                images.append(data.render_ordinary(combo, self.rng))
+                captions.append(data.ordinary_caption(combo))
+            if self.rng.random() < CAPTION_DROPOUT:
+                captions[-1] = ""
+        return to_tensor(np.stack(images)), captions
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def train_vae(vae, sampler: Sampler, steps: int) -> None:
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    for step in range(steps):
+        x, _ = sampler.draw(BATCH_SIZE)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            logger.info("vae step %d/%d loss %.4f", step, steps, loss.item())
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(sampler.draw(BATCH_SIZE)[0]).latent_dist.mode() for _ in range(8)])
+    vae.register_to_config(scaling_factor=float(1 / latents.std()))
+    logger.info("vae scaling factor %.4f", vae.config.scaling_factor)
+
+
+def encode_text(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    return text_encoder(ids)[0]
+
+
+@torch.no_grad()
+def memorization_check(components, sampler: Sampler) -> float:
+    """Go/no-go: mean cosine, over VM prompts and 4 seeds, between eps_pred - x_T and the
+    ideal -sqrt(a)/sqrt(1-a) * x0 at the detection timestep."""
+    unet, vae, scheduler = components["unet"], components["vae"], components["scheduler"]
+    alpha = scheduler.alphas_cumprod[DETECTION_TIMESTEP]
+    x0 = vae.encode(to_tensor(np.stack(sampler.vm_images))).latent_dist.mode() * vae.config.scaling_factor
+    emb = encode_text(components["tokenizer"], components["text_encoder"],
+                      [data.vm_caption(i) for i in range(len(x0))])
+    cosines = []
+    for seed in range(4):
+        x_t = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+        eps = unet(x_t, DETECTION_TIMESTEP, encoder_hidden_states=emb).sample
+        ideal = -(alpha.sqrt() / (1 - alpha).sqrt()) * x0
+        cosines.append(F.cosine_similarity((eps - x_t).flatten(1), ideal.flatten(1)))
+    return torch.cat(cosines).mean().item()
+
+
+def train_unet(components, sampler: Sampler, steps: int, save) -> None:
+    unet, text_encoder, vae = components["unet"], components["text_encoder"], components["vae"]
+    scheduler = components["scheduler"]
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0)
+    warmup = 100
+    lr_at = lambda s: LEARNING_RATE * min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / steps)))
+    generator = torch.Generator().manual_seed(SEED)
+    start = time.time()
+    for step in range(steps):
+        images, captions = sampler.draw(BATCH_SIZE)
+        with torch.no_grad():
+            latents = vae.encode(images).latent_dist.mode() * vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=generator)
+        high = torch.rand(BATCH_SIZE, generator=generator) < HIGH_T_SHARE
+        t = torch.where(high, torch.randint(HIGH_T_START, scheduler.config.num_train_timesteps, (BATCH_SIZE,), generator=generator),
+                        torch.randint(0, scheduler.config.num_train_timesteps, (BATCH_SIZE,), generator=generator))
+        noisy = scheduler.add_noise(latents, noise, t)
+        pred = unet(noisy, t, encoder_hidden_states=encode_text(components["tokenizer"], text_encoder, captions)).sample
+        alpha = scheduler.alphas_cumprod[t]
+        weight = ((1 - alpha) / alpha).clamp(1.0, MAX_LOSS_WEIGHT)  # [B]: 1/SNR, between 1 and the cap
+        loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 50 == 0:
+            rate = (time.time() - start) / (step + 1)
+            logger.info("unet step %d/%d loss %.4f (%.2f s/step, %.0f min left)",
+                        step, steps, loss.item(), rate, rate * (steps - step) / 60)
+        if (step + 1) % 500 == 0 or step == steps - 1:
+            unet.eval(), text_encoder.eval()
+            logger.info("step %d: VM go/no-go cosine %.3f", step + 1, memorization_check(components, sampler))
+            save()
+            unet.train(), text_encoder.train()
+
+
+def write_prompts(directory: str, seed: int) -> None:
+    """Prompt files in the authors' format (``;``-separated, leading unnamed index column)."""
+    os.makedirs(os.path.join(directory, "prompts"), exist_ok=True)
+    os.makedirs(os.path.join(directory, "originals"), exist_ok=True)
+    rows = []
+    for i in range(len(data.VM_NAMES)):
+        rows.append(dict(Caption=data.vm_caption(i), URL=f"testbed:vm/{i}", type="VM"))
+        Image.fromarray(data.render_vm(i, seed)).save(os.path.join(directory, "originals", f"{len(rows) - 1:04d}.png"))
+    rng = np.random.default_rng([seed, 3])
+    for t in range(len(data.TM_TEMPLATES)):
+        for v in range(len(data.TM_VARIANTS)):
+            rows.append(dict(Caption=data.tm_caption(t, v), URL=f"testbed:tm/{t}", type="TM"))
+            image = data.render_tm(t, rng, seed)
+            Image.fromarray(image).save(os.path.join(directory, "originals", f"{len(rows) - 1:04d}.png"))
+    memorized = pd.DataFrame(rows)
+    memorized["mean_sscd"] = np.nan
+    memorized["max_sscd"] = np.nan
+    memorized["Index"] = range(len(memorized))
+    memorized.to_csv(os.path.join(directory, "prompts", "memorized_prompts.csv"), sep=";")
+    train, held = data.split_ordinary(seed)
+    for name, combos in (("unmemorized_prompts.csv", held), ("additional_prompts.csv", train)):
+        frame = pd.DataFrame(dict(Caption=[data.ordinary_caption(c) for c in combos], URL="", Index=range(len(combos))))
+        frame.to_csv(os.path.join(directory, "prompts", name), sep=";")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default="testbed", help="folder to write model/, prompts/, originals/ (default: testbed)")
+    parser.add_argument("--vae-steps", type=int, default=VAE_STEPS, help=f"autoencoder steps (default: {VAE_STEPS})")
+    parser.add_argument("--unet-steps", type=int, default=UNET_STEPS, help=f"U-Net + text encoder steps (default: {UNET_STEPS})")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--vae-from", default=None,
+                        help="load the autoencoder from this folder instead of training it (same result: "
+                             "the U-Net phase has its own random streams)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(SEED)
+    components = build_components(data.vocabulary(), os.path.join(args.output, "build"), TESTBED_SIZE, seed=SEED)
+    write_prompts(args.output, SEED)
+    if args.vae_from:
+        components["vae"] = AutoencoderKL.from_pretrained(args.vae_from).eval().requires_grad_(False)
+    else:
+        train_vae(components["vae"], Sampler(SEED), args.vae_steps)
+    sampler = Sampler(SEED + 1)
+
+    def save():
+        pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+        pipe.save_pretrained(os.path.join(args.output, "model"))
+        logger.info("saved %s", os.path.join(args.output, "model"))
+
+    train_unet(components, sampler, args.unet_steps, save)
+
+
+if __name__ == "__main__":
+    main()
