@@ -23,8 +23,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch_size", type=int, default=STATISTICS_BATCH_SIZE, help="prompts per text-encoder batch")
     cli.add_model_args(parser)
     cli.add_run_args(parser, resumable=False)
-    args = parser.parse_args(argv)
-    cli.setup_logging(args.log_level)
+    args = cli.parse(parser, argv)
 
     prompts = read_prompts(args.prompts)["Caption"].tolist()[: args.limit]
     pipe = load_pipeline(args.version, resolve_device(args.device))

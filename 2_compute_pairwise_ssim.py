@@ -14,10 +14,8 @@ from tqdm import tqdm
 
 from utils import cli
 from utils.files import RowWriter, read_csv, read_prompts
-from utils.layers import value_layers
-from utils.models import load_pipeline, resolve_device
-from utils.noise import initial_latents, latent_shape, prompt_noise_difference
-from utils.score import check_ssim_size, pairwise_max_scores
+from utils.noise import initial_latents, prompt_noise_difference
+from utils.score import pairwise_max_scores
 
 logger = logging.getLogger("2_compute_pairwise_ssim")
 SCORE_COLUMNS = ["Caption", "Memorization Score", "Sample Scores"]
@@ -38,14 +36,10 @@ def main(argv=None) -> float:
     cli.add_model_args(parser)
     cli.add_detection_args(parser)
     cli.add_run_args(parser)
-    args = parser.parse_args(argv)
-    cli.setup_logging(args.log_level)
+    args = cli.parse(parser, argv)
 
     prompts = read_prompts(args.prompts)["Caption"].tolist()
-    pipe = load_pipeline(args.version, resolve_device(args.device))
-    layers = value_layers(pipe.unet)
-    shape = latent_shape(pipe.unet)
-    check_ssim_size(shape[-1], args.ssim_kernel_size)
+    pipe, layers, shape = cli.load_detection_model(args)
     latents = initial_latents(args.seed, args.samples_per_prompt, shape)  # [n, 4, h, w]
     with RowWriter(args.output, SCORE_COLUMNS, cli.run_settings(args), args.resume) as writer:
         for i in tqdm(cli.pending(len(prompts), writer.done, args.limit), desc="scoring", unit="prompt"):

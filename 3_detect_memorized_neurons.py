@@ -12,11 +12,9 @@ from tqdm import tqdm
 
 from utils import cli
 from utils.files import COST_COLUMNS, RESULT_COLUMNS, RowWriter, read_prompts
-from utils.layers import count_neurons, value_layers
+from utils.layers import count_neurons
 from utils.localization import localize_prompt
-from utils.models import load_pipeline, resolve_device
-from utils.noise import latent_shape, prompt_noise_difference
-from utils.score import check_ssim_size
+from utils.noise import prompt_noise_difference
 from utils.statistics import encode_prompts, load_statistics, text_activations
 
 logger = logging.getLogger("3_detect_memorized_neurons")
@@ -34,16 +32,12 @@ def main(argv=None) -> None:
     cli.add_detection_args(parser)
     cli.add_localization_args(parser)
     cli.add_run_args(parser)
-    args = parser.parse_args(argv)
-    cli.setup_logging(args.log_level)
+    args = cli.parse(parser, argv)
     settings = cli.localization_settings(args)
 
     frame = read_prompts(args.dataset)
-    pipe = load_pipeline(args.version, resolve_device(args.device))
-    layers = value_layers(pipe.unet)
+    pipe, layers, shape = cli.load_detection_model(args)
     stats = load_statistics(args.statistics, layers)
-    shape = latent_shape(pipe.unet)
-    check_ssim_size(shape[-1], args.ssim_kernel_size)
     output = cli.versioned_path(args.output, args.version)
     totals = dict(seconds=0.0, forwards=0, sets=0)
     with RowWriter(output, RESULT_COLUMNS + COST_COLUMNS, cli.run_settings(args), args.resume) as writer:

@@ -72,8 +72,7 @@ def main(argv=None) -> None:
     add_mode_args(parser)
     cli.add_model_args(parser)
     cli.add_run_args(parser, resumable=False)
-    args = parser.parse_args(argv)
-    cli.setup_logging(args.log_level)
+    args = cli.parse(parser, argv)
 
     pipe = load_pipeline(args.version, resolve_device(args.device))
     widths = layer_widths(value_layers(pipe.unet))

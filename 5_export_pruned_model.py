@@ -28,8 +28,7 @@ def main(argv=None) -> None:
                         help="with --result_file: only the K most frequent refined neurons")
     cli.add_model_args(parser)
     parser.add_argument("--log_level", default="INFO", help="logging level")
-    args = parser.parse_args(argv)
-    cli.setup_logging(args.log_level)
+    args = cli.parse(parser, argv)
 
     # fp32 on every device, so the saved weights are full precision
     pipe = load_pipeline(args.version, resolve_device(args.device), torch.float32)

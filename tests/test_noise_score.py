@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from utils.layers import value_layers
-from utils.noise import (NoiseDifference, UNetCounter, detection_timestep, initial_latents, normalize_maps,
+from utils.noise import (UNetCounter, detection_timestep, initial_latents, normalize_maps,
                          prompt_noise_difference)
 from utils.score import blocked_scores, check_ssim_size, memorization_score, ms_ssim, pairwise_max_scores
 

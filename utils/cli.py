@@ -121,3 +121,23 @@ def run(main) -> None:
         main()
     except ValueError as error:
         sys.exit(f"{os.path.basename(sys.argv[0])}: error: {error}")
+
+
+def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse the flags and configure logging once (--log_level)."""
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "log_level", "INFO"))
+    return args
+
+
+def load_detection_model(args: argparse.Namespace):
+    """(pipeline, value layers, latent shape) for scripts 2 and 3; the SSIM window is checked
+    against the latent size before any work is done."""
+    from utils.layers import value_layers
+    from utils.models import load_pipeline, resolve_device
+    from utils.noise import latent_shape
+
+    pipe = load_pipeline(args.version, resolve_device(args.device))
+    shape = latent_shape(pipe.unet)
+    score.check_ssim_size(shape[-1], args.ssim_kernel_size)
+    return pipe, value_layers(pipe.unet), shape

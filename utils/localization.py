@@ -206,8 +206,12 @@ class BlockedScorer:
 
 
 def localize_prompt(noise: NoiseDifference, latent_shape, z_scores, activations,
-                    settings: LocalizationSettings, kernel_size: int) -> LocalizationResult:
-    """NeMo for one prompt (SPEC §4); ``noise`` holds the prompt's embedding."""
+                    settings: LocalizationSettings, kernel_size: int,
+                    scorer_type: type[BlockedScorer] = BlockedScorer) -> LocalizationResult:
+    """NeMo for one prompt (SPEC §4); ``noise`` holds the prompt's embedding.
+
+    z_scores, activations: per layer [features].
+    """
     start = time.perf_counter()
     counter = noise.counter = UNetCounter()
     latents = initial_latents(settings.seed, settings.samples_per_prompt, latent_shape)  # [n, 4, h, w]
@@ -218,7 +222,7 @@ def localize_prompt(noise: NoiseDifference, latent_shape, z_scores, activations,
     if keep.numel() == 0:
         return LocalizationResult(empty_set(layers), 0.0, empty_set(layers), 0.0, [],
                                   time.perf_counter() - start, counter.sample_forwards, 0)
-    scorer = BlockedScorer(noise, latents[keep], unblocked[keep], kernel_size, settings.batch_candidates)
+    scorer = scorer_type(noise, latents[keep], unblocked[keep], kernel_size, settings.batch_candidates)
     batch = settings.batch_candidates
     initial = initial_selection(z_scores, activations, scorer, settings.ssim_threshold_initial_selection,
                                 settings.schedule, batch)

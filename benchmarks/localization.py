@@ -1,0 +1,188 @@
+"""Localization cost: sequential vs. batched candidate sets vs. the authors' schedule.
+
+Part 1 (test bed): runs script 3's localization on the built-in test bed's memorized
+prompts in one process, once per mode, checks that every mode finds the same neurons,
+and prints wall time, U-Net sample-forwards (one per latent per U-Net call) and candidate
+sets scored. The "authors" mode replays their cost: every set scored alone with two U-Net
+calls over all seeds (the first discarded), empty sets included, and the refined set
+scored once more at the end (their one U-Net pass per selection step for activations is
+not replayed, so its figures are a lower bound).
+
+Part 2 (--unet sd14): a full-size SD v1.4 U-Net from its published config with random
+weights (no download), fp16 on CUDA: time per scored set (10 latents at 64x64) for several
+sets per call, and the projected per-prompt time for the paper's median neuron counts.
+On the CPU it runs a reduced width unless --full.
+
+    python -m benchmarks.localization                       # part 1 on the test bed
+    python -m benchmarks.localization --unet sd14           # part 2
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
+
+from utils import cli
+from utils.files import read_prompts
+from utils.layers import count_neurons, value_layers
+from utils.localization import BlockedScorer, LocalizationSettings, localize_prompt
+from utils.models import load_pipeline, resolve_device
+from utils.noise import NoiseDifference, UNetCounter, initial_latents, latent_shape, prompt_noise_difference
+from utils.score import blocked_scores
+from utils.statistics import compute_statistics, encode_prompts, text_activations
+
+TESTBED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "testbed")
+TESTBED_KERNEL = 5  # MS-SSIM kernel for the test bed's 24x24 latents
+BATCH_SIZES = (0, 4, 8, 16)
+# Paper §4.3 / SPEC §4: median neurons after the initial selection (VM, TM).
+PAPER_MEDIAN_INITIAL_NEURONS = {"VM": 26.5, "TM": 674.5}
+# SD v1.4's U-Net (CompVis/stable-diffusion-v1-4, unet/config.json).
+SD14_UNET_CONFIG = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+                        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+
+
+def authors_scorer(all_latents: torch.Tensor):
+    """A scorer with the cost of the authors' loop (see module docstring).
+
+    all_latents: the prompt's [samples_per_prompt, 4, h, w] initial latents.
+    """
+
+    class AuthorsScorer(BlockedScorer):
+        def __init__(self, noise, latents, unblocked, kernel_size, batch_candidates):
+            super().__init__(noise, latents, unblocked, kernel_size, 1)
+            self.keep = [i for i, x in enumerate(all_latents) if any(torch.equal(x, k) for k in latents)]
+            noise(all_latents)  # their second call for the unblocked prediction
+            noise(all_latents), noise(all_latents)  # their final re-scoring of the refined set
+
+        def __call__(self, sets):
+            self.sets_scored += len(sets)
+            scores = []
+            for neurons in sets:
+                self.noise(all_latents, [neurons])  # the discarded index-0 call
+                blocked = self.noise(all_latents, [neurons])[:, self.keep]  # [1, kept, 4, h, w]
+                scores.append(blocked_scores(self.unblocked, blocked, self.kernel_size)[0].item())
+            return scores
+
+    return AuthorsScorer
+
+
+def testbed_benchmark(args) -> None:
+    device = resolve_device(args.device)
+    pipe = load_pipeline(args.model, device)
+    layers = value_layers(pipe.unet)
+    stats = compute_statistics(pipe, layers, read_prompts(args.statistics_prompts)["Caption"].tolist(), args.model)
+    threshold = args.threshold or json.load(open(args.threshold_file))["threshold"]
+    prompts = read_prompts(args.prompts)
+    prompts = prompts[prompts["type"] == "VM"] if args.vm_only else prompts
+    captions = prompts["Caption"].tolist()[: args.limit]
+    shape = latent_shape(pipe.unet)
+    modes = ["authors"] + [f"batch {b}" for b in args.batch_sizes]
+    totals = {m: dict(seconds=0.0, forwards=0, sets=0) for m in modes}
+    print(f"{len(captions)} prompts, threshold {threshold:.4f}, modes: {', '.join(modes)}")
+    for caption in captions:
+        embedding = encode_prompts(pipe.tokenizer, pipe.text_encoder, [caption])
+        activations = [a[0].cpu() for a in text_activations(layers, embedding)]
+        found = {}
+        for mode in modes:
+            batch = 0 if mode == "authors" else int(mode.split()[1])
+            settings = LocalizationSettings(pairwise_ssim_threshold=threshold, ssim_threshold_initial_selection=threshold,
+                                            ssim_threshold_refinement=threshold, batch_candidates=batch)
+            noise = prompt_noise_difference(pipe, layers, caption)
+            scorer = (authors_scorer(initial_latents(settings.seed, settings.samples_per_prompt, shape))
+                      if mode == "authors" else BlockedScorer)
+            result = localize_prompt(noise, shape, stats.z_scores(activations), activations, settings,
+                                     TESTBED_KERNEL, scorer)
+            found[mode] = (result.initial_neurons, result.refined_neurons)
+            totals[mode]["seconds"] += result.seconds
+            totals[mode]["forwards"] += result.unet_sample_forwards
+            totals[mode]["sets"] += result.sets_scored
+        reference = found[modes[0]]
+        for mode in modes[1:]:
+            if found[mode] != reference:
+                raise SystemExit(f"'{caption}': {mode} found {found[mode]}, authors' schedule {reference}")
+        print(f"  {caption}: {count_neurons(reference[0])} initial, {count_neurons(reference[1])} refined neurons "
+              f"(identical in all modes)")
+    authors = totals["authors"]
+    print(f"\n{'mode':<10} {'seconds':>9} {'sample-forwards':>16} {'sets scored':>12} {'time ratio':>11} {'forward ratio':>14}")
+    for mode in modes:
+        t = totals[mode]
+        print(f"{mode:<10} {t['seconds']:>9.1f} {t['forwards']:>16} {t['sets']:>12} "
+              f"{authors['seconds'] / t['seconds']:>10.2f}x {authors['forwards'] / max(t['forwards'], 1):>13.2f}x")
+    sequential = totals.get("batch 0")
+    if sequential:
+        for mode in modes[2:]:
+            print(f"{mode} vs sequential: {sequential['seconds'] / totals[mode]['seconds']:.2f}x faster")
+
+
+@torch.no_grad()
+def sd14_benchmark(args) -> None:
+    device = resolve_device(args.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    config = dict(SD14_UNET_CONFIG)
+    if device.type != "cuda" and not args.full:
+        config.update(block_out_channels=(32, 64, 128, 128), sample_size=32, attention_head_dim=4)
+    unet = UNet2DConditionModel(**config).to(device, dtype).eval()
+    layers = value_layers(unet)
+    size = config["sample_size"]
+    text = torch.randn(1, 77, config["cross_attention_dim"], device=device, dtype=dtype)
+    noise = NoiseDifference(unet, layers, text, torch.tensor(961), DDIMScheduler(), counter=UNetCounter())
+    latents = initial_latents(0, 10, (4, size, size))
+    neurons = [[0, 1]] + [[]] * (len(layers) - 1)
+    print(f"U-Net widths {config['block_out_channels']}, latents {size}x{size}, {device}, {dtype}")
+    per_set = {}
+    for sets in args.sets_per_call:
+        noise(latents, [neurons])  # warm-up
+        repeats = max(1, args.repeats)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            noise(latents, [neurons] * sets)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / repeats
+        per_set[sets] = seconds / sets
+        print(f"{sets:>3} sets per call: {1000 * per_set[sets]:8.1f} ms per scored set, "
+              f"{10 * sets / seconds:8.1f} sample-forwards/s")
+    best = min(per_set.values())
+    for kind, initial in PAPER_MEDIAN_INITIAL_NEURONS.items():
+        # unblocked + about 4 selection steps + 7 layers + one set per initial neuron
+        sets = 1 + 4 + 7 + initial
+        print(f"projected {kind} prompt ({initial} initial neurons, ~{sets:.0f} sets): "
+              f"{sets * per_set[min(per_set)]:.1f} s sequential, {sets * best:.1f} s batched")
+
+
+def main(argv=None) -> None:
+    parser = cli.parser_for(__doc__)
+    parser.add_argument("--unet", choices=("testbed", "sd14"), default="testbed", help="which benchmark")
+    parser.add_argument("--model", default=os.path.join(TESTBED, "model"), help="test bed model folder")
+    parser.add_argument("--prompts", default=os.path.join(TESTBED, "prompts", "memorized_prompts.csv"),
+                        help="memorized prompts")
+    parser.add_argument("--statistics_prompts", default=os.path.join(TESTBED, "prompts", "additional_prompts.csv"),
+                        help="hold-out prompts for the activation statistics")
+    parser.add_argument("--threshold", type=float, default=None, help="tau_mem (default: from --threshold_file)")
+    parser.add_argument("--threshold_file", default=os.path.join(TESTBED, "threshold.json"),
+                        help="script 2's threshold json for the test bed")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    parser.add_argument("--vm_only", action="store_true", help="only VM prompts")
+    parser.add_argument("--batch_sizes", type=lambda s: [int(x) for x in s.split(",")], default=list(BATCH_SIZES),
+                        help="--batch_candidates values to compare (0 = sequential)")
+    parser.add_argument("--sets_per_call", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8],
+                        help="sd14: candidate sets per U-Net call")
+    parser.add_argument("--repeats", type=int, default=3, help="sd14: timed calls per setting")
+    parser.add_argument("--full", action="store_true", help="sd14: full width on the CPU too")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    parser.add_argument("--log_level", default="WARNING", help="logging level")
+    args = cli.parse(parser, argv)
+    torch.manual_seed(0)
+    (sd14_benchmark if args.unet == "sd14" else testbed_benchmark)(args)
+
+
+if __name__ == "__main__":
+    main()

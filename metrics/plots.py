@@ -1,0 +1,123 @@
+"""Figures of the paper as PNG: memorization-score distributions of memorized and non-memorized
+prompts (Fig. 2a, from script 2's score files) and the number of neurons per prompt (Fig. 4a)
+and per layer (Fig. 4b, from script 3's results file). With a memorized prompt file (column
+'type') memorized prompts are split into VM and TM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from metrics.detection import add_score_args, read_scores, row_types, scores_of, threshold_from
+from utils.cli import parser_for, run, setup_logging
+from utils.files import read_results
+
+logger = logging.getLogger(__name__)
+NUM_VALUE_LAYERS = 7  # value layers of SD v1.x and of the test bed (SPEC §1)
+ANY_WIDTH = 2**31  # counting neurons needs no layer widths: accept any index
+SCORE_BINS = 40
+NEURON_COLUMNS = {"refined": "Refined Neurons", "initial": "Initial Neurons"}
+FIGURE_SIZE = (5, 3.5)  # inches
+DPI = 150
+
+
+def _axis():
+    """A new figure's axes; figures are drawn with matplotlib's Agg canvas, without pyplot
+    (no display, no global state)."""
+    return Figure(figsize=FIGURE_SIZE, layout="tight").subplots()
+
+
+def _save(axis, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    axis.figure.savefig(path, dpi=DPI)
+    logger.info("wrote %s", path)
+    return path
+
+
+def score_distributions(series: dict[str, np.ndarray], threshold: float | None, path: str) -> str:
+    """Fig. 2a: histograms of memorization scores, one per group (e.g. non-memorized, VM, TM)."""
+    values = np.concatenate(list(series.values()))
+    bins = np.linspace(values.min(), values.max(), SCORE_BINS + 1)
+    axis = _axis()
+    for name, scores in series.items():
+        axis.hist(scores, bins=bins, alpha=0.6, label=f"{name} ({len(scores)})")
+    if threshold is not None:
+        axis.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
+    axis.set(xlabel="memorization score (max pairwise SSIM)", ylabel="prompts")
+    axis.legend()
+    return _save(axis, path)
+
+
+def neurons_per_prompt(counts: dict[str, np.ndarray], path: str) -> str:
+    """Fig. 4a: histogram of the number of neurons per prompt [n_prompts], one bar series per group."""
+    top = max(int(c.max()) for c in counts.values() if len(c))
+    bins = np.arange(top + 2) - 0.5
+    axis = _axis()
+    axis.hist(list(counts.values()), bins=bins, label=[f"{name} ({len(c)})" for name, c in counts.items()])
+    axis.set(xlabel="neurons per prompt", ylabel="prompts")
+    axis.legend()
+    return _save(axis, path)
+
+
+def neurons_per_layer(counts: dict[str, np.ndarray], path: str) -> str:
+    """Fig. 4b: neurons of each layer [n_layers] summed over prompts, grouped bars per group."""
+    axis = _axis()
+    width = 0.8 / len(counts)
+    for k, (name, per_layer) in enumerate(counts.items()):
+        axis.bar(np.arange(len(per_layer)) + (k - (len(counts) - 1) / 2) * width, per_layer, width, label=name)
+    axis.set(xlabel="value layer", ylabel="neurons (summed over prompts)", xticks=range(NUM_VALUE_LAYERS))
+    axis.legend()
+    return _save(axis, path)
+
+
+def neuron_counts(neuron_sets: list, groups: list[str]) -> tuple[dict, dict]:
+    """Per group: neurons per prompt [n_prompts] and neurons per layer summed over prompts [n_layers]."""
+    per_prompt, per_layer = {}, {}
+    for group in dict.fromkeys(groups):
+        sets = [s for s, g in zip(neuron_sets, groups) if g == group]
+        per_prompt[group] = np.array([sum(len(layer) for layer in s) for s in sets])
+        per_layer[group] = np.array([sum(len(s[layer]) for s in sets) for layer in range(NUM_VALUE_LAYERS)])
+    return per_prompt, per_layer
+
+
+def main(argv=None) -> list[str]:
+    parser = parser_for(__doc__)
+    add_score_args(parser, required=False)
+    parser.add_argument("--results", default=None, help="script 3 results file (neurons per prompt)")
+    parser.add_argument("--neurons", choices=tuple(NEURON_COLUMNS), default="refined", help="neuron column to count")
+    parser.add_argument("-p", "--prompts", default=None,
+                        help="memorized prompt file (column 'type'); splits memorized prompts into VM and TM")
+    parser.add_argument("-o", "--output-dir", default="results/plots", help="folder of the PNG files")
+    parser.add_argument("--log-level", default="INFO", help="logging level")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    if not args.memorized and not args.results:
+        parser.error("nothing to plot: pass --memorized (Fig. 2a) and/or --results (Fig. 4)")
+
+    written = []
+    if args.memorized:
+        memorized = read_scores(args.memorized)
+        groups = row_types(args.prompts, memorized, args.memorized) if args.prompts else ["memorized"] * len(memorized)
+        scores = scores_of(memorized).numpy()
+        series = {"non-memorized": scores_of(read_scores(args.unmemorized)).numpy()}
+        series.update({group: scores[[g == group for g in groups]] for group in dict.fromkeys(groups)})
+        written.append(score_distributions(series, threshold_from(args),
+                                           os.path.join(args.output_dir, "memorization_scores.png")))
+    if args.results:
+        results = read_results(args.results, [ANY_WIDTH] * NUM_VALUE_LAYERS)
+        if results.empty:
+            raise ValueError(f"results file {args.results} has no rows")
+        groups = row_types(args.prompts, results, args.results) if args.prompts else ["all"] * len(results)
+        per_prompt, per_layer = neuron_counts(list(results[NEURON_COLUMNS[args.neurons]]), groups)
+        written.append(neurons_per_prompt(per_prompt, os.path.join(args.output_dir, "neurons_per_prompt.png")))
+        written.append(neurons_per_layer(per_layer, os.path.join(args.output_dir, "neurons_per_layer.png")))
+    print("\n".join(written))
+    return written
+
+
+if __name__ == "__main__":
+    run(main)
