@@ -5,11 +5,14 @@ Activations come from the text embedding alone (SPEC §2): no U-Net pass is made
 
 import logging
 
+import torch
+
 from utils import cli
 from utils.files import read_prompts
 from utils.layers import value_layers
 from utils.models import load_pipeline, resolve_device
-from utils.statistics import STATISTICS_BATCH_SIZE, compute_statistics, save_statistics
+from utils.distributed import Shard
+from utils.statistics import STATISTICS_BATCH_SIZE, activation_sums, save_statistics
 
 logger = logging.getLogger("1_compute_activations_statistics")
 
@@ -25,13 +28,25 @@ def main(argv=None) -> None:
     cli.add_run_args(parser, resumable=False)
     args = cli.parse(parser, argv)
 
-    prompts = read_prompts(args.prompts)["Caption"].tolist()[: args.limit]
+    prompts = read_prompts(args.prompts)["Caption"].tolist()
     pipe = load_pipeline(args.version, resolve_device(args.device))
     layers = value_layers(pipe.unet)
-    stats = compute_statistics(pipe, layers, prompts, args.version, args.batch_size)
+    shard = Shard.from_env()
     output = cli.versioned_path(args.output, args.version)
-    save_statistics(stats, output)
-    logger.info("statistics of %d prompts over %d layers written to %s", len(prompts), len(layers), output)
+    sums = activation_sums(pipe, layers, [prompts[i] for i in shard.indices(len(prompts), args.limit)],
+                           args.batch_size)
+
+    def merge(parts: list[str], path: str) -> None:
+        total = sum((torch.load(p, weights_only=False) for p in parts[1:]), torch.load(parts[0], weights_only=False))
+        save_statistics(total.statistics(list(layers), args.version), path)
+
+    if shard.world_size == 1:
+        save_statistics(sums.statistics(list(layers), args.version), output)
+    else:
+        torch.save(sums, shard.part(output))  # partial sums; the last process merges them
+        if not shard.finish(output, merge):
+            return
+    logger.info("statistics of %d prompts over %d layers written to %s", len(prompts[: args.limit]), len(layers), output)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import torch
 from tqdm import tqdm
 
 from utils import cli
-from utils.files import RowWriter, read_csv, read_prompts
+from utils.distributed import Shard
+from utils.files import RowWriter, merge_rows, read_csv, read_prompts
 from utils.noise import initial_latents, prompt_noise_difference
 from utils.score import pairwise_max_scores
 
@@ -27,7 +28,7 @@ def memorization_threshold(scores) -> float:
     return (scores.mean() + scores.std()).item()
 
 
-def main(argv=None) -> float:
+def main(argv=None) -> float | None:
     parser = cli.parser_for(__doc__)
     parser.add_argument("--prompts", default="prompts/unmemorized_laion_prompts.csv",
                         help="prompt file (';'-separated, column Caption)")
@@ -41,13 +42,16 @@ def main(argv=None) -> float:
     prompts = read_prompts(args.prompts)["Caption"].tolist()
     pipe, layers, shape = cli.load_detection_model(args)
     latents = initial_latents(args.seed, args.samples_per_prompt, shape)  # [n, 4, h, w]
-    with RowWriter(args.output, SCORE_COLUMNS, cli.run_settings(args), args.resume) as writer:
-        for i in tqdm(cli.pending(len(prompts), writer.done, args.limit), desc="scoring", unit="prompt"):
+    shard = Shard.from_env()
+    with RowWriter(shard.part(args.output), SCORE_COLUMNS, cli.run_settings(args), args.resume) as writer:
+        for i in tqdm(cli.pending(shard, len(prompts), writer.done, args.limit), desc="scoring", unit="prompt"):
             noise = prompt_noise_difference(pipe, layers, prompts[i], num_inference_steps=args.num_inference_steps,
                                             timestep_index=args.timestep_index, guidance_scale=args.guidance_scale)
             per_sample = pairwise_max_scores(noise(latents)[0], args.ssim_kernel_size)
-            writer.write({"Caption": prompts[i], "Memorization Score": per_sample.max().item(),
+            writer.write(i, {"Caption": prompts[i], "Memorization Score": per_sample.max().item(),
                           "Sample Scores": [round(s, 6) for s in per_sample.tolist()]})
+    if not shard.finish(args.output, merge_rows):
+        return None  # another process merges and reports
     scores = read_csv(args.output, tuple(SCORE_COLUMNS), "score file")["Memorization Score"]
     threshold = memorization_threshold(scores)
     with open(args.output + ".threshold.json", "w") as f:

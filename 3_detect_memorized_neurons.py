@@ -11,7 +11,8 @@ import logging
 from tqdm import tqdm
 
 from utils import cli
-from utils.files import COST_COLUMNS, RESULT_COLUMNS, RowWriter, read_prompts
+from utils.distributed import Shard
+from utils.files import COST_COLUMNS, RESULT_COLUMNS, RowWriter, merge_rows, read_prompts
 from utils.layers import count_neurons
 from utils.localization import localize_prompt
 from utils.noise import prompt_noise_difference
@@ -40,8 +41,9 @@ def main(argv=None) -> None:
     stats = load_statistics(args.statistics, layers)
     output = cli.versioned_path(args.output, args.version)
     totals = dict(seconds=0.0, forwards=0, sets=0)
-    with RowWriter(output, RESULT_COLUMNS + COST_COLUMNS, cli.run_settings(args), args.resume) as writer:
-        for i in tqdm(cli.pending(len(frame), writer.done, args.limit), desc="localizing", unit="prompt"):
+    shard = Shard.from_env()
+    with RowWriter(shard.part(output), RESULT_COLUMNS + COST_COLUMNS, cli.run_settings(args), args.resume) as writer:
+        for i in tqdm(cli.pending(shard, len(frame), writer.done, args.limit), desc="localizing", unit="prompt"):
             prompt = frame["Caption"][i]
             embedding = encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompt])
             activations = [a[0].cpu() for a in text_activations(layers, embedding)]  # per layer [features]
@@ -50,7 +52,7 @@ def main(argv=None) -> None:
                                             scaling_factor=args.scaling_factor)
             result = localize_prompt(noise, shape, stats.z_scores(activations), activations, settings,
                                      args.ssim_kernel_size)
-            writer.write({"Caption": prompt, "URL": frame["URL"][i] if "URL" in frame else "",
+            writer.write(i, {"Caption": prompt, "URL": frame["URL"][i] if "URL" in frame else "",
                           "Initial Neurons": result.initial_neurons, "Initial SSIM": result.initial_score,
                           "Refined Neurons": result.refined_neurons, "Refined SSIM": result.refined_score,
                           "Seconds": round(result.seconds, 3), "UNet Sample Forwards": result.unet_sample_forwards,
@@ -61,6 +63,7 @@ def main(argv=None) -> None:
             totals["seconds"] += result.seconds
             totals["forwards"] += result.unet_sample_forwards
             totals["sets"] += result.sets_scored
+    shard.finish(output, merge_rows)
     print(f"localization: {totals['seconds']:.1f} s, {totals['forwards']} U-Net sample-forwards, "
           f"{totals['sets']} candidate sets scored -> {output}")
 

@@ -12,6 +12,7 @@ import os
 import random
 
 from utils import cli, selection
+from utils.distributed import Shard
 from utils.files import read_prompts, read_results
 from utils.generation import GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES, generate_images
 from utils.layers import count_neurons, layer_widths, value_layers
@@ -96,10 +97,13 @@ def main(argv=None) -> None:
         indices = [i for i in indices if types["type"][i] == args.memorization_type]
     indices = indices[: args.limit]
 
+    shard = Shard.from_env()
     os.makedirs(args.output, exist_ok=True)
-    with open(os.path.join(args.output, "config.json"), "w") as f:
-        json.dump(dict(vars(args), prompts={i: prompts[i] for i in indices},
-                       neurons={i: neuron_sets[i] for i in indices}), f, indent=1)
+    if shard.rank == 0:
+        with open(os.path.join(args.output, "config.json"), "w") as f:
+            json.dump(dict(vars(args), prompts={i: prompts[i] for i in indices},
+                           neurons={i: neuron_sets[i] for i in indices}), f, indent=1)
+    indices = indices[shard.rank::shard.world_size]  # this process's prompts; image names are global
     logger.info("%d prompts, %d neurons deactivated in all", len(indices),
                 sum(count_neurons(neuron_sets[i]) for i in indices if neuron_sets[i]))
     generate_images(pipe, [prompts[i] for i in indices], [neuron_sets[i] for i in indices], args.output, indices,

@@ -26,6 +26,7 @@ import time
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
+import testbed
 from utils import cli
 from utils.files import read_prompts
 from utils.layers import count_neurons, value_layers
@@ -35,8 +36,6 @@ from utils.noise import NoiseDifference, UNetCounter, initial_latents, latent_sh
 from utils.score import blocked_scores
 from utils.statistics import compute_statistics, encode_prompts, text_activations
 
-TESTBED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "testbed")
-TESTBED_KERNEL = 5  # MS-SSIM kernel for the test bed's 24x24 latents
 BATCH_SIZES = (0, 4, 8, 16)
 # Paper §4.3 / SPEC §4: median neurons after the initial selection (VM, TM).
 PAPER_MEDIAN_INITIAL_NEURONS = {"VM": 26.5, "TM": 674.5}
@@ -97,7 +96,7 @@ def testbed_benchmark(args) -> None:
             scorer = (authors_scorer(initial_latents(settings.seed, settings.samples_per_prompt, shape))
                       if mode == "authors" else BlockedScorer)
             result = localize_prompt(noise, shape, stats.z_scores(activations), activations, settings,
-                                     TESTBED_KERNEL, scorer)
+                                     testbed.SSIM_KERNEL_SIZE, scorer)
             found[mode] = (result.initial_neurons, result.refined_neurons)
             totals[mode]["seconds"] += result.seconds
             totals[mode]["forwards"] += result.unet_sample_forwards
@@ -161,13 +160,13 @@ def sd14_benchmark(args) -> None:
 def main(argv=None) -> None:
     parser = cli.parser_for(__doc__)
     parser.add_argument("--unet", choices=("testbed", "sd14"), default="testbed", help="which benchmark")
-    parser.add_argument("--model", default=os.path.join(TESTBED, "model"), help="test bed model folder")
-    parser.add_argument("--prompts", default=os.path.join(TESTBED, "prompts", "memorized_prompts.csv"),
+    parser.add_argument("--model", default=testbed.MODEL_DIR, help="test bed model folder")
+    parser.add_argument("--prompts", default=testbed.MEMORIZED_PROMPTS,
                         help="memorized prompts")
-    parser.add_argument("--statistics_prompts", default=os.path.join(TESTBED, "prompts", "additional_prompts.csv"),
+    parser.add_argument("--statistics_prompts", default=testbed.ADDITIONAL_PROMPTS,
                         help="hold-out prompts for the activation statistics")
     parser.add_argument("--threshold", type=float, default=None, help="tau_mem (default: from --threshold_file)")
-    parser.add_argument("--threshold_file", default=os.path.join(TESTBED, "threshold.json"),
+    parser.add_argument("--threshold_file", default=os.path.join(testbed.TESTBED_DIR, "threshold.json"),
                         help="script 2's threshold json for the test bed")
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     parser.add_argument("--vm_only", action="store_true", help="only VM prompts")

@@ -26,8 +26,8 @@ def test_results_round_trip_in_the_authors_column_format(tmp_path):
         "Refined Neurons": [[], [], [], [], [], [], [1279]], "Refined SSIM": 0.3}) for i, c in enumerate(captions)]
     path = str(tmp_path / "r.csv")
     with RowWriter(path, RESULT_COLUMNS, {}, resume=False) as writer:
-        for row in rows:
-            writer.write(row)
+        for i, row in enumerate(rows):
+            writer.write(i, row)
     frame = read_results(path, SD14_WIDTHS)
     assert frame["Caption"].tolist() == captions and frame["URL"][0] == "u;with;separators"
     assert frame["Initial Neurons"][2] == [[2], [], [], [], [], [], [1279]]
@@ -52,10 +52,34 @@ def test_malformed_neuron_lists_name_the_cell(cell):
 def test_resume_refuses_other_settings(tmp_path):
     path = str(tmp_path / "r.csv")
     with RowWriter(path, ["Caption"], {"seed": 1}, resume=False) as writer:
-        writer.write({"Caption": "x"})
+        writer.write(0, {"Caption": "x"})
+    with open(path, "a") as f:
+        f.write("1;half a ro")  # what a killed process leaves
     with RowWriter(path, ["Caption"], {"seed": 1}, resume=True) as writer:
-        assert writer.done == 1
-        writer.write({"Caption": "y"})
+        assert writer.done == {0}
+        writer.write(1, {"Caption": "y"})
     assert read_csv(path)["Caption"].tolist() == ["x", "y"]
     with pytest.raises(ValueError, match=r"--resume: .* other settings \(seed\)"):
         RowWriter(path, ["Caption"], {"seed": 2}, resume=True)
+
+
+def test_shards_are_disjoint_and_merge_into_the_single_process_file(tmp_path):
+    from utils.distributed import Shard
+    from utils.files import merge_rows
+
+    shards = [Shard(r, 3) for r in range(3)]
+    assert sorted(i for s in shards for i in s.indices(10)) == list(range(10))
+    assert shards[1].indices(10, limit=6) == [1, 4]
+    single = str(tmp_path / "single.csv")
+    with RowWriter(single, ["Caption"], {}, resume=False) as writer:
+        for i in range(7):
+            writer.write(i, {"Caption": f"p;{i}"})
+    merged = str(tmp_path / "merged.csv")
+    finished = []
+    for shard in shards:
+        with RowWriter(shard.part(merged), ["Caption"], {}, resume=False) as writer:
+            for i in shard.indices(7):
+                writer.write(i, {"Caption": f"p;{i}"})
+        finished.append(shard.finish(merged, merge_rows))
+    assert finished == [False, False, True]
+    assert open(merged).read() == open(single).read()

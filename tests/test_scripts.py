@@ -167,3 +167,36 @@ def test_command_line_error_is_one_line(tmp_path):
 def test_help_shows_defaults(n):
     run = subprocess.run([sys.executable, f"{script[n].__name__}.py", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0 and "(default:" in run.stdout
+
+
+def launch(world_size: int, script_name: str, args: list[str]) -> None:
+    """Run a script as ``world_size`` processes with a launcher's environment (RANK, WORLD_SIZE)."""
+    runs = [subprocess.Popen([sys.executable, f"{script_name}.py", *args], cwd=ROOT, stderr=subprocess.PIPE,
+                             env=dict(os.environ, PYTHONPATH=ROOT, RANK=str(r), LOCAL_RANK=str(r),
+                                      WORLD_SIZE=str(world_size), OMP_NUM_THREADS="1"))
+            for r in range(world_size)]
+    for run in runs:
+        _, err = run.communicate()
+        assert run.returncode == 0, err.decode()[-2000:]
+
+
+def test_two_processes_write_what_one_writes(tiny_model_dir, prompt_files, statistics, tmp_path):
+    stats = {n: str(tmp_path / f"stats{n}.pt") for n in (1, 2)}
+    for n in (1, 2):
+        launch(n, "1_compute_activations_statistics", ["--prompts", prompt_files["unmemorized"],
+                                                       "--output", stats[n], "-v", tiny_model_dir])
+    for a, b in zip(torch.load(stats[1])["stds"], torch.load(stats[2])["stds"]):
+        torch.testing.assert_close(a, b)
+    scores = {n: str(tmp_path / f"scores{n}.csv") for n in (1, 2)}
+    results = {n: str(tmp_path / f"results{n}.csv") for n in (1, 2)}
+    for n in (1, 2):
+        launch(n, "2_compute_pairwise_ssim", ["--prompts", prompt_files["unmemorized"], "--output", scores[n],
+                                              "-v", tiny_model_dir, *FAST])
+        launch(n, "3_detect_memorized_neurons", ["-v", tiny_model_dir, "-d", prompt_files["memorized"],
+                                                 "-o", results[n], "--statistics", statistics,
+                                                 "--pairwise_ssim_threshold", "0.0", *FAST])
+    assert open(scores[1]).read() == open(scores[2]).read()
+    one, two = pd.read_csv(results[1], sep=";"), pd.read_csv(results[2], sep=";")
+    columns = [c for c in one.columns if c != "Seconds"]
+    pd.testing.assert_frame_equal(one[columns], two[columns])
+    assert json.load(open(scores[2] + ".threshold.json")) == json.load(open(scores[1] + ".threshold.json"))

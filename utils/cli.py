@@ -107,9 +107,9 @@ def run_settings(args: argparse.Namespace) -> dict:
     return {k: v for k, v in sorted(vars(args).items()) if k not in RESUME_FREE_FLAGS}
 
 
-def pending(total: int, done: int, limit: int | None) -> range:
-    """Indices of the prompts still to run: after the ``done`` ones, up to ``limit``."""
-    return range(done, total if limit is None else min(total, limit))
+def pending(shard, total: int, done: set[int], limit: int | None) -> list[int]:
+    """This process's prompt indices among the first ``limit`` that are not ``done``."""
+    return [i for i in shard.indices(total, limit) if i not in done]
 
 
 def run(main) -> None:

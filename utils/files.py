@@ -56,22 +56,25 @@ def read_results(path: str, widths: list[int]) -> pd.DataFrame:
 class RowWriter:
     """Appends rows to a ``;`` CSV, flushed one by one, so a killed run loses no finished row.
 
-    ``settings`` are kept in ``<path>.settings.json``; with ``resume`` the rows already
-    written are kept (``done`` counts them) and different settings are refused.
+    The first column is the row's prompt index. ``settings`` are kept in
+    ``<path>.settings.json``; with ``resume`` the rows already written are kept (``done``
+    holds their indices) and different settings are refused.
     """
 
     def __init__(self, path: str, columns: list[str], settings: dict, resume: bool):
         self.path, self.columns = path, columns
         settings_path = path + ".settings.json"
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.done = 0
+        self.done: set[int] = set()
         if resume and os.path.exists(path):
             previous = json.load(open(settings_path)) if os.path.exists(settings_path) else None
             if previous != json.loads(json.dumps(settings)):
                 changed = sorted(k for k in settings if previous is None or previous.get(k) != settings[k])
                 raise ValueError(f"--resume: {path} was written with other settings ({', '.join(changed)}); "
                                  "use the same flags or a new --output")
-            self.done = len(read_csv(path, tuple(columns), what="results file"))
+            _drop_partial_line(path)
+            with open(path, newline="") as f:
+                self.done = {int(row[0]) for row in list(csv.reader(f, delimiter=CSV_SEPARATOR))[1:]}
             self.file = open(path, "a", newline="")
             self.writer = csv.writer(self.file, delimiter=CSV_SEPARATOR)
         else:
@@ -80,16 +83,14 @@ class RowWriter:
             self._write([""] + columns)
             with open(settings_path, "w") as f:
                 json.dump(settings, f, indent=1)
-        self.index = self.done
 
     def _write(self, cells: list) -> None:
         self.writer.writerow(cells)
         self.file.flush()
         os.fsync(self.file.fileno())
 
-    def write(self, row: dict) -> None:
-        self._write([self.index] + [row[c] for c in self.columns])
-        self.index += 1
+    def write(self, index: int, row: dict) -> None:
+        self._write([index] + [row[c] for c in self.columns])
 
     def close(self) -> None:
         self.file.close()
@@ -99,3 +100,25 @@ class RowWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _drop_partial_line(path: str) -> None:
+    """Cut a row a killed process left half written."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def merge_rows(parts: list[str], path: str) -> None:
+    """Write the rows of ``parts`` (RowWriter files with one header) to ``path``, by index."""
+    rows, header = [], None
+    for part in parts:
+        with open(part, newline="") as f:
+            lines = list(csv.reader(f, delimiter=CSV_SEPARATOR))
+        header = lines[0]
+        rows += lines[1:]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, delimiter=CSV_SEPARATOR)
+        writer.writerow(header)
+        writer.writerows(sorted(rows, key=lambda row: int(row[0])))

@@ -22,10 +22,12 @@ class ModelNotFoundError(ValueError):
 
 
 def resolve_device(name: str | None = None) -> torch.device:
-    """``name`` if given, else cuda when available, else cpu."""
+    """``name`` if given, else cuda (this process's GPU under a launcher) when available, else cpu."""
     if name:
         return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))  # one GPU per launched process
+    return torch.device("cpu")
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

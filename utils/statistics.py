@@ -50,26 +50,45 @@ class NeuronStatistics:
         return [(a.cpu() - m) / s for a, m, s in zip(activations, self.means, self.stds)]
 
 
+@dataclass
+class ActivationSums:
+    """Running float64 sums of activations and of their squares, per layer [features]."""
+
+    count: int
+    sums: list[torch.Tensor]
+    squares: list[torch.Tensor]
+
+    def __add__(self, other: "ActivationSums") -> "ActivationSums":
+        return ActivationSums(self.count + other.count, [a + b for a, b in zip(self.sums, other.sums)],
+                              [a + b for a, b in zip(self.squares, other.squares)])
+
+    def statistics(self, layer_names: list[str], model: str) -> NeuronStatistics:
+        """Mean and unbiased std per neuron."""
+        n = self.count
+        if n < 2:
+            raise ValueError(f"statistics need at least 2 prompts, got {n}")
+        means = [s / n for s in self.sums]
+        stds = [((q - n * m * m) / (n - 1)).clamp_min(0).sqrt() for q, m in zip(self.squares, means)]
+        return NeuronStatistics([m.float() for m in means], [s.float() for s in stds], layer_names, model, n)
+
+
 @torch.no_grad()
-def compute_statistics(pipe, layers: dict[str, nn.Linear], prompts: list[str], model: str,
-                       batch_size: int = STATISTICS_BATCH_SIZE) -> NeuronStatistics:
-    """Mean and std per neuron over ``prompts``, accumulated in float64 without a U-Net pass."""
-    if len(prompts) < 2:
-        raise ValueError(f"statistics need at least 2 prompts, got {len(prompts)}")
-    sums = sumsq = None
+def activation_sums(pipe, layers: dict[str, nn.Linear], prompts: list[str],
+                    batch_size: int = STATISTICS_BATCH_SIZE) -> ActivationSums:
+    """Sums over ``prompts`` of the text-only activations, without a U-Net pass."""
+    total = ActivationSums(0, [torch.zeros(l.out_features, dtype=torch.float64) for l in layers.values()],
+                           [torch.zeros(l.out_features, dtype=torch.float64) for l in layers.values()])
     for start in tqdm(range(0, len(prompts), batch_size), desc="statistics", unit="batch"):
         embeddings = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts[start:start + batch_size])
-        acts = [a.double().cpu() for a in text_activations(layers, embeddings)]
-        if sums is None:
-            sums = [a.sum(0) for a in acts]
-            sumsq = [(a * a).sum(0) for a in acts]
-        else:
-            sums = [s + a.sum(0) for s, a in zip(sums, acts)]
-            sumsq = [s + (a * a).sum(0) for s, a in zip(sumsq, acts)]
-    n = len(prompts)
-    means = [s / n for s in sums]
-    stds = [((q - n * m * m) / (n - 1)).clamp_min(0).sqrt() for q, m in zip(sumsq, means)]
-    return NeuronStatistics([m.float() for m in means], [s.float() for s in stds], list(layers), model, n)
+        acts = [a.double().cpu() for a in text_activations(layers, embeddings)]  # per layer [batch, features]
+        total = total + ActivationSums(len(acts[0]), [a.sum(0) for a in acts], [(a * a).sum(0) for a in acts])
+    return total
+
+
+def compute_statistics(pipe, layers: dict[str, nn.Linear], prompts: list[str], model: str,
+                       batch_size: int = STATISTICS_BATCH_SIZE) -> NeuronStatistics:
+    """Mean and std per neuron over ``prompts`` (SPEC §2)."""
+    return activation_sums(pipe, layers, prompts, batch_size).statistics(list(layers), model)
 
 
 def save_statistics(stats: NeuronStatistics, path: str) -> None:
