@@ -1,0 +1,137 @@
+"""The test bed's Table 1: NeMo end to end on the built-in model (`make demo`).
+
+Runs the numbered scripts in order on testbed/model: statistics (1) -> threshold (2) ->
+localization (3) -> generation with all neurons, random neurons and NeMo's neurons (4) ->
+metrics, and prints the paper's Table 1 for the test bed. SSCD needs weights this
+repository cannot ship, so image similarity uses pixel-space SSIM to the training image
+(SSIM_Orig) and the weight-free pixel embedder of metrics/ (Pix_Gen, Pix_Div: stand-ins for
+SSCD_Gen and D_SSCD). Everything goes to --output; reruns reuse finished steps.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+
+import torch
+from PIL import Image
+from torchmetrics.functional.image import structural_similarity_index_measure
+from torchvision.transforms.functional import to_tensor
+
+import testbed
+from metrics.core import cosine_matrix, detection_metrics, median, paired_cosine, summarize, upper_triangle
+from metrics.embedders import PixelEmbedder
+from metrics.images import generated_images, original_images
+from utils import cli
+from utils.files import read_csv, read_prompts
+from utils.layers import count_neurons
+
+SCRIPTS = ["1_compute_activations_statistics", "2_compute_pairwise_ssim", "3_detect_memorized_neurons",
+           "4_generate_images"]
+SETTINGS = {"all neurons active": [], "random neurons": ["--block_random_neurons"], "NeMo": ["--refined_neurons"]}
+
+
+def script(number: int):
+    return importlib.import_module(SCRIPTS[number - 1])
+
+
+def ssim_to_original(original: str, generated: list[str]) -> torch.Tensor:
+    """Pixel SSIM of each generated image to the training image: [n]."""
+    target = to_tensor(Image.open(original).convert("RGB"))[None]  # [1, 3, H, W]
+    images = torch.stack([to_tensor(Image.open(p).convert("RGB").resize(target.shape[-2:][::-1])) for p in generated])
+    return structural_similarity_index_measure(images, target.expand_as(images), data_range=1.0, reduction="none")
+
+
+def image_metrics(folder: str, reference: str, originals: dict[int, str], types: dict[int, str]) -> dict:
+    """Median over prompts (and MAD) per type of SSIM_Orig, Pix_Gen and Pix_Div."""
+    embed = PixelEmbedder()
+    per_prompt = {"SSIM_Orig": {}, "Pix_Gen": {}, "Pix_Div": {}}
+    reference_images = generated_images(reference)
+    for prompt, paths in generated_images(folder).items():
+        embeddings = embed([Image.open(p).convert("RGB") for p in paths])  # [n, d]
+        plain = embed([Image.open(p).convert("RGB") for p in reference_images[prompt]])
+        per_prompt["SSIM_Orig"][prompt] = median(ssim_to_original(originals[prompt], paths))
+        per_prompt["Pix_Gen"][prompt] = median(paired_cosine(embeddings, plain))
+        per_prompt["Pix_Div"][prompt] = median(upper_triangle(cosine_matrix(embeddings, embeddings)))
+    return {name: summarize(values, types) for name, values in per_prompt.items()}
+
+
+def run_pipeline(args) -> dict:
+    out = args.output
+    model = ["-v", args.model]
+    kernel = ["--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)]
+    statistics = os.path.join(out, "statistics.pt")
+    if not os.path.exists(statistics):
+        script(1).main(["--prompts", testbed.ADDITIONAL_PROMPTS, "--output", statistics, *model])
+    scores = {}
+    for kind, prompts in (("unmemorized", testbed.UNMEMORIZED_PROMPTS), ("memorized", testbed.MEMORIZED_PROMPTS)):
+        scores[kind] = os.path.join(out, f"scores_{kind}.csv")
+        script(2).main(["--prompts", prompts, "--output", scores[kind], "--resume", *model, *kernel])
+    threshold = json.load(open(scores["unmemorized"] + ".threshold.json"))["threshold"]
+    results = os.path.join(out, "memorization_statistics.csv")
+    script(3).main(["-d", testbed.MEMORIZED_PROMPTS, "-o", results, "--statistics", statistics, "--resume",
+                    "--memorization_threshold", str(threshold), *model, *kernel])
+    folders = {}
+    for name, flags in SETTINGS.items():
+        folders[name] = os.path.join(out, "images", name.replace(" ", "_"))
+        script(4).main(["-f", results, "-d", testbed.MEMORIZED_PROMPTS, "-o", folders[name], "--steps", str(args.steps),
+                        "-n", str(args.num_samples), "-b", str(args.num_samples), *flags, *model])
+    return dict(threshold=threshold, scores=scores, results=results, folders=folders)
+
+
+def table(run: dict) -> dict:
+    prompts = read_prompts(testbed.MEMORIZED_PROMPTS)
+    types = dict(enumerate(prompts["type"]))
+    memorized = read_csv(run["scores"]["memorized"], ("Memorization Score",), "score file")["Memorization Score"]
+    unmemorized = read_csv(run["scores"]["unmemorized"], ("Memorization Score",), "score file")["Memorization Score"]
+    detection = detection_metrics(torch.tensor(memorized.values), torch.tensor(unmemorized.values), run["threshold"])
+    results = read_csv(run["results"], ("Refined Neurons", "Refined SSIM"), "results file")
+    neurons = {i: count_neurons(json.loads(cell)) for i, cell in enumerate(results["Refined Neurons"])}
+    originals = original_images(testbed.ORIGINALS_DIR)
+    rows = {}
+    for name, folder in run["folders"].items():
+        figures = image_metrics(folder, run["folders"]["all neurons active"], originals, types)
+        counts = summarize(neurons, types) if name != "all neurons active" else summarize(
+            {i: 0 for i in neurons}, types)
+        rows[name] = dict(neurons=counts, **figures)
+    return dict(threshold=run["threshold"], detection=detection, rows=rows,
+                localized=int(sum(1 for i, n in neurons.items() if n > 0)),
+                refined_at_or_below=int((results["Refined SSIM"] <= run["threshold"]).sum()),
+                prompts=len(results))
+
+
+def print_table(report: dict) -> None:
+    columns = ["neurons", "SSIM_Orig", "Pix_Gen", "Pix_Div"]
+    print(f"\nTest-bed Table 1 (median over prompts, VM / TM; tau_mem = {report['threshold']:.3f})")
+    print(f"{'setting':<20}" + "".join(f"{c:>16}" for c in columns))
+    for name, row in report["rows"].items():
+        cells = []
+        for column in columns:
+            groups = row[column]
+            cells.append(" / ".join(f"{groups[t]['median']:.2f}" if t in groups else "-" for t in ("VM", "TM")))
+        print(f"{name:<20}" + "".join(f"{c:>16}" for c in cells))
+    d = report["detection"]
+    print("\ndetection: " + ", ".join(f"{k} {v:.3f}" for k, v in d.items() if isinstance(v, float)))
+    print(f"neurons found for {report['localized']} of {report['prompts']} memorized prompts; refined score <= "
+          f"tau_mem for {report['refined_at_or_below']}")
+
+
+def main(argv=None) -> dict:
+    parser = cli.parser_for(__doc__)
+    parser.add_argument("--model", default=testbed.MODEL_DIR, help="diffusers folder of the test bed")
+    parser.add_argument("--output", default="demo_output", help="folder for every file the run writes")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the generations (paper: 50)")
+    parser.add_argument("--num_samples", type=int, default=10, help="images per prompt (paper: 10)")
+    parser.add_argument("--log_level", default="WARNING", help="logging level")
+    args = cli.parse(parser, argv)
+    os.makedirs(args.output, exist_ok=True)
+    report = table(run_pipeline(args))
+    with open(os.path.join(args.output, "table1.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    print_table(report)
+    return report
+
+
+if __name__ == "__main__":
+    cli.run(main)
