@@ -16,7 +16,7 @@ from utils.files import COST_COLUMNS, RESULT_COLUMNS, RowWriter, merge_rows, rea
 from utils.layers import count_neurons
 from utils.localization import localize_prompt
 from utils.noise import prompt_noise_difference
-from utils.statistics import encode_prompts, load_statistics, text_activations
+from utils.statistics import load_statistics, text_activations
 
 logger = logging.getLogger("3_detect_memorized_neurons")
 
@@ -45,11 +45,11 @@ def main(argv=None) -> None:
     with RowWriter(shard.part(output), RESULT_COLUMNS + COST_COLUMNS, cli.run_settings(args), args.resume) as writer:
         for i in tqdm(cli.pending(shard, len(frame), writer.done, args.limit), desc="localizing", unit="prompt"):
             prompt = frame["Caption"][i]
-            embedding = encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompt])
-            activations = [a[0].cpu() for a in text_activations(layers, embedding)]  # per layer [features]
             noise = prompt_noise_difference(pipe, layers, prompt, num_inference_steps=args.num_inference_steps,
                                             timestep_index=args.timestep_index, guidance_scale=args.guidance_scale,
                                             scaling_factor=args.scaling_factor)
+            # per layer [features], from the embedding the noise differences use
+            activations = [a[0].cpu() for a in text_activations(layers, noise.text_embedding)]
             result = localize_prompt(noise, shape, stats.z_scores(activations), activations, settings,
                                      args.ssim_kernel_size)
             writer.write(i, {"Caption": prompt, "URL": frame["URL"][i] if "URL" in frame else "",

@@ -34,7 +34,7 @@ from utils.localization import BlockedScorer, LocalizationSettings, localize_pro
 from utils.models import load_pipeline, resolve_device
 from utils.noise import NoiseDifference, UNetCounter, initial_latents, latent_shape, prompt_noise_difference
 from utils.score import blocked_scores
-from utils.statistics import compute_statistics, encode_prompts, text_activations
+from utils.statistics import compute_statistics, text_activations
 
 BATCH_SIZES = (0, 4, 8, 16)
 # Paper §4.3 / SPEC §4: median neurons after the initial selection (VM, TM).
@@ -85,14 +85,13 @@ def testbed_benchmark(args) -> None:
     totals = {m: dict(seconds=0.0, forwards=0, sets=0) for m in modes}
     print(f"{len(captions)} prompts, threshold {threshold:.4f}, modes: {', '.join(modes)}")
     for caption in captions:
-        embedding = encode_prompts(pipe.tokenizer, pipe.text_encoder, [caption])
-        activations = [a[0].cpu() for a in text_activations(layers, embedding)]
+        noise = prompt_noise_difference(pipe, layers, caption)  # localize_prompt gives it a fresh counter per run
+        activations = [a[0].cpu() for a in text_activations(layers, noise.text_embedding)]
         found = {}
         for mode in modes:
             batch = 0 if mode == "authors" else int(mode.split()[1])
             settings = LocalizationSettings(pairwise_ssim_threshold=threshold, ssim_threshold_initial_selection=threshold,
                                             ssim_threshold_refinement=threshold, batch_candidates=batch)
-            noise = prompt_noise_difference(pipe, layers, caption)
             scorer = (authors_scorer(initial_latents(settings.seed, settings.samples_per_prompt, shape))
                       if mode == "authors" else BlockedScorer)
             result = localize_prompt(noise, shape, stats.z_scores(activations), activations, settings,

@@ -12,7 +12,7 @@ from metrics import cli
 from metrics.core import alignment_score
 from metrics.embedders import CLIPEmbedder, embed_files
 from metrics.images import generated_images
-from utils.cli import parser_for, run, setup_logging
+from utils.cli import parse, parser_for, run
 from utils.models import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,7 @@ def main(argv=None) -> dict:
     cli.add_clip_args(parser)
     cli.add_device_args(parser)
     cli.add_output_args(parser, f"<images>/{JSON_NAME}")
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    args = parse(parser, argv)
 
     images = generated_images(args.images)
     frame = cli.prompt_rows(args.prompts, list(images))

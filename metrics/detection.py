@@ -18,7 +18,7 @@ import torch
 
 from metrics import cli
 from metrics.core import OVERALL, detection_metrics
-from utils.cli import parser_for, run, setup_logging
+from utils.cli import parse, parser_for, run
 from utils.files import read_csv
 
 logger = logging.getLogger(__name__)
@@ -86,8 +86,7 @@ def main(argv=None) -> dict:
     parser.add_argument("-p", "--prompts", default=None,
                         help="memorized prompt file (column 'type') for the VM-only figures")
     cli.add_output_args(parser, f"<memorized dir>/{JSON_NAME}")
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    args = parse(parser, argv)
 
     memorized_frame = read_scores(args.memorized)
     memorized, unmemorized = scores_of(memorized_frame), scores_of(read_scores(args.unmemorized))

@@ -12,7 +12,7 @@ from metrics import cli
 from metrics.core import diversity_score
 from metrics.embedders import embed_files
 from metrics.images import generated_images
-from utils.cli import parser_for, run, setup_logging
+from utils.cli import parse, parser_for, run
 
 logger = logging.getLogger(__name__)
 JSON_NAME = "diversity.json"
@@ -24,8 +24,7 @@ def main(argv=None) -> dict:
     cli.add_prompt_args(parser)
     cli.add_embedder_args(parser)
     cli.add_output_args(parser, f"<images>/{JSON_NAME}")
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    args = parse(parser, argv)
 
     images = generated_images(args.images)
     if len(next(iter(images.values()))) < 2:

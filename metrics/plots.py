@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from metrics.detection import add_score_args, read_scores, row_types, scores_of, threshold_from
-from utils.cli import parser_for, run, setup_logging
+from utils.cli import parse, parser_for, run
 from utils.files import read_results
 
 logger = logging.getLogger(__name__)
@@ -93,8 +93,7 @@ def main(argv=None) -> list[str]:
                         help="memorized prompt file (column 'type'); splits memorized prompts into VM and TM")
     parser.add_argument("-o", "--output-dir", default="results/plots", help="folder of the PNG files")
     parser.add_argument("--log-level", default="INFO", help="logging level")
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    args = parse(parser, argv)
     if not args.memorized and not args.results:
         parser.error("nothing to plot: pass --memorized (Fig. 2a) and/or --results (Fig. 4)")
 

@@ -21,7 +21,7 @@ from torchvision import transforms
 
 from metrics import cli
 from metrics.embedders import CLIPEmbedder
-from utils.cli import parser_for, run, setup_logging
+from utils.cli import parse, parser_for, run
 from utils.models import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -113,8 +113,7 @@ def main(argv=None) -> dict:
     cli.add_clip_args(parser)
     cli.add_device_args(parser)
     cli.add_output_args(parser, f"<images>/{JSON_NAME}")
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    args = parse(parser, argv)
 
     device = resolve_device(args.device)
     inception = inception_extractor(device) if {"fid", "kid"} & set(args.metrics) else None

@@ -13,7 +13,7 @@ from metrics import cli
 from metrics.core import sscd_orig_scores
 from metrics.embedders import embed_files
 from metrics.images import generated_images, original_images
-from utils.cli import parser_for, run, setup_logging
+from utils.cli import parse, parser_for, run
 
 logger = logging.getLogger(__name__)
 JSON_NAME = "sscd_orig.json"
@@ -26,8 +26,7 @@ def main(argv=None) -> dict:
     cli.add_prompt_args(parser)
     cli.add_embedder_args(parser)
     cli.add_output_args(parser, f"<images>/{JSON_NAME}")
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    args = parse(parser, argv)
 
     images = generated_images(args.images)
     originals = original_images(args.originals)

@@ -146,7 +146,7 @@ def test_bad_inputs_are_one_line_errors(tiny_model_dir, prompt_files, statistics
         script[3].main(["-v", tiny_model_dir, "-d", str(tmp_path / "missing.csv"), "--statistics", statistics])
     with pytest.raises(ValueError, match="do not match the model's 7 value layers"):
         script[3].main(["-v", tiny_model_dir, "-d", prompt_files["memorized"], "-o", str(tmp_path / "r.csv"),
-                        "--statistics", upstream_file("statistics_additional_laion_prompts_v1_4.pt")])
+                        "--statistics", upstream_file("statistics_additional_laion_prompts_v1_4.pt"), *FAST])
     with pytest.raises(ValueError, match="latent of 24x24 is too small"):
         script[2].main(["--prompts", prompt_files["unmemorized"], "--output", str(tmp_path / "s.csv"),
                         "-v", tiny_model_dir])

@@ -6,15 +6,21 @@ import argparse
 import logging
 
 from utils import localization, noise, score
-from utils.models import MODEL_VERSIONS
+from utils.layers import value_layers
+from utils.models import MODEL_VERSIONS, load_pipeline, resolve_device
+from utils.noise import latent_shape
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """--help shows each flag's default and keeps the script docstring's layout."""
 
 
+DEFAULTS_SOURCE = ("Defaults are those of the authors' scripts (ml-research/localizing_memorization_in_diffusion_models) "
+                   "and the paper; README.md lists where this suite differs.")
+
+
 def parser_for(doc: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+    return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter, epilog=DEFAULTS_SOURCE)
 
 
 def add_model_args(parser: argparse.ArgumentParser, default_version: str = "v1-4") -> None:
@@ -133,10 +139,6 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
 def load_detection_model(args: argparse.Namespace):
     """(pipeline, value layers, latent shape) for scripts 2 and 3; the SSIM window is checked
     against the latent size before any work is done."""
-    from utils.layers import value_layers
-    from utils.models import load_pipeline, resolve_device
-    from utils.noise import latent_shape
-
     pipe = load_pipeline(args.version, resolve_device(args.device))
     shape = latent_shape(pipe.unet)
     score.check_ssim_size(shape[-1], args.ssim_kernel_size)

@@ -9,6 +9,7 @@ import torch
 
 from utils.hooks import deactivate_per_slice
 from utils.layers import NeuronSet
+from utils.statistics import encode_prompts
 
 # Detection defaults (SPEC §3; authors' script 3 flags).
 SAMPLES_PER_PROMPT = 10
@@ -103,8 +104,6 @@ def prompt_noise_difference(pipe, layers: dict, prompt: str, *, num_inference_st
                             timestep_index: int = TIMESTEP_INDEX, guidance_scale: float = DETECTION_GUIDANCE_SCALE,
                             scaling_factor: float = 0.0) -> NoiseDifference:
     """A ``NoiseDifference`` bound to ``prompt``'s text embedding and the detection timestep."""
-    from utils.statistics import encode_prompts
-
     embedding = encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompt])  # [1, 77, dim]
     uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]) if guidance_scale > 0 else None
     timestep = detection_timestep(pipe.scheduler, num_inference_steps, timestep_index)
