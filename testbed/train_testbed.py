@@ -39,8 +39,8 @@ TESTBED_SIZE = TinySize(
 )
 SEED = 0
 BATCH_SIZE = 32
-VAE_STEPS = 800
-UNET_STEPS = 2500
+VAE_STEPS = 1500
+UNET_STEPS = 4000
 LEARNING_RATE = 5e-4
 # Share of each batch per caption kind; the rest is ordinary captions.
 VM_SHARE, TM_SHARE = 0.35, 0.15
@@ -55,13 +55,17 @@ DETECTION_TIMESTEP = 961  # SD's DDIM-50 timestep index 1 (SPEC §3)
 
 
 class Sampler:
-    """Draws training batches (images [B, 3, 48, 48] in [-1, 1], captions) from the mixture."""
+    """Draws training batches (images [B, 3, 48, 48] in [-1, 1], captions) from the mixture.
 
-    def __init__(self, seed: int):
-        self.rng = np.random.default_rng(seed)
-        self.seed = seed
-        self.ordinary, _ = data.split_ordinary(seed)
-        self.vm_images = [data.render_vm(i, seed) for i in range(len(data.VM_NAMES))]
+    ``data_seed`` fixes the dataset (VM images, TM layouts, held-out split) and must be the
+    seed the prompt files and originals are written with; ``draw_seed`` drives the draws.
+    """
+
+    def __init__(self, data_seed: int, draw_seed: int):
+        self.rng = np.random.default_rng(draw_seed)
+        self.seed = data_seed
+        self.ordinary, _ = data.split_ordinary(data_seed)
+        self.vm_images = [data.render_vm(i, data_seed) for i in range(len(data.VM_NAMES))]
 
     def draw(self, batch_size: int) -> tuple[torch.Tensor, list[str]]:
         images, captions = [], []
@@ -82,6 +86,11 @@ class Sampler:
             if self.rng.random() < CAPTION_DROPOUT:
                 captions[-1] = ""
         return to_tensor(np.stack(images)), captions
+
+
+def unet_sampler() -> Sampler:
+    """The U-Net phase's sampler: the dataset of the prompt files, its own stream of draws."""
+    return Sampler(SEED, SEED + 1)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -215,8 +224,8 @@ def main(argv=None) -> None:
     if args.vae_from:
         components["vae"] = AutoencoderKL.from_pretrained(args.vae_from).eval().requires_grad_(False)
     else:
-        train_vae(components["vae"], Sampler(SEED), args.vae_steps)
-    sampler = Sampler(SEED + 1)
+        train_vae(components["vae"], Sampler(SEED, SEED), args.vae_steps)
+    sampler = unet_sampler()
 
     def save():
         pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,

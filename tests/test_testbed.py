@@ -61,3 +61,24 @@ def test_memorized_prompt_is_localized_and_its_neurons_change_the_images(pipe, t
     # this checks only that the refined neurons matter for what it generates.
     embed = PixelEmbedder()
     assert paired_cosine(embed(list(plain)), embed(list(nemo))).median() < 0.95
+
+
+def test_training_data_matches_the_shipped_prompt_files_and_originals():
+    """The U-Net trains on the images saved as originals and never sees a held-out caption."""
+    import numpy as np
+    from PIL import Image
+
+    from testbed import synthetic_data as data
+    from testbed.train_testbed import unet_sampler
+
+    sampler = unet_sampler()
+    memorized = read_prompts(testbed.MEMORIZED_PROMPTS)
+    for index, caption in enumerate(memorized["Caption"]):
+        if memorized["type"][index] == "VM":
+            vm = data.VM_NAMES.index(caption.split()[2])
+            original = np.asarray(Image.open(os.path.join(testbed.ORIGINALS_DIR, f"{index:04d}.png")).convert("RGB"))
+            assert np.array_equal(sampler.vm_images[vm], original), caption
+    trained = {data.ordinary_caption(combo) for combo in sampler.ordinary}
+    held_out = set(read_prompts(testbed.UNMEMORIZED_PROMPTS)["Caption"])
+    assert held_out and not trained & held_out
+    assert trained == set(read_prompts(testbed.ADDITIONAL_PROMPTS)["Caption"])
