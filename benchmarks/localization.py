@@ -71,7 +71,8 @@ def authors_scorer(all_latents: torch.Tensor):
     return AuthorsScorer
 
 
-def testbed_benchmark(args) -> None:
+def testbed_benchmark(args) -> dict:
+    """Returns {mode: dict(seconds, forwards, sets)}; raises if any mode finds other neurons."""
     device = resolve_device(args.device)
     pipe = load_pipeline(args.model, device)
     layers = value_layers(pipe.unet)
@@ -103,7 +104,7 @@ def testbed_benchmark(args) -> None:
         reference = found[modes[0]]
         for mode in modes[1:]:
             if found[mode] != reference:
-                raise SystemExit(f"'{caption}': {mode} found {found[mode]}, authors' schedule {reference}")
+                raise RuntimeError(f"'{caption}': {mode} found {found[mode]}, authors' schedule {reference}")
         print(f"  {caption}: {count_neurons(reference[0])} initial, {count_neurons(reference[1])} refined neurons "
               f"(identical in all modes)")
     authors = totals["authors"]
@@ -116,10 +117,12 @@ def testbed_benchmark(args) -> None:
     if sequential:
         for mode in modes[2:]:
             print(f"{mode} vs sequential: {sequential['seconds'] / totals[mode]['seconds']:.2f}x faster")
+    return totals
 
 
 @torch.no_grad()
-def sd14_benchmark(args) -> None:
+def sd14_benchmark(args) -> dict:
+    """Returns {sets per call: seconds per scored set}."""
     device = resolve_device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     config = dict(SD14_UNET_CONFIG)
@@ -154,9 +157,10 @@ def sd14_benchmark(args) -> None:
         sets = 1 + 4 + 7 + initial
         print(f"projected {kind} prompt ({initial} initial neurons, ~{sets:.0f} sets): "
               f"{sets * per_set[min(per_set)]:.1f} s sequential, {sets * best:.1f} s batched")
+    return per_set
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     parser = cli.parser_for(__doc__)
     parser.add_argument("--unet", choices=("testbed", "sd14"), default="testbed", help="which benchmark")
     parser.add_argument("--model", default=testbed.MODEL_DIR, help="test bed model folder")
@@ -179,8 +183,8 @@ def main(argv=None) -> None:
     parser.add_argument("--log_level", default="WARNING", help="logging level")
     args = cli.parse(parser, argv)
     torch.manual_seed(0)
-    (sd14_benchmark if args.unet == "sd14" else testbed_benchmark)(args)
+    return (sd14_benchmark if args.unet == "sd14" else testbed_benchmark)(args)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,0 +1,16 @@
+"""The localization benchmark in reduced form: every mode finds the same neurons."""
+
+from benchmarks import localization
+
+
+def test_testbed_benchmark_modes_agree_and_beat_the_authors_schedule():
+    # Raises if the sequential or the batched walk finds other neurons than the authors' schedule.
+    totals = localization.main(["--vm_only", "--limit", "1", "--batch_sizes", "0,4"])
+    assert set(totals) == {"authors", "batch 0", "batch 4"}
+    assert totals["batch 0"]["sets"] == totals["authors"]["sets"]
+    assert 2 * totals["batch 0"]["forwards"] <= totals["authors"]["forwards"]
+
+
+def test_sd14_layout_benchmark_runs_reduced_on_the_cpu():
+    per_set = localization.main(["--unet", "sd14", "--device", "cpu", "--sets_per_call", "1,2", "--repeats", "1"])
+    assert set(per_set) == {1, 2} and all(seconds > 0 for seconds in per_set.values())
