@@ -16,10 +16,9 @@ import os
 
 import torch
 from PIL import Image
-from torchmetrics.functional.image import structural_similarity_index_measure
-from torchvision.transforms.functional import to_tensor
 
 import testbed
+from testbed.pixel_memorization import ssim_to_original
 from metrics.core import cosine_matrix, detection_metrics, median, paired_cosine, summarize, upper_triangle
 from metrics.embedders import PixelEmbedder
 from metrics.images import generated_images, original_images
@@ -30,17 +29,13 @@ from utils.layers import count_neurons
 SCRIPTS = ["1_compute_activations_statistics", "2_compute_pairwise_ssim", "3_detect_memorized_neurons",
            "4_generate_images"]
 SETTINGS = {"all neurons active": [], "random neurons": ["--block_random_neurons"], "NeMo": ["--refined_neurons"]}
+# Demo size: prompts per type that fit the README's ~10-minute budget on 2 CPU cores
+# (BENCHMARKS.md); the test bed has 12 of each.
+DEMO_PROMPTS = {"VM": 6, "TM": 2}
 
 
 def script(number: int):
     return importlib.import_module(SCRIPTS[number - 1])
-
-
-def ssim_to_original(original: str, generated: list[str]) -> torch.Tensor:
-    """Pixel SSIM of each generated image to the training image: [n]."""
-    target = to_tensor(Image.open(original).convert("RGB"))[None]  # [1, 3, H, W]
-    images = torch.stack([to_tensor(Image.open(p).convert("RGB").resize(target.shape[-2:][::-1])) for p in generated])
-    return structural_similarity_index_measure(images, target.expand_as(images), data_range=1.0, reduction="none")
 
 
 def image_metrics(folder: str, reference: str, originals: dict[int, str], types: dict[int, str]) -> dict:
@@ -51,54 +46,85 @@ def image_metrics(folder: str, reference: str, originals: dict[int, str], types:
     for prompt, paths in generated_images(folder).items():
         embeddings = embed([Image.open(p).convert("RGB") for p in paths])  # [n, d]
         plain = embed([Image.open(p).convert("RGB") for p in reference_images[prompt]])
-        per_prompt["SSIM_Orig"][prompt] = median(ssim_to_original(originals[prompt], paths))
+        per_prompt["SSIM_Orig"][prompt] = median(ssim_to_original(Image.open(originals[prompt]),
+                                                                  [Image.open(p) for p in paths]))
         per_prompt["Pix_Gen"][prompt] = median(paired_cosine(embeddings, plain))
         per_prompt["Pix_Div"][prompt] = median(upper_triangle(cosine_matrix(embeddings, embeddings)))
     return {name: summarize(values, types) for name, values in per_prompt.items()}
 
 
+def memorized_subset(counts: dict[str, int], path: str) -> list[int]:
+    """Write the first ``counts[type]`` memorized prompts of each type to ``path`` (the
+    authors' format); returns their rows in the full prompt file (the originals' numbers)."""
+    prompts = read_prompts(testbed.MEMORIZED_PROMPTS)
+    rows = [i for kind, n in counts.items() for i in prompts.index[prompts["type"] == kind][:n]]
+    prompts.loc[rows].reset_index(drop=True).to_csv(path, sep=";")
+    return rows
+
+
 def run_pipeline(args) -> dict:
     out = args.output
+    memorized = os.path.join(out, "memorized_prompts.csv")
+    rows = memorized_subset({"VM": args.vm, "TM": args.tm}, memorized)
     model = ["-v", args.model]
     kernel = ["--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)]
     statistics = os.path.join(out, "statistics.pt")
     if not os.path.exists(statistics):
         script(1).main(["--prompts", testbed.ADDITIONAL_PROMPTS, "--output", statistics, *model])
     scores = {}
-    for kind, prompts in (("unmemorized", testbed.UNMEMORIZED_PROMPTS), ("memorized", testbed.MEMORIZED_PROMPTS)):
+    for kind, prompts in (("unmemorized", testbed.UNMEMORIZED_PROMPTS), ("memorized", memorized)):
         scores[kind] = os.path.join(out, f"scores_{kind}.csv")
         script(2).main(["--prompts", prompts, "--output", scores[kind], "--resume", *model, *kernel])
     threshold = json.load(open(scores["unmemorized"] + ".threshold.json"))["threshold"]
     results = os.path.join(out, "memorization_statistics.csv")
-    script(3).main(["-d", testbed.MEMORIZED_PROMPTS, "-o", results, "--statistics", statistics, "--resume",
+    script(3).main(["-d", memorized, "-o", results, "--statistics", statistics, "--resume",
                     "--memorization_threshold", str(threshold), *model, *kernel])
     folders = {}
     for name, flags in SETTINGS.items():
         folders[name] = os.path.join(out, "images", name.replace(" ", "_"))
-        script(4).main(["-f", results, "-d", testbed.MEMORIZED_PROMPTS, "-o", folders[name], "--steps", str(args.steps),
+        script(4).main(["-f", results, "-d", memorized, "-o", folders[name], "--steps", str(args.steps),
                         "-n", str(args.num_samples), "-b", str(args.num_samples), *flags, *model])
-    return dict(threshold=threshold, scores=scores, results=results, folders=folders)
+    return dict(threshold=threshold, scores=scores, results=results, folders=folders, prompts=memorized, rows=rows)
 
 
 def table(run: dict) -> dict:
-    prompts = read_prompts(testbed.MEMORIZED_PROMPTS)
+    prompts = read_prompts(run["prompts"])
     types = dict(enumerate(prompts["type"]))
     memorized = read_csv(run["scores"]["memorized"], ("Memorization Score",), "score file")["Memorization Score"]
     unmemorized = read_csv(run["scores"]["unmemorized"], ("Memorization Score",), "score file")["Memorization Score"]
     detection = detection_metrics(torch.tensor(memorized.values), torch.tensor(unmemorized.values), run["threshold"])
     results = read_csv(run["results"], ("Refined Neurons", "Refined SSIM"), "results file")
-    neurons = {i: count_neurons(json.loads(cell)) for i, cell in enumerate(results["Refined Neurons"])}
-    originals = original_images(testbed.ORIGINALS_DIR)
+    refined = [json.loads(cell) for cell in results["Refined Neurons"]]
+    neurons = {i: count_neurons(cell) for i, cell in enumerate(refined)}
+    all_originals = original_images(testbed.ORIGINALS_DIR)
+    originals = {i: all_originals[row] for i, row in enumerate(run["rows"])}
     rows = {}
     for name, folder in run["folders"].items():
         figures = image_metrics(folder, run["folders"]["all neurons active"], originals, types)
         counts = summarize(neurons, types) if name != "all neurons active" else summarize(
             {i: 0 for i in neurons}, types)
         rows[name] = dict(neurons=counts, **figures)
-    return dict(threshold=run["threshold"], detection=detection, rows=rows,
+    return dict(threshold=run["threshold"], detection=detection, rows=rows, checks=checks(rows),
+                neurons_per_prompt={f"{types[i]} {prompts['Caption'][i]}": n for i, n in neurons.items()},
+                neurons_per_layer=[sum(len(cell[layer]) for cell in refined) for layer in range(len(refined[0]))],
                 localized=int(sum(1 for i, n in neurons.items() if n > 0)),
                 refined_at_or_below=int((results["Refined SSIM"] <= run["threshold"]).sum()),
                 prompts=len(results))
+
+
+def checks(rows: dict) -> dict:
+    """Issue 3, point 3, per type: SSIM_Orig and Pix_Div of NeMo and random neurons relative
+    to all neurons active (NeMo should halve SSIM_Orig and lower Pix_Div, i.e. raise
+    diversity; random neurons should move neither by more than 10%)."""
+    plain = rows["all neurons active"]
+    result = {}
+    for kind in plain["SSIM_Orig"]:
+        ratio = lambda name, column: rows[name][column][kind]["median"] / plain[column][kind]["median"]
+        result[kind] = {"NeMo SSIM_Orig ratio": ratio("NeMo", "SSIM_Orig"),
+                        "NeMo Pix_Div ratio": ratio("NeMo", "Pix_Div"),
+                        "random SSIM_Orig ratio": ratio("random neurons", "SSIM_Orig"),
+                        "random Pix_Div ratio": ratio("random neurons", "Pix_Div")}
+    return result
 
 
 def print_table(report: dict) -> None:
@@ -115,6 +141,10 @@ def print_table(report: dict) -> None:
     print("\ndetection: " + ", ".join(f"{k} {v:.3f}" for k, v in d.items() if isinstance(v, float)))
     print(f"neurons found for {report['localized']} of {report['prompts']} memorized prompts; refined score <= "
           f"tau_mem for {report['refined_at_or_below']}")
+    print("refined neurons per layer (summed over prompts): " + ", ".join(map(str, report["neurons_per_layer"])))
+    print("refined neurons per prompt: " + ", ".join(f"{n} ({p})" for p, n in report["neurons_per_prompt"].items()))
+    for kind, ratios in report["checks"].items():
+        print(f"{kind}: " + ", ".join(f"{name} {value:.2f}" for name, value in ratios.items()))
 
 
 def main(argv=None) -> dict:
@@ -123,6 +153,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", default="demo_output", help="folder for every file the run writes")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the generations (paper: 50)")
     parser.add_argument("--num_samples", type=int, default=10, help="images per prompt (paper: 10)")
+    for kind, n in DEMO_PROMPTS.items():
+        parser.add_argument(f"--{kind.lower()}", type=int, default=n, help=f"how many {kind} prompts (of 12)")
     parser.add_argument("--log_level", default="WARNING", help="logging level")
     args = cli.parse(parser, argv)
     os.makedirs(args.output, exist_ok=True)
