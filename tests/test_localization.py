@@ -61,7 +61,7 @@ def test_initial_selection_stops_at_the_first_step_at_or_below_threshold(batch):
     result = initial_selection(z, a, score, TAU, SelectionSchedule(), batch)
     steps = SelectionSchedule().steps(16)
     first = next(i for i, (t, k) in enumerate(steps) if sum(map(len, candidate_set(z, a, t, k))) >= 12)
-    assert result.found and (result.theta, result.k) == steps[first]
+    assert result.found and (result.theta, result.k) == steps[first] and result.steps == first + 1
     assert result.neurons == candidate_set(z, a, *steps[first]) and result.score == TAU
     assert score.seen[: first + 1] == [candidate_set(z, a, t, k) for t, k in steps[: first + 1]]
 
@@ -69,7 +69,7 @@ def test_initial_selection_stops_at_the_first_step_at_or_below_threshold(batch):
 def test_initial_selection_gives_up_with_the_last_set_and_its_score():
     z, a = make_activations()
     result = initial_selection(z, a, ScriptedScore(lambda s: 0.95 - 0.001 * sum(map(len, s))), TAU)
-    assert not result.found and (result.theta, result.k) == (1.25, 15)
+    assert not result.found and (result.theta, result.k) == (1.25, 15) and result.steps == 16
     assert result.neurons == candidate_set(z, a, 1.25, 15)
     assert result.score == pytest.approx(0.95 - 0.001 * sum(map(len, result.neurons)))
 

@@ -91,6 +91,7 @@ class InitialSelection:
     found: bool  # False when the schedule ran out with every score above the threshold
     theta: float
     k: int
+    steps: int  # (theta, k) steps tried, this one included
 
 
 def initial_selection(z_scores, activations, score_sets: ScoreSets, threshold: float,
@@ -104,10 +105,10 @@ def initial_selection(z_scores, activations, score_sets: ScoreSets, threshold: f
     for start in range(0, len(steps), batch):
         chunk = steps[start:start + batch]
         sets = [candidate_set(z_scores, activations, theta, k) for theta, k in chunk]
-        for (theta, k), neurons, score in zip(chunk, sets, score_sets(sets)):
+        for step, ((theta, k), neurons, score) in enumerate(zip(chunk, sets, score_sets(sets)), start + 1):
             if score <= threshold:
-                return InitialSelection(neurons, score, True, theta, k)
-    return InitialSelection(neurons, score, False, theta, k)
+                return InitialSelection(neurons, score, True, theta, k, step)
+    return InitialSelection(neurons, score, False, theta, k, len(steps))
 
 
 def _without(neurons: NeuronSet, removal: list[tuple[int, int]]) -> NeuronSet:
@@ -179,6 +180,7 @@ class LocalizationResult:
     seconds: float = 0.0
     unet_sample_forwards: int = 0
     sets_scored: int = 0
+    selection_steps: int = 0  # (theta, k) steps of the initial selection
 
 
 class BlockedScorer:
@@ -234,4 +236,4 @@ def localize_prompt(noise: NoiseDifference, latent_shape, z_scores, activations,
     logger.debug("theta %.2f k %d: %d initial, %d refined neurons", initial.theta, initial.k,
                  count_neurons(initial.neurons), count_neurons(refined))
     return LocalizationResult(initial.neurons, initial.score, refined, refined_score, keep.tolist(),
-                              time.perf_counter() - start, counter.sample_forwards, scorer.sets_scored)
+                              time.perf_counter() - start, counter.sample_forwards, scorer.sets_scored, initial.steps)
