@@ -18,7 +18,7 @@ demo: $(VENV)/installed
 test: $(VENV)/installed
 	$(RUN) -m pytest -q
 
-# Retrain the built-in test bed from scratch (about 1 h on 2 CPU cores).
+# Retrain the built-in test bed from scratch (about 45 min on 2 CPU cores).
 testbed: $(VENV)/installed
 	$(RUN) -m testbed.train_testbed --output testbed
 
