@@ -93,3 +93,19 @@ def test_table1_demo_runs_end_to_end_reduced(tmp_path, capsys):
     assert set(report["rows"]) == {"all neurons active", "random neurons", "NeMo"}
     assert {"VM", "TM"} <= set(report["checks"])
     assert "Test-bed Table 1" in capsys.readouterr().out
+
+
+def test_localizability_bounds(pipe, threshold):
+    from testbed.localizability import bounds
+
+    layers = value_layers(pipe.unet)
+    latents = initial_latents(1, 10, latent_shape(pipe.unet))
+    vm = read_prompts(testbed.MEMORIZED_PROMPTS)["Caption"][0]
+    own = prompt_noise_difference(pipe, layers, vm)(latents)[0]
+    # "unconditional" replaced by the prompt's own noise differences: a set that changed nothing
+    unchanged = bounds(pipe, layers, vm, own, latents, threshold, testbed.SSIM_KERNEL_SIZE)
+    assert unchanged["score"] > threshold and unchanged["as_unconditional"] == pytest.approx(1.0, abs=1e-4)
+    assert unchanged["all_blocked"] < unchanged["score"]
+    held_out = read_prompts(testbed.UNMEMORIZED_PROMPTS)["Caption"][0]
+    none_kept = bounds(pipe, layers, held_out, own, latents, threshold, testbed.SSIM_KERNEL_SIZE)
+    assert none_kept["score"] <= threshold and torch.isnan(torch.tensor(none_kept["all_blocked"]))

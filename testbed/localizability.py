@@ -1,0 +1,81 @@
+"""Can any neuron set bring the test bed's memorized prompts below tau_mem? (issue 3, point 3)
+
+NeMo accepts a set when the blocked score (SPEC §4.1: MS-SSIM between a kept seed's
+unblocked and blocked noise differences, max over kept seeds) is at or below tau_mem. Two
+bounds on what any set can reach, per memorized prompt, on script 3's seeds:
+* all blocked: every value neuron deactivated;
+* as unconditional: the blocked noise differences replaced by those of the empty prompt,
+  i.e. a set that removed everything the caption adds.
+A model on which even these extreme sets stay above tau_mem is unlikely to meet point 3,
+whatever the localization does. Quick (one U-Net call per prompt and bound): run it on a retrained
+test bed before the full Table 1.
+
+    python -m testbed.localizability
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+import testbed
+from utils import cli
+from utils.files import read_prompts
+from utils.layers import layer_widths, value_layers
+from utils.localization import LocalizationSettings
+from utils.models import load_pipeline, resolve_device
+from utils.noise import initial_latents, latent_shape, prompt_noise_difference
+from utils.score import blocked_scores, pairwise_max_scores
+
+
+def bounds(pipe, layers, caption: str, unconditional, latents: torch.Tensor, threshold: float,
+           kernel_size: int) -> dict[str, float]:
+    """Memorization score and the two bounds of one prompt (see module docstring).
+
+    unconditional: the empty prompt's noise differences on ``latents`` [n, 4, h, w].
+    """
+    every_neuron = [list(range(width)) for width in layer_widths(layers)]
+    unblocked, blocked = prompt_noise_difference(pipe, layers, caption)(latents, [[[] for _ in layers], every_neuron])
+    per_sample = pairwise_max_scores(unblocked, kernel_size)
+    keep = per_sample > threshold
+    if not keep.any():
+        return dict(score=per_sample.max().item(), all_blocked=float("nan"), as_unconditional=float("nan"))
+    return dict(score=per_sample.max().item(),
+                all_blocked=blocked_scores(unblocked[keep], blocked[keep][None], kernel_size).item(),
+                as_unconditional=blocked_scores(unblocked[keep], unconditional[keep][None], kernel_size).item())
+
+
+def main(argv=None) -> dict:
+    parser = cli.parser_for(__doc__)
+    parser.add_argument("--model", default=testbed.MODEL_DIR, help="diffusers folder of the test bed")
+    parser.add_argument("--prompts", default=testbed.MEMORIZED_PROMPTS, help="memorized prompts")
+    parser.add_argument("--threshold_file", default=os.path.join(testbed.TESTBED_DIR, "threshold.json"),
+                        help="script 2's threshold json (tau_mem)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    parser.add_argument("--log_level", default="WARNING", help="logging level")
+    args = cli.parse(parser, argv)
+    threshold = json.load(open(args.threshold_file))["threshold"]
+    pipe = load_pipeline(args.model, resolve_device(args.device))
+    layers = value_layers(pipe.unet)
+    settings = LocalizationSettings()
+    latents = initial_latents(settings.seed, settings.samples_per_prompt, latent_shape(pipe.unet))  # [n, 4, h, w]
+    unconditional = prompt_noise_difference(pipe, layers, "")(latents)[0]
+    prompts = read_prompts(args.prompts)
+    rows = {}
+    print(f"tau_mem {threshold:.3f}; kernel {testbed.SSIM_KERNEL_SIZE}; {settings.samples_per_prompt} seeds")
+    print(f"{'prompt':<34}{'score':>8}{'all blocked':>13}{'as unconditional':>18}")
+    for caption, kind in zip(prompts["Caption"], prompts.get("type", [""] * len(prompts))):
+        rows[caption] = dict(type=kind, **bounds(pipe, layers, caption, unconditional, latents, threshold,
+                                                 testbed.SSIM_KERNEL_SIZE))
+        r = rows[caption]
+        print(f"{caption[:33]:<34}{r['score']:>8.3f}{r['all_blocked']:>13.3f}{r['as_unconditional']:>18.3f}")
+    for bound in ("all_blocked", "as_unconditional"):
+        below = sum(r[bound] <= threshold for r in rows.values())
+        print(f"{bound.replace('_', ' ')}: at or below tau_mem for {below} of {len(rows)} prompts")
+    return rows
+
+
+if __name__ == "__main__":
+    cli.run(main)
