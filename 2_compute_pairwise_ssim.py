@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from utils import cli
 from utils.distributed import Shard
-from utils.files import RowWriter, merge_rows, read_csv, read_prompts
+from utils.files import RowWriter, merge_rows, read_csv, read_prompts, threshold_path
 from utils.noise import initial_latents, prompt_noise_difference
 from utils.score import pairwise_max_scores
 
@@ -54,7 +54,7 @@ def main(argv=None) -> float | None:
         return None  # another process merges and reports
     scores = read_csv(args.output, tuple(SCORE_COLUMNS), "score file")["Memorization Score"]
     threshold = memorization_threshold(scores)
-    with open(args.output + ".threshold.json", "w") as f:
+    with open(threshold_path(args.output), "w") as f:
         json.dump(dict(threshold=threshold, mean=float(scores.mean()), std=float(scores.std()),
                        num_prompts=len(scores)), f, indent=1)
     print(f"memorization threshold (mean + 1 std of {len(scores)} prompts): {threshold:.4f}")

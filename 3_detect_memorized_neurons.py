@@ -16,7 +16,7 @@ from utils.files import COST_COLUMNS, RESULT_COLUMNS, RowWriter, merge_rows, rea
 from utils.layers import count_neurons
 from utils.localization import localize_prompt
 from utils.noise import prompt_noise_difference
-from utils.statistics import load_statistics, text_activations
+from utils.statistics import load_statistics, prompt_activations
 
 logger = logging.getLogger("3_detect_memorized_neurons")
 
@@ -48,8 +48,7 @@ def main(argv=None) -> None:
             noise = prompt_noise_difference(pipe, layers, prompt, num_inference_steps=args.num_inference_steps,
                                             timestep_index=args.timestep_index, guidance_scale=args.guidance_scale,
                                             scaling_factor=args.scaling_factor)
-            # per layer [features], from the embedding the noise differences use
-            activations = [a[0].cpu() for a in text_activations(layers, noise.text_embedding)]
+            activations = prompt_activations(layers, noise.text_embedding)  # the embedding the noise uses
             result = localize_prompt(noise, shape, stats.z_scores(activations), activations, settings,
                                      args.ssim_kernel_size)
             writer.write(i, {"Caption": prompt, "URL": frame["URL"][i] if "URL" in frame else "",

@@ -19,7 +19,6 @@ On the CPU it runs a reduced width unless --full.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import replace
@@ -29,13 +28,13 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 
 import testbed
 from utils import cli
-from utils.files import read_prompts
+from utils.files import read_prompts, read_threshold
 from utils.layers import count_neurons, value_layers
 from utils.localization import BlockedScorer, LocalizationSettings, localize_prompt
 from utils.models import load_pipeline, resolve_device
 from utils.noise import NoiseDifference, UNetCounter, initial_latents, latent_shape, prompt_noise_difference
 from utils.score import blocked_scores
-from utils.statistics import compute_statistics, text_activations
+from utils.statistics import compute_statistics, prompt_activations
 
 BATCH_SIZES = (0, 4, 8, 16)
 # Paper §4.3 / SPEC §4: median neurons after the initial selection (VM, TM).
@@ -89,7 +88,7 @@ def testbed_benchmark(args) -> dict:
     pipe = load_pipeline(args.model, device)
     layers = value_layers(pipe.unet)
     stats = compute_statistics(pipe, layers, read_prompts(args.statistics_prompts)["Caption"].tolist(), args.model)
-    threshold = args.threshold or json.load(open(args.threshold_file))["threshold"]
+    threshold = args.threshold or read_threshold(args.threshold_file)
     prompts = read_prompts(args.prompts)
     prompts = prompts[prompts["type"] == "VM"] if args.vm_only else prompts
     captions = prompts["Caption"].tolist()[: args.limit]
@@ -99,18 +98,17 @@ def testbed_benchmark(args) -> dict:
     print(f"{len(captions)} prompts, threshold {threshold:.4f}, modes: {', '.join(modes)}")
     for caption in captions:
         noise = prompt_noise_difference(pipe, layers, caption)  # localize_prompt gives it a fresh counter per run
-        activations = [a[0].cpu() for a in text_activations(layers, noise.text_embedding)]
+        activations = prompt_activations(layers, noise.text_embedding)
         found = {}
         for mode in modes:
             batch = 0 if mode == "authors" else int(mode.split()[1])
             settings = LocalizationSettings(pairwise_ssim_threshold=threshold, ssim_threshold_initial_selection=threshold,
                                             ssim_threshold_refinement=threshold, batch_candidates=batch)
-            scorer = (authors_scorer(initial_latents(settings.seed, settings.samples_per_prompt, shape))
-                      if mode == "authors" else BlockedScorer)
+            all_latents = initial_latents(settings.seed, settings.samples_per_prompt, shape)
+            scorer = authors_scorer(all_latents) if mode == "authors" else BlockedScorer
             result = localize_prompt(noise, shape, stats.z_scores(activations), activations, settings,
                                      testbed.SSIM_KERNEL_SIZE, scorer)
             if mode == "authors":
-                all_latents = initial_latents(settings.seed, settings.samples_per_prompt, shape)
                 result = replay_activation_passes(noise, result, all_latents)
             found[mode] = (result.initial_neurons, result.refined_neurons)
             totals[mode]["seconds"] += result.seconds

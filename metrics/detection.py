@@ -9,7 +9,6 @@ memorized prompt file's type column. tau_mem is --threshold, or read from --thre
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -19,7 +18,7 @@ import torch
 from metrics import cli
 from metrics.core import OVERALL, detection_metrics
 from utils.cli import parse, parser_for, run
-from utils.files import read_csv
+from utils.files import read_csv, read_threshold, threshold_path
 
 logger = logging.getLogger(__name__)
 JSON_NAME = "detection.json"
@@ -55,16 +54,9 @@ def threshold_from(args) -> float | None:
     """--threshold, else the threshold file's; None when the default file does not exist."""
     if args.threshold is not None:
         return args.threshold
-    path = args.threshold_file or args.unmemorized + ".threshold.json"
-    if not os.path.isfile(path):
-        if args.threshold_file:
-            raise ValueError(f"threshold file {path} not found")
+    if args.threshold_file is None and not os.path.isfile(threshold_path(args.unmemorized)):
         return None
-    with open(path) as f:
-        content = json.load(f)
-    if "threshold" not in content:
-        raise ValueError(f"threshold file {path} has no key 'threshold'")
-    return float(content["threshold"])
+    return read_threshold(args.threshold_file or threshold_path(args.unmemorized))
 
 
 def row_types(prompts: str, rows: pd.DataFrame, rows_path: str) -> list[str]:
@@ -92,7 +84,7 @@ def main(argv=None) -> dict:
     memorized, unmemorized = scores_of(memorized_frame), scores_of(read_scores(args.unmemorized))
     threshold = threshold_from(args)
     if threshold is None:
-        raise ValueError(f"no threshold: {args.unmemorized}.threshold.json not found; pass --threshold or "
+        raise ValueError(f"no threshold: {threshold_path(args.unmemorized)} not found; pass --threshold or "
                          "--threshold-file")
     groups = {OVERALL: memorized}
     if args.prompts:

@@ -15,14 +15,13 @@ test bed before the full Table 1.
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 
 import testbed
 from utils import cli
-from utils.files import read_prompts
+from utils.files import read_prompts, read_threshold
 from utils.layers import layer_widths, value_layers
 from utils.localization import LocalizationSettings
 from utils.models import load_pipeline, resolve_device
@@ -56,7 +55,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     parser.add_argument("--log_level", default="WARNING", help="logging level")
     args = cli.parse(parser, argv)
-    threshold = json.load(open(args.threshold_file))["threshold"]
+    threshold = read_threshold(args.threshold_file)
     pipe = load_pipeline(args.model, resolve_device(args.device))
     layers = value_layers(pipe.unet)
     settings = LocalizationSettings()

@@ -17,7 +17,7 @@ from torchvision.transforms.functional import to_tensor
 from tqdm import tqdm
 
 import testbed
-from metrics.core import median, upper_triangle
+from metrics.core import median
 from metrics.images import original_images
 from utils import cli
 from utils.files import read_prompts

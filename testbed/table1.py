@@ -23,7 +23,7 @@ from metrics.core import cosine_matrix, detection_metrics, median, paired_cosine
 from metrics.embedders import PixelEmbedder
 from metrics.images import generated_images, original_images
 from utils import cli
-from utils.files import read_csv, read_prompts
+from utils.files import read_csv, read_prompts, read_threshold, threshold_path
 from utils.layers import count_neurons
 
 SCRIPTS = ["1_compute_activations_statistics", "2_compute_pairwise_ssim", "3_detect_memorized_neurons",
@@ -38,17 +38,22 @@ def script(number: int):
     return importlib.import_module(SCRIPTS[number - 1])
 
 
-def image_metrics(folder: str, reference: str, originals: dict[int, str], types: dict[int, str]) -> dict:
-    """Median over prompts (and MAD) per type of SSIM_Orig, Pix_Gen and Pix_Div."""
-    embed = PixelEmbedder()
+def load_images(folder: str) -> dict[int, list[Image.Image]]:
+    """Script 4's images of each prompt, as RGB."""
+    return {prompt: [Image.open(p).convert("RGB") for p in paths] for prompt, paths in generated_images(folder).items()}
+
+
+def image_metrics(images: dict[int, list[Image.Image]], plain: dict[int, torch.Tensor], originals: dict[int, str],
+                  types: dict[int, str], embed: PixelEmbedder) -> dict:
+    """Median over prompts (and MAD) per type of SSIM_Orig, Pix_Gen and Pix_Div.
+
+    plain: the pixel embeddings [n, d] of each prompt's images with all neurons active.
+    """
     per_prompt = {"SSIM_Orig": {}, "Pix_Gen": {}, "Pix_Div": {}}
-    reference_images = generated_images(reference)
-    for prompt, paths in generated_images(folder).items():
-        embeddings = embed([Image.open(p).convert("RGB") for p in paths])  # [n, d]
-        plain = embed([Image.open(p).convert("RGB") for p in reference_images[prompt]])
-        per_prompt["SSIM_Orig"][prompt] = median(ssim_to_original(Image.open(originals[prompt]),
-                                                                  [Image.open(p) for p in paths]))
-        per_prompt["Pix_Gen"][prompt] = median(paired_cosine(embeddings, plain))
+    for prompt, generated in images.items():
+        embeddings = embed(generated)  # [n, d]
+        per_prompt["SSIM_Orig"][prompt] = median(ssim_to_original(Image.open(originals[prompt]), generated))
+        per_prompt["Pix_Gen"][prompt] = median(paired_cosine(embeddings, plain[prompt]))
         per_prompt["Pix_Div"][prompt] = median(upper_triangle(cosine_matrix(embeddings, embeddings)))
     return {name: summarize(values, types) for name, values in per_prompt.items()}
 
@@ -75,7 +80,7 @@ def run_pipeline(args) -> dict:
     for kind, prompts in (("unmemorized", testbed.UNMEMORIZED_PROMPTS), ("memorized", memorized)):
         scores[kind] = os.path.join(out, f"scores_{kind}.csv")
         script(2).main(["--prompts", prompts, "--output", scores[kind], "--resume", *model, *kernel])
-    threshold = json.load(open(scores["unmemorized"] + ".threshold.json"))["threshold"]
+    threshold = read_threshold(threshold_path(scores["unmemorized"]))
     results = os.path.join(out, "memorization_statistics.csv")
     script(3).main(["-d", memorized, "-o", results, "--statistics", statistics, "--resume",
                     "--memorization_threshold", str(threshold), *model, *kernel])
@@ -98,9 +103,11 @@ def table(run: dict) -> dict:
     neurons = {i: count_neurons(cell) for i, cell in enumerate(refined)}
     all_originals = original_images(testbed.ORIGINALS_DIR)
     originals = {i: all_originals[row] for i, row in enumerate(run["rows"])}
+    embed = PixelEmbedder()
+    plain = {prompt: embed(images) for prompt, images in load_images(run["folders"]["all neurons active"]).items()}
     rows = {}
     for name, folder in run["folders"].items():
-        figures = image_metrics(folder, run["folders"]["all neurons active"], originals, types)
+        figures = image_metrics(load_images(folder), plain, originals, types, embed)
         counts = summarize(neurons, types) if name != "all neurons active" else summarize(
             {i: 0 for i in neurons}, types)
         rows[name] = dict(neurons=counts, **figures)
@@ -154,7 +161,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the generations (paper: 50)")
     parser.add_argument("--num_samples", type=int, default=10, help="images per prompt (paper: 10)")
     for kind, n in DEMO_PROMPTS.items():
-        parser.add_argument(f"--{kind.lower()}", type=int, default=n, help=f"how many {kind} prompts (of 12)")
+        parser.add_argument(f"--{kind.lower()}", type=int, default=n,
+                            help=f"how many {kind} prompts, of the test bed's 12 (default sized to fit the demo in "
+                                 "about 10 minutes on 2 CPU cores)")
     parser.add_argument("--log_level", default="WARNING", help="logging level")
     args = cli.parse(parser, argv)
     os.makedirs(args.output, exist_ok=True)

@@ -13,7 +13,7 @@ import testbed
 from metrics.core import median
 from metrics.images import original_images
 from testbed.pixel_memorization import ssim_to_original
-from utils.files import read_prompts
+from utils.files import read_prompts, read_threshold
 from utils.generation import generate_prompt_images
 from utils.layers import count_neurons, value_layers
 from utils.models import load_pipeline
@@ -30,7 +30,7 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def threshold():
-    return json.load(open(os.path.join(testbed.TESTBED_DIR, "threshold.json")))["threshold"]
+    return read_threshold(os.path.join(testbed.TESTBED_DIR, "threshold.json"))
 
 
 def test_shipped_model_loads_with_seven_value_layers(pipe):

@@ -16,6 +16,7 @@ PROMPT_COLUMN = "Caption"
 # Results columns of the authors' script 3, then the cost figures this suite adds.
 RESULT_COLUMNS = ["Caption", "URL", "Initial Neurons", "Initial SSIM", "Refined Neurons", "Refined SSIM"]
 COST_COLUMNS = ["Seconds", "UNet Sample Forwards", "Sets Scored"]
+THRESHOLD_SUFFIX = ".threshold.json"  # script 2 writes tau_mem beside its score file
 
 
 def read_csv(path: str, required: tuple[str, ...] = (PROMPT_COLUMN,), what: str = "prompt file") -> pd.DataFrame:
@@ -33,6 +34,22 @@ def read_csv(path: str, required: tuple[str, ...] = (PROMPT_COLUMN,), what: str 
 def read_prompts(path: str) -> pd.DataFrame:
     """Prompt file with at least ``Caption``; ``URL`` and ``type`` are kept when present."""
     return read_csv(path)
+
+
+def threshold_path(scores: str) -> str:
+    """Where script 2 writes the threshold of the score file ``scores``."""
+    return scores + THRESHOLD_SUFFIX
+
+
+def read_threshold(path: str) -> float:
+    """tau_mem from a threshold JSON (key ``threshold``), or a ValueError saying what is wrong."""
+    if not os.path.isfile(path):
+        raise ValueError(f"threshold file {path} not found")
+    with open(path) as f:
+        content = json.load(f)
+    if "threshold" not in content:
+        raise ValueError(f"threshold file {path} has no key 'threshold'")
+    return float(content["threshold"])
 
 
 def parse_neuron_set(text, widths: list[int], source: str) -> NeuronSet:

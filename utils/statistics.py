@@ -34,6 +34,11 @@ def text_activations(layers: dict[str, nn.Linear], embeddings: torch.Tensor) -> 
     return [layer(embeddings).abs().mean(dim=1).float() for layer in layers.values()]
 
 
+def prompt_activations(layers: dict[str, nn.Linear], embedding: torch.Tensor) -> list[torch.Tensor]:
+    """``text_activations`` of one prompt's embedding [1, 77, dim]: per layer [features], on the CPU."""
+    return [a[0].cpu() for a in text_activations(layers, embedding)]
+
+
 @dataclass
 class NeuronStatistics:
     """Per-layer mean and unbiased std of the activations over hold-out prompts."""
