@@ -10,6 +10,10 @@ A model on which even these extreme sets stay above tau_mem is unlikely to meet 
 whatever the localization does. Quick (one U-Net call per prompt and bound): run it on a retrained
 test bed before the full Table 1.
 
+For the VM prompts it also says why (``image_share``): how large the training image's term in
+the raw noise difference is, against the U-Net's error, and whether that error is the one
+every caption shares on the seed (then the bounds cannot fall below tau_mem).
+
     python -m testbed.localizability
 """
 
@@ -17,9 +21,13 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 import testbed
+from metrics.images import original_images
 from utils import cli
 from utils.files import read_prompts, read_threshold
 from utils.layers import layer_widths, value_layers
@@ -46,12 +54,38 @@ def bounds(pipe, layers, caption: str, unconditional, latents: torch.Tensor, thr
                 as_unconditional=blocked_scores(unblocked[keep], unconditional[keep][None], kernel_size).item())
 
 
+@torch.no_grad()
+def image_share(pipe, layers, caption: str, original: Image.Image, latents: torch.Tensor,
+                empty: torch.Tensor) -> dict[str, float]:
+    """How much of a VM prompt's raw noise difference is its training image x0.
+
+    A denoiser that memorized x0 predicts delta = k x_T - c x0 with c = sqrt(a / (1 - a)) and
+    k = 1 / sqrt(1 - a) - 1 (a: alpha_bar at the detection timestep). Per-map means are removed
+    (min-max normalization ignores them). Returns the image term |c x0|, the median over seeds
+    of the error |delta - (k x_T - c x0)|, and the median cosine of the error with ``empty``
+    [n, 4, h, w], the empty prompt's raw noise differences on ``latents`` [n, 4, h, w].
+    """
+    noise = prompt_noise_difference(pipe, layers, caption, normalized=False)
+    delta = noise(latents)[0]  # [n, 4, h, w]
+    image = torch.from_numpy(np.asarray(original.convert("RGB"), np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    vae = pipe.vae
+    x0 = vae.encode(image.to(vae.device, vae.dtype)).latent_dist.mode().float().cpu() * vae.config.scaling_factor
+    a = pipe.scheduler.alphas_cumprod[noise.timestep.cpu()].item()
+    c, k = (a / (1 - a)) ** 0.5, 1 / (1 - a) ** 0.5 - 1
+    centred = lambda x: (x - x.mean(dim=(-2, -1), keepdim=True)).flatten(1)
+    error = centred(delta - (k * latents - c * x0))  # [n, 4 * h * w]
+    return dict(image=centred(c * x0).norm().item(), error=error.norm(dim=1).median().item(),
+                error_vs_empty=F.cosine_similarity(error, centred(empty)).median().item())
+
+
 def main(argv=None) -> dict:
     parser = cli.parser_for(__doc__)
     parser.add_argument("--model", default=testbed.MODEL_DIR, help="diffusers folder of the test bed")
     parser.add_argument("--prompts", default=testbed.MEMORIZED_PROMPTS, help="memorized prompts")
     parser.add_argument("--threshold_file", default=os.path.join(testbed.TESTBED_DIR, "threshold.json"),
                         help="script 2's threshold json (tau_mem)")
+    parser.add_argument("--originals", default=testbed.ORIGINALS_DIR,
+                        help="training images of --prompts, {row:04d}.png (for the VM image share)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     parser.add_argument("--log_level", default="WARNING", help="logging level")
     args = cli.parse(parser, argv)
@@ -73,6 +107,15 @@ def main(argv=None) -> dict:
     for bound in ("all_blocked", "as_unconditional"):
         below = sum(r[bound] <= threshold for r in rows.values())
         print(f"{bound.replace('_', ' ')}: at or below tau_mem for {below} of {len(rows)} prompts")
+    empty = prompt_noise_difference(pipe, layers, "", normalized=False)(latents)[0]
+    originals = original_images(args.originals)
+    print(f"\nVM prompts: image term |c x0| against the U-Net's error (median over seeds)\n"
+          f"{'prompt':<34}{'image':>8}{'error':>8}{'error vs empty prompt (cosine)':>32}")
+    for row, (caption, kind) in enumerate(zip(prompts["Caption"], prompts.get("type", [""] * len(prompts)))):
+        if kind == "VM" and row in originals:
+            rows[caption].update(image_share(pipe, layers, caption, Image.open(originals[row]), latents, empty))
+            r = rows[caption]
+            print(f"{caption[:33]:<34}{r['image']:>8.2f}{r['error']:>8.2f}{r['error_vs_empty']:>32.2f}")
     return rows
 
 

@@ -40,6 +40,8 @@ def test_noise_difference_is_normalized_eps_minus_latent_in_one_unet_call(tiny_p
     eps = tiny_pipe.unet(x, 961, encoder_hidden_states=noise.text_embedding.expand(3, -1, -1)).sample
     torch.testing.assert_close(deltas[0], normalize_maps(eps - x), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(deltas[0], deltas[1])
+    raw = prompt_noise_difference(tiny_pipe, layers, "the famous cat poster", normalized=False)(x)[0]
+    torch.testing.assert_close(raw, eps - x, rtol=1e-4, atol=1e-5)
 
 
 @torch.no_grad()

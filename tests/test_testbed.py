@@ -109,3 +109,16 @@ def test_localizability_bounds(pipe, threshold):
     held_out = read_prompts(testbed.UNMEMORIZED_PROMPTS)["Caption"][0]
     none_kept = bounds(pipe, layers, held_out, own, latents, threshold, testbed.SSIM_KERNEL_SIZE)
     assert none_kept["score"] <= threshold and torch.isnan(torch.tensor(none_kept["all_blocked"]))
+
+
+def test_image_share_finds_the_prompts_own_training_image(pipe):
+    from testbed.localizability import image_share
+
+    layers = value_layers(pipe.unet)
+    latents = initial_latents(1, 4, latent_shape(pipe.unet))
+    empty = prompt_noise_difference(pipe, layers, "", normalized=False)(latents)[0]
+    caption = read_prompts(testbed.MEMORIZED_PROMPTS)["Caption"][0]
+    originals = original_images(testbed.ORIGINALS_DIR)
+    own, other = (image_share(pipe, layers, caption, Image.open(originals[row]), latents, empty) for row in (0, 1))
+    assert own["error"] < own["image"] and other["error"] > 1.5 * own["error"]
+    assert -1 <= own["error_vs_empty"] <= 1

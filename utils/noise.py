@@ -59,10 +59,12 @@ class NoiseDifference:
     guidance_scale: float = DETECTION_GUIDANCE_SCALE
     scaling_factor: float = 0.0
     counter: UNetCounter | None = None
+    normalized: bool = True  # False: the raw eps - x_T (diagnostics of the test bed)
 
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor, neuron_sets: Sequence[NeuronSet] | None = None) -> torch.Tensor:
-        """Normalized eps(x_T, t, y) - x_T for each set: latents [n, 4, h, w] -> [sets, n, 4, h, w].
+        """eps(x_T, t, y) - x_T (min-max normalized per map unless ``normalized`` is False) for
+        each set: latents [n, 4, h, w] -> [sets, n, 4, h, w].
 
         All sets go through one U-Net call (set s deactivated in batch slice s).
         """
@@ -90,7 +92,9 @@ class NoiseDifference:
             cond, uncond = eps.chunk(2)
             eps = uncond + self.guidance_scale * (cond - uncond)
             batch = batch[: eps.shape[0]]
-        delta = normalize_maps((eps - batch).float())
+        delta = (eps - batch).float()
+        if self.normalized:
+            delta = normalize_maps(delta)
         return delta.reshape(-1, *latents.shape).cpu()  # [sets, n, 4, h, w]
 
 
@@ -102,10 +106,10 @@ def latent_shape(unet) -> tuple[int, int, int]:
 
 def prompt_noise_difference(pipe, layers: dict, prompt: str, *, num_inference_steps: int = NUM_INFERENCE_STEPS,
                             timestep_index: int = TIMESTEP_INDEX, guidance_scale: float = DETECTION_GUIDANCE_SCALE,
-                            scaling_factor: float = 0.0) -> NoiseDifference:
+                            scaling_factor: float = 0.0, normalized: bool = True) -> NoiseDifference:
     """A ``NoiseDifference`` bound to ``prompt``'s text embedding and the detection timestep."""
     embedding = encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompt])  # [1, 77, dim]
     uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]) if guidance_scale > 0 else None
     timestep = detection_timestep(pipe.scheduler, num_inference_steps, timestep_index)
     return NoiseDifference(pipe.unet, layers, embedding, timestep, pipe.scheduler, uncond, guidance_scale,
-                           scaling_factor)
+                           scaling_factor, normalized=normalized)
