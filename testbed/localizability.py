@@ -10,9 +10,9 @@ A model on which even these extreme sets stay above tau_mem is unlikely to meet 
 whatever the localization does. Quick (one U-Net call per prompt and bound): run it on a retrained
 test bed before the full Table 1.
 
-For the VM prompts it also says why (``image_share``): how large the training image's term in
-the raw noise difference is, against the U-Net's error, and whether that error is the one
-every caption shares on the seed (then the bounds cannot fall below tau_mem).
+For the VM prompts it also measures why (``image_share``): how large the training image's term
+in the raw noise difference is against the U-Net's error, and how much of that error every
+caption shares on the seed (a shared error keeps same-seed scores, and so the bounds, high).
 
     python -m testbed.localizability
 """
