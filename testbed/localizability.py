@@ -33,18 +33,24 @@ from utils.files import read_prompts, read_threshold
 from utils.layers import layer_widths, value_layers
 from utils.localization import LocalizationSettings
 from utils.models import load_pipeline, resolve_device
-from utils.noise import initial_latents, latent_shape, prompt_noise_difference
+from utils.noise import detection_timestep, initial_latents, latent_shape, normalize_maps, prompt_noise_difference
 from utils.score import blocked_scores, pairwise_max_scores
 
 
-def bounds(pipe, layers, caption: str, unconditional, latents: torch.Tensor, threshold: float,
-           kernel_size: int) -> dict[str, float]:
+def noise_differences(pipe, layers, caption: str, latents: torch.Tensor) -> torch.Tensor:
+    """Raw eps - x_T of one prompt with no neuron and with every value neuron deactivated:
+    latents [n, 4, h, w] -> [2, n, 4, h, w] (one U-Net call)."""
+    every_neuron = [list(range(width)) for width in layer_widths(layers)]
+    return prompt_noise_difference(pipe, layers, caption, normalized=False)(latents, [[[] for _ in layers], every_neuron])
+
+
+def bounds(deltas: torch.Tensor, unconditional: torch.Tensor, threshold: float, kernel_size: int) -> dict[str, float]:
     """Memorization score and the two bounds of one prompt (see module docstring).
 
-    unconditional: the empty prompt's noise differences on ``latents`` [n, 4, h, w].
+    deltas: the prompt's normalized noise differences [2, n, 4, h, w] (unblocked, all blocked);
+    unconditional: the empty prompt's [n, 4, h, w] on the same latents.
     """
-    every_neuron = [list(range(width)) for width in layer_widths(layers)]
-    unblocked, blocked = prompt_noise_difference(pipe, layers, caption)(latents, [[[] for _ in layers], every_neuron])
+    unblocked, blocked = deltas
     per_sample = pairwise_max_scores(unblocked, kernel_size)
     keep = per_sample > threshold
     if not keep.any():
@@ -55,9 +61,9 @@ def bounds(pipe, layers, caption: str, unconditional, latents: torch.Tensor, thr
 
 
 @torch.no_grad()
-def image_share(pipe, layers, caption: str, original: Image.Image, latents: torch.Tensor,
+def image_share(pipe, delta: torch.Tensor, original: Image.Image, latents: torch.Tensor,
                 empty: torch.Tensor) -> dict[str, float]:
-    """How much of a VM prompt's raw noise difference is its training image x0.
+    """How much of a VM prompt's raw noise difference ``delta`` [n, 4, h, w] is its training image x0.
 
     A denoiser that memorized x0 predicts delta = k x_T - c x0 with c = sqrt(a / (1 - a)) and
     k = 1 / sqrt(1 - a) - 1 (a: alpha_bar at the detection timestep). Per-map means are removed
@@ -65,12 +71,10 @@ def image_share(pipe, layers, caption: str, original: Image.Image, latents: torc
     of the error |delta - (k x_T - c x0)|, and the median cosine of the error with ``empty``
     [n, 4, h, w], the empty prompt's raw noise differences on ``latents`` [n, 4, h, w].
     """
-    noise = prompt_noise_difference(pipe, layers, caption, normalized=False)
-    delta = noise(latents)[0]  # [n, 4, h, w]
     image = torch.from_numpy(np.asarray(original.convert("RGB"), np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
     vae = pipe.vae
     x0 = vae.encode(image.to(vae.device, vae.dtype)).latent_dist.mode().float().cpu() * vae.config.scaling_factor
-    a = pipe.scheduler.alphas_cumprod[noise.timestep.cpu()].item()
+    a = pipe.scheduler.alphas_cumprod[detection_timestep(pipe.scheduler).cpu()].item()
     c, k = (a / (1 - a)) ** 0.5, 1 / (1 - a) ** 0.5 - 1
     centred = lambda x: (x - x.mean(dim=(-2, -1), keepdim=True)).flatten(1)
     error = centred(delta - (k * latents - c * x0))  # [n, 4 * h * w]
@@ -94,27 +98,28 @@ def main(argv=None) -> dict:
     layers = value_layers(pipe.unet)
     settings = LocalizationSettings()
     latents = initial_latents(settings.seed, settings.samples_per_prompt, latent_shape(pipe.unet))  # [n, 4, h, w]
-    unconditional = prompt_noise_difference(pipe, layers, "")(latents)[0]
+    empty = prompt_noise_difference(pipe, layers, "", normalized=False)(latents)[0]  # [n, 4, h, w]
+    unconditional = normalize_maps(empty)
     prompts = read_prompts(args.prompts)
-    rows = {}
+    originals = original_images(args.originals)
+    rows, deltas = {}, {}
     print(f"tau_mem {threshold:.3f}; kernel {testbed.SSIM_KERNEL_SIZE}; {settings.samples_per_prompt} seeds")
     print(f"{'prompt':<34}{'score':>8}{'all blocked':>13}{'as unconditional':>18}")
     for caption, kind in zip(prompts["Caption"], prompts.get("type", [""] * len(prompts))):
-        rows[caption] = dict(type=kind, **bounds(pipe, layers, caption, unconditional, latents, threshold,
+        deltas[caption] = noise_differences(pipe, layers, caption, latents)
+        rows[caption] = dict(type=kind, **bounds(normalize_maps(deltas[caption]), unconditional, threshold,
                                                  testbed.SSIM_KERNEL_SIZE))
         r = rows[caption]
         print(f"{caption[:33]:<34}{r['score']:>8.3f}{r['all_blocked']:>13.3f}{r['as_unconditional']:>18.3f}")
     for bound in ("all_blocked", "as_unconditional"):
         below = sum(r[bound] <= threshold for r in rows.values())
         print(f"{bound.replace('_', ' ')}: at or below tau_mem for {below} of {len(rows)} prompts")
-    empty = prompt_noise_difference(pipe, layers, "", normalized=False)(latents)[0]
-    originals = original_images(args.originals)
     print(f"\nVM prompts: image term |c x0| against the U-Net's error (median over seeds)\n"
           f"{'prompt':<34}{'image':>8}{'error':>8}{'error vs empty prompt (cosine)':>32}")
-    for row, (caption, kind) in enumerate(zip(prompts["Caption"], prompts.get("type", [""] * len(prompts)))):
-        if kind == "VM" and row in originals:
-            rows[caption].update(image_share(pipe, layers, caption, Image.open(originals[row]), latents, empty))
-            r = rows[caption]
+    for row, caption in enumerate(prompts["Caption"]):
+        r = rows[caption]
+        if r["type"] == "VM" and row in originals:
+            r.update(image_share(pipe, deltas[caption][0], Image.open(originals[row]), latents, empty))
             print(f"{caption[:33]:<34}{r['image']:>8.2f}{r['error']:>8.2f}{r['error_vs_empty']:>32.2f}")
     return rows
 

@@ -17,7 +17,7 @@ from utils.files import read_prompts, read_threshold
 from utils.generation import generate_prompt_images
 from utils.layers import count_neurons, value_layers
 from utils.models import load_pipeline
-from utils.noise import initial_latents, latent_shape, prompt_noise_difference
+from utils.noise import initial_latents, latent_shape, normalize_maps, prompt_noise_difference
 from utils.score import memorization_score
 
 KERNEL = ["--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)]
@@ -96,29 +96,32 @@ def test_table1_demo_runs_end_to_end_reduced(tmp_path, capsys):
 
 
 def test_localizability_bounds(pipe, threshold):
-    from testbed.localizability import bounds
+    from testbed.localizability import bounds, noise_differences
 
     layers = value_layers(pipe.unet)
     latents = initial_latents(1, 10, latent_shape(pipe.unet))
     vm = read_prompts(testbed.MEMORIZED_PROMPTS)["Caption"][0]
-    own = prompt_noise_difference(pipe, layers, vm)(latents)[0]
+    deltas = normalize_maps(noise_differences(pipe, layers, vm, latents))
+    own = deltas[0]
     # "unconditional" replaced by the prompt's own noise differences: a set that changed nothing
-    unchanged = bounds(pipe, layers, vm, own, latents, threshold, testbed.SSIM_KERNEL_SIZE)
+    unchanged = bounds(deltas, own, threshold, testbed.SSIM_KERNEL_SIZE)
     assert unchanged["score"] > threshold and unchanged["as_unconditional"] == pytest.approx(1.0, abs=1e-4)
     assert unchanged["all_blocked"] < unchanged["score"]
     held_out = read_prompts(testbed.UNMEMORIZED_PROMPTS)["Caption"][0]
-    none_kept = bounds(pipe, layers, held_out, own, latents, threshold, testbed.SSIM_KERNEL_SIZE)
+    none_kept = bounds(normalize_maps(noise_differences(pipe, layers, held_out, latents)), own, threshold,
+                       testbed.SSIM_KERNEL_SIZE)
     assert none_kept["score"] <= threshold and torch.isnan(torch.tensor(none_kept["all_blocked"]))
 
 
 def test_image_share_finds_the_prompts_own_training_image(pipe):
-    from testbed.localizability import image_share
+    from testbed.localizability import image_share, noise_differences
 
     layers = value_layers(pipe.unet)
     latents = initial_latents(1, 4, latent_shape(pipe.unet))
     empty = prompt_noise_difference(pipe, layers, "", normalized=False)(latents)[0]
     caption = read_prompts(testbed.MEMORIZED_PROMPTS)["Caption"][0]
+    delta = noise_differences(pipe, layers, caption, latents)[0]
     originals = original_images(testbed.ORIGINALS_DIR)
-    own, other = (image_share(pipe, layers, caption, Image.open(originals[row]), latents, empty) for row in (0, 1))
+    own, other = (image_share(pipe, delta, Image.open(originals[row]), latents, empty) for row in (0, 1))
     assert own["error"] < own["image"] and other["error"] > 1.5 * own["error"]
     assert -1 <= own["error_vs_empty"] <= 1
