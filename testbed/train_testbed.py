@@ -11,6 +11,7 @@ Usage: ``python -m testbed.train_testbed [--unet-steps N]`` (``make testbed``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import time
@@ -40,8 +41,6 @@ TESTBED_SIZE = TinySize(
 SEED = 0
 BATCH_SIZE = 32
 VAE_STEPS = 1500
-UNET_STEPS = 4000
-LEARNING_RATE = 5e-4
 # Share of each batch per caption kind; the rest is ordinary captions.
 VM_SHARE, TM_SHARE = 0.35, 0.15
 CAPTION_DROPOUT = 0.1  # empty caption, so classifier-free guidance works
@@ -52,6 +51,29 @@ CAPTION_DROPOUT = 0.1  # empty caption, so classifier-free guidance works
 HIGH_T_SHARE, HIGH_T_START = 0.5, 800
 MAX_LOSS_WEIGHT = 10.0
 DETECTION_TIMESTEP = 961  # SD's DDIM-50 timestep index 1 (SPEC §3)
+WARMUP_STEPS = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetPhase:
+    """One stage of U-Net + text-encoder training, with its own optimizer and random streams.
+
+    ``cosine``: the learning rate decays to 10% over the phase (else it stays constant after
+    the warm-up, so every checkpoint of the phase is the same run stopped earlier).
+    """
+
+    steps: int
+    learning_rate: float
+    cosine: bool
+    draw_seed: int  # the sampler's draws
+    noise_seed: int  # noise and timesteps
+    max_loss_weight: float = MAX_LOSS_WEIGHT
+
+
+MAIN_PHASE = UNetPhase(steps=4000, learning_rate=5e-4, cosine=True, draw_seed=SEED + 1, noise_seed=SEED)
+# Longer training is what brings the first-step prediction of a memorized caption close to
+# its image (BENCHMARKS.md, point 3): a fresh optimizer at a low constant rate.
+CONSOLIDATION_PHASE = UNetPhase(steps=0, learning_rate=1e-4, cosine=False, draw_seed=SEED + 2, noise_seed=SEED + 2)
 
 
 class Sampler:
@@ -88,9 +110,9 @@ class Sampler:
         return to_tensor(np.stack(images)), captions
 
 
-def unet_sampler() -> Sampler:
-    """The U-Net phase's sampler: the dataset of the prompt files, its own stream of draws."""
-    return Sampler(SEED, SEED + 1)
+def unet_sampler(phase: UNetPhase = MAIN_PHASE) -> Sampler:
+    """A U-Net phase's sampler: the dataset of the prompt files, the phase's stream of draws."""
+    return Sampler(SEED, phase.draw_seed)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -141,16 +163,25 @@ def memorization_check(components, sampler: Sampler) -> float:
     return torch.cat(cosines).mean().item()
 
 
-def train_unet(components, sampler: Sampler, steps: int, save) -> None:
+def learning_rate_at(phase: UNetPhase, step: int) -> float:
+    """Linear warm-up, then constant or cosine decay to 10% of the phase's rate."""
+    warmup = min(1.0, (step + 1) / WARMUP_STEPS)
+    decay = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / phase.steps)) if phase.cosine else 1.0
+    return phase.learning_rate * warmup * decay
+
+
+def train_unet(components, phase: UNetPhase, save) -> None:
+    """Train the U-Net and the text encoder for one phase; ``save(step)`` every 500 steps."""
     unet, text_encoder, vae = components["unet"], components["text_encoder"], components["vae"]
     scheduler = components["scheduler"]
+    sampler = unet_sampler(phase)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0)
-    warmup = 100
-    lr_at = lambda s: LEARNING_RATE * min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / steps)))
-    generator = torch.Generator().manual_seed(SEED)
+    for module in (unet, text_encoder):
+        module.train().requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=phase.learning_rate, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(phase.noise_seed)
     start = time.time()
-    for step in range(steps):
+    for step in range(phase.steps):
         images, captions = sampler.draw(BATCH_SIZE)
         with torch.no_grad():
             latents = vae.encode(images).latent_dist.mode() * vae.config.scaling_factor
@@ -161,10 +192,10 @@ def train_unet(components, sampler: Sampler, steps: int, save) -> None:
         noisy = scheduler.add_noise(latents, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=encode_text(components["tokenizer"], text_encoder, captions)).sample
         alpha = scheduler.alphas_cumprod[t]
-        weight = ((1 - alpha) / alpha).clamp(1.0, MAX_LOSS_WEIGHT)  # [B]: 1/SNR, between 1 and the cap
+        weight = ((1 - alpha) / alpha).clamp(1.0, phase.max_loss_weight)  # [B]: 1/SNR, between 1 and the cap
         loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
         for group in opt.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = learning_rate_at(phase, step)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -172,11 +203,11 @@ def train_unet(components, sampler: Sampler, steps: int, save) -> None:
         if step % 50 == 0:
             rate = (time.time() - start) / (step + 1)
             logger.info("unet step %d/%d loss %.4f (%.2f s/step, %.0f min left)",
-                        step, steps, loss.item(), rate, rate * (steps - step) / 60)
-        if (step + 1) % 500 == 0 or step == steps - 1:
+                        step, phase.steps, loss.item(), rate, rate * (phase.steps - step) / 60)
+        if (step + 1) % 500 == 0 or step == phase.steps - 1:
             unet.eval(), text_encoder.eval()
             logger.info("step %d: VM go/no-go cosine %.3f", step + 1, memorization_check(components, sampler))
-            save()
+            save(step + 1)
             unet.train(), text_encoder.train()
 
 
@@ -209,7 +240,19 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="testbed", help="folder to write model/, prompts/, originals/ (default: testbed)")
     parser.add_argument("--vae-steps", type=int, default=VAE_STEPS, help=f"autoencoder steps (default: {VAE_STEPS})")
-    parser.add_argument("--unet-steps", type=int, default=UNET_STEPS, help=f"U-Net + text encoder steps (default: {UNET_STEPS})")
+    parser.add_argument("--unet-steps", type=int, default=MAIN_PHASE.steps,
+                        help=f"U-Net + text encoder steps of the main phase (default: {MAIN_PHASE.steps})")
+    parser.add_argument("--consolidation-steps", type=int, default=CONSOLIDATION_PHASE.steps,
+                        help="steps of the consolidation phase that follows, at a constant learning rate of "
+                             f"{CONSOLIDATION_PHASE.learning_rate:g} (default: {CONSOLIDATION_PHASE.steps})")
+    parser.add_argument("--consolidation-max-loss-weight", type=float, default=CONSOLIDATION_PHASE.max_loss_weight,
+                        help=f"cap of the 1/SNR loss weight in that phase (default: {CONSOLIDATION_PHASE.max_loss_weight:g})")
+    parser.add_argument("--continue-from", default=None, metavar="MODEL",
+                        help="start the consolidation phase from this trained model folder instead of training "
+                             "the autoencoder and the main phase (same result as a full run: each phase has its "
+                             "own random streams)")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="also keep each 500-step save under checkpoints/<phase>-<step>/ (default: off)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--vae-from", default=None,
                         help="load the autoencoder from this folder instead of training it (same result: "
@@ -219,21 +262,32 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
-    components = build_components(data.vocabulary(), os.path.join(args.output, "build"), TESTBED_SIZE, seed=SEED)
     write_prompts(args.output, SEED)
-    if args.vae_from:
-        components["vae"] = AutoencoderKL.from_pretrained(args.vae_from).eval().requires_grad_(False)
+    main_phase = dataclasses.replace(MAIN_PHASE, steps=args.unet_steps)
+    consolidation = dataclasses.replace(CONSOLIDATION_PHASE, steps=args.consolidation_steps,
+                                        max_loss_weight=args.consolidation_max_loss_weight)
+    if args.continue_from:
+        pipe = StableDiffusionPipeline.from_pretrained(args.continue_from)
+        components = {name: getattr(pipe, name) for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}
+        phases = {"consolidation": consolidation}
     else:
-        train_vae(components["vae"], Sampler(SEED, SEED), args.vae_steps)
-    sampler = unet_sampler()
+        components = build_components(data.vocabulary(), os.path.join(args.output, "build"), TESTBED_SIZE, seed=SEED)
+        if args.vae_from:
+            components["vae"] = AutoencoderKL.from_pretrained(args.vae_from).eval().requires_grad_(False)
+        else:
+            train_vae(components["vae"], Sampler(SEED, SEED), args.vae_steps)
+        phases = {"main": main_phase, "consolidation": consolidation}
 
-    def save():
-        pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
-        pipe.save_pretrained(os.path.join(args.output, "model"))
-        logger.info("saved %s", os.path.join(args.output, "model"))
+    for name, phase in phases.items():
+        def save(step: int, name=name) -> None:
+            pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+                                           requires_safety_checker=False)
+            pipe.save_pretrained(os.path.join(args.output, "model"))
+            if args.keep_checkpoints:
+                pipe.save_pretrained(os.path.join(args.output, "checkpoints", f"{name}-{step}"))
+            logger.info("saved %s (%s phase, step %d)", os.path.join(args.output, "model"), name, step)
 
-    train_unet(components, sampler, args.unet_steps, save)
+        train_unet(components, phase, save)
 
 
 if __name__ == "__main__":

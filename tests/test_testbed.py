@@ -125,3 +125,30 @@ def test_image_share_finds_the_prompts_own_training_image(pipe):
     own, other = (image_share(pipe, delta, Image.open(originals[row]), latents, empty) for row in (0, 1))
     assert own["error"] < own["image"] and other["error"] > 1.5 * own["error"]
     assert -1 <= own["error_vs_empty"] <= 1
+
+
+def test_training_phases_learning_rate():
+    """The main phase decays to 10% by cosine; the consolidation phase stays constant."""
+    import dataclasses
+
+    from testbed.train_testbed import CONSOLIDATION_PHASE, MAIN_PHASE, WARMUP_STEPS, learning_rate_at
+
+    constant = dataclasses.replace(CONSOLIDATION_PHASE, steps=1000)
+    assert learning_rate_at(constant, 0) < constant.learning_rate
+    assert {learning_rate_at(constant, s) for s in (WARMUP_STEPS, 500, 999)} == {constant.learning_rate}
+    assert learning_rate_at(MAIN_PHASE, WARMUP_STEPS) > 0.9 * MAIN_PHASE.learning_rate
+    assert learning_rate_at(MAIN_PHASE, MAIN_PHASE.steps - 1) == pytest.approx(0.1 * MAIN_PHASE.learning_rate, rel=1e-3)
+    assert MAIN_PHASE.draw_seed != CONSOLIDATION_PHASE.draw_seed
+
+
+def test_training_continues_from_a_saved_model(tmp_path):
+    """--continue-from runs the consolidation phase on the saved model and keeps its checkpoints."""
+    from testbed import train_testbed
+
+    train_testbed.main(["--output", str(tmp_path), "--continue-from", testbed.MODEL_DIR,
+                        "--consolidation-steps", "2", "--keep-checkpoints"])
+    before = load_pipeline(testbed.MODEL_DIR, torch.device("cpu")).unet.state_dict()
+    after = load_pipeline(str(tmp_path / "model"), torch.device("cpu")).unet.state_dict()
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert os.listdir(tmp_path / "checkpoints") == ["consolidation-2"]
+    assert len(pd.read_csv(tmp_path / "prompts" / "memorized_prompts.csv", sep=";")) == 24
