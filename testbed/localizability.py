@@ -14,6 +14,11 @@ For the VM prompts it also measures why (``image_share``): how large the trainin
 in the raw noise difference is against the U-Net's error, and how much of that error every
 caption shares on the seed (a shared error keeps same-seed scores, and so the bounds, high).
 
+And what the data allow (``ideal_noise_differences``): the as-unconditional bound of the ideal
+denoiser, the one that learned the training data exactly (Monte Carlo posterior means over
+samples of the caption's images and of the whole training mixture). Where it is at or below
+tau_mem but the trained model's bound is not, the gap is the model's, not the data's.
+
     python -m testbed.localizability
 """
 
@@ -28,6 +33,8 @@ from PIL import Image
 
 import testbed
 from metrics.images import original_images
+from testbed import synthetic_data as data
+from testbed.train_testbed import SEED, Sampler, to_tensor
 from utils import cli
 from utils.files import read_prompts, read_threshold
 from utils.layers import layer_widths, value_layers
@@ -35,6 +42,59 @@ from utils.localization import LocalizationSettings
 from utils.models import load_pipeline, resolve_device
 from utils.noise import detection_timestep, initial_latents, latent_shape, normalize_maps, prompt_noise_difference
 from utils.score import blocked_scores, pairwise_max_scores
+
+# Monte Carlo samples of the training mixture (and of each TM template) for the ideal denoiser;
+# 4096 keep the posterior means' effective sample size in the tens on the test bed's seeds.
+IDEAL_SAMPLES = 4096
+IDEAL_TEMPLATE_SAMPLES = 512
+IDEAL_DRAW_SEED = 7  # a stream of draws of the training data's own, apart from the training runs'
+
+
+def first_step_coefficients(pipe) -> tuple[float, float]:
+    """(c, k) of an exact denoiser's first-step noise difference k x_T - c x0 (a: alpha_bar at
+    the detection timestep; c = sqrt(a / (1 - a)), k = 1 / sqrt(1 - a) - 1)."""
+    a = pipe.scheduler.alphas_cumprod[detection_timestep(pipe.scheduler).cpu()].item()
+    return (a / (1 - a)) ** 0.5, 1 / (1 - a) ** 0.5 - 1
+
+
+@torch.no_grad()
+def encode(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images [m, 3, H, W] in [-1, 1] -> scaled latents [m, 4, h, w] (float32, CPU)."""
+    return torch.cat([vae.encode(batch.to(vae.device, vae.dtype)).latent_dist.mode().float().cpu()
+                      for batch in images.split(256)]) * vae.config.scaling_factor
+
+
+def ideal_noise_differences(pipe, samples: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """First-step noise differences k x_T - c E[x0 | x_T] of the ideal denoiser of the distribution
+    that ``samples`` [m, 4, h, w] (latents x0) are drawn from: latents x_T [n, 4, h, w] -> [n, 4, h, w].
+
+    The posterior mean weighs each sample by its likelihood N(x_T; sqrt(a) x0, (1 - a) I).
+    """
+    c, k = first_step_coefficients(pipe)
+    a = c ** 2 / (1 + c ** 2)
+    x0, x_t = samples.flatten(1).double(), latents.flatten(1).double()
+    log_weights = (a ** 0.5 * x_t @ x0.T - a / 2 * (x0 ** 2).sum(dim=1)) / (1 - a)  # [n, m]
+    mean = torch.softmax(log_weights, dim=1) @ x0
+    return (k * x_t - c * mean).view_as(latents).float()
+
+
+def ideal_samples(pipe, url: str, original: str, rng: np.random.Generator) -> torch.Tensor:
+    """Latents [m, 4, h, w] of a memorized prompt's images: its one training image (VM) or
+    samples of its template (``testbed:tm/<template>``)."""
+    if url.startswith("testbed:tm/"):
+        template = int(url.rsplit("/", 1)[1])
+        images = np.stack([data.render_tm(template, rng, SEED) for _ in range(IDEAL_TEMPLATE_SAMPLES)])
+    else:
+        images = np.array(Image.open(original).convert("RGB"))[None]
+    return encode(pipe.vae, to_tensor(images))
+
+
+def ideal_unconditional(pipe, latents: torch.Tensor, samples: int = IDEAL_SAMPLES) -> torch.Tensor:
+    """The ideal denoiser's noise differences [n, 4, h, w] for the empty prompt: posterior means
+    over ``samples`` draws of the whole training mixture."""
+    sampler = Sampler(SEED, IDEAL_DRAW_SEED)
+    images = torch.cat([sampler.draw(256)[0] for _ in range(samples // 256)])
+    return ideal_noise_differences(pipe, encode(pipe.vae, images), latents)
 
 
 def noise_differences(pipe, layers, caption: str, latents: torch.Tensor) -> torch.Tensor:
@@ -71,11 +131,8 @@ def image_share(pipe, delta: torch.Tensor, original: Image.Image, latents: torch
     of the error |delta - (k x_T - c x0)|, and the median cosine of the error with ``empty``
     [n, 4, h, w], the empty prompt's raw noise differences on ``latents`` [n, 4, h, w].
     """
-    image = torch.from_numpy(np.asarray(original.convert("RGB"), np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-    vae = pipe.vae
-    x0 = vae.encode(image.to(vae.device, vae.dtype)).latent_dist.mode().float().cpu() * vae.config.scaling_factor
-    a = pipe.scheduler.alphas_cumprod[detection_timestep(pipe.scheduler).cpu()].item()
-    c, k = (a / (1 - a)) ** 0.5, 1 / (1 - a) ** 0.5 - 1
+    x0 = encode(pipe.vae, to_tensor(np.array(original.convert("RGB"))[None]))
+    c, k = first_step_coefficients(pipe)
     centred = lambda x: (x - x.mean(dim=(-2, -1), keepdim=True)).flatten(1)
     error = centred(delta - (k * latents - c * x0))  # [n, 4 * h * w]
     return dict(image=centred(c * x0).norm().item(), error=error.norm(dim=1).median().item(),
@@ -90,6 +147,8 @@ def main(argv=None) -> dict:
                         help="script 2's threshold json (tau_mem)")
     parser.add_argument("--originals", default=testbed.ORIGINALS_DIR,
                         help="training images of --prompts, {row:04d}.png (for the VM image share)")
+    parser.add_argument("--ideal_samples", type=int, default=IDEAL_SAMPLES,
+                        help="samples of the training mixture for the ideal denoiser's empty prompt")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     parser.add_argument("--log_level", default="WARNING", help="logging level")
     args = cli.parse(parser, argv)
@@ -102,23 +161,31 @@ def main(argv=None) -> dict:
     unconditional = normalize_maps(empty)
     prompts = read_prompts(args.prompts)
     originals = original_images(args.originals)
+    ideal_empty = normalize_maps(ideal_unconditional(pipe, latents, args.ideal_samples))
+    rng = np.random.default_rng(IDEAL_DRAW_SEED)
     rows, deltas = {}, {}
     print(f"tau_mem {threshold:.3f}; kernel {testbed.SSIM_KERNEL_SIZE}; {settings.samples_per_prompt} seeds")
-    print(f"{'prompt':<34}{'score':>8}{'all blocked':>13}{'as unconditional':>18}")
-    for caption, kind in zip(prompts["Caption"], prompts.get("type", [""] * len(prompts))):
+    print(f"{'prompt':<34}{'score':>8}{'all blocked':>13}{'as unconditional':>18}{'ideal denoiser':>16}")
+    for row, (caption, kind) in enumerate(zip(prompts["Caption"], prompts.get("type", [""] * len(prompts)))):
         deltas[caption] = noise_differences(pipe, layers, caption, latents)
-        rows[caption] = dict(type=kind, **bounds(normalize_maps(deltas[caption]), unconditional, threshold,
-                                                 testbed.SSIM_KERNEL_SIZE))
-        r = rows[caption]
-        print(f"{caption[:33]:<34}{r['score']:>8.3f}{r['all_blocked']:>13.3f}{r['as_unconditional']:>18.3f}")
-    for bound in ("all_blocked", "as_unconditional"):
+        rows[caption] = r = dict(type=kind, **bounds(normalize_maps(deltas[caption]), unconditional, threshold,
+                                                     testbed.SSIM_KERNEL_SIZE))
+        # the ideal denoiser's as-unconditional bound: its blocked noise differences are its empty prompt's
+        ideal = normalize_maps(ideal_noise_differences(
+            pipe, ideal_samples(pipe, prompts["URL"][row], originals[row], rng), latents))
+        r["ideal"] = bounds(torch.stack([ideal, ideal_empty]), ideal_empty, threshold,
+                            testbed.SSIM_KERNEL_SIZE)["as_unconditional"]
+        print(f"{caption[:33]:<34}{r['score']:>8.3f}{r['all_blocked']:>13.3f}{r['as_unconditional']:>18.3f}"
+              f"{r['ideal']:>16.3f}")
+    for bound in ("all_blocked", "as_unconditional", "ideal"):
         below = sum(r[bound] <= threshold for r in rows.values())
-        print(f"{bound.replace('_', ' ')}: at or below tau_mem for {below} of {len(rows)} prompts")
+        name = "ideal denoiser, as unconditional" if bound == "ideal" else bound.replace("_", " ")
+        print(f"{name}: at or below tau_mem for {below} of {len(rows)} prompts")
     print(f"\nVM prompts: image term |c x0| against the U-Net's error (median over seeds)\n"
           f"{'prompt':<34}{'image':>8}{'error':>8}{'error vs empty prompt (cosine)':>32}")
     for row, caption in enumerate(prompts["Caption"]):
         r = rows[caption]
-        if r["type"] == "VM" and row in originals:
+        if r["type"] == "VM":
             r.update(image_share(pipe, deltas[caption][0], Image.open(originals[row]), latents, empty))
             print(f"{caption[:33]:<34}{r['image']:>8.2f}{r['error']:>8.2f}{r['error_vs_empty']:>32.2f}")
     return rows

@@ -11,6 +11,7 @@ Usage: ``python -m testbed.train_testbed [--unet-steps N]`` (``make testbed``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -60,6 +61,8 @@ class UNetPhase:
 
     ``cosine``: the learning rate decays to 10% over the phase (else it stays constant after
     the warm-up, so every checkpoint of the phase is the same run stopped earlier).
+    ``ema_decay``: the saved weights are a moving average of the trained ones, with decay
+    ``min(ema_decay, (1 + step) / (10 + step))`` (the warm-up of diffusers' ``EMAModel``).
     """
 
     steps: int
@@ -68,12 +71,15 @@ class UNetPhase:
     draw_seed: int  # the sampler's draws
     noise_seed: int  # noise and timesteps
     max_loss_weight: float = MAX_LOSS_WEIGHT
+    ema_decay: float | None = None  # save an exponential moving average of the weights
 
 
 MAIN_PHASE = UNetPhase(steps=4000, learning_rate=5e-4, cosine=True, draw_seed=SEED + 1, noise_seed=SEED)
 # Longer training is what brings the first-step prediction of a memorized caption close to
-# its image (BENCHMARKS.md, point 3): a fresh optimizer at a low constant rate.
-CONSOLIDATION_PHASE = UNetPhase(steps=0, learning_rate=1e-4, cosine=False, draw_seed=SEED + 2, noise_seed=SEED + 2)
+# its image (BENCHMARKS.md, point 3): a fresh optimizer at a constant rate, and the average
+# of the weights saved (without it the weights' step-to-step noise undoes the gain).
+CONSOLIDATION_PHASE = UNetPhase(steps=0, learning_rate=1e-4, cosine=False, draw_seed=SEED + 2, noise_seed=SEED + 2,
+                                ema_decay=0.999)
 
 
 class Sampler:
@@ -170,6 +176,28 @@ def learning_rate_at(phase: UNetPhase, step: int) -> float:
     return phase.learning_rate * warmup * decay
 
 
+class MovingAverage:
+    """Exponential moving average of ``params`` (a list of tensors), swapped in to save."""
+
+    def __init__(self, params: list[torch.Tensor], decay: float):
+        self.params, self.decay = params, decay
+        self.average = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        torch._foreach_lerp_(self.average, self.params, 1 - min(self.decay, (1 + step) / (10 + step)))
+
+    @contextlib.contextmanager
+    @torch.no_grad()
+    def swapped_in(self):
+        trained = [p.detach().clone() for p in self.params]
+        torch._foreach_copy_(self.params, self.average)
+        try:
+            yield
+        finally:
+            torch._foreach_copy_(self.params, trained)
+
+
 def train_unet(components, phase: UNetPhase, save) -> None:
     """Train the U-Net and the text encoder for one phase; ``save(step)`` every 500 steps."""
     unet, text_encoder, vae = components["unet"], components["text_encoder"], components["vae"]
@@ -179,6 +207,7 @@ def train_unet(components, phase: UNetPhase, save) -> None:
     for module in (unet, text_encoder):
         module.train().requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=phase.learning_rate, weight_decay=0.0)
+    average = MovingAverage(params, phase.ema_decay) if phase.ema_decay else None
     generator = torch.Generator().manual_seed(phase.noise_seed)
     start = time.time()
     for step in range(phase.steps):
@@ -200,15 +229,20 @@ def train_unet(components, phase: UNetPhase, save) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if average:
+            average.update(step)
         if step % 50 == 0:
             rate = (time.time() - start) / (step + 1)
             logger.info("unet step %d/%d loss %.4f (%.2f s/step, %.0f min left)",
                         step, phase.steps, loss.item(), rate, rate * (phase.steps - step) / 60)
         if (step + 1) % 500 == 0 or step == phase.steps - 1:
             unet.eval(), text_encoder.eval()
-            logger.info("step %d: VM go/no-go cosine %.3f", step + 1, memorization_check(components, sampler))
-            save(step + 1)
+            with average.swapped_in() if average else contextlib.nullcontext():
+                logger.info("step %d: VM go/no-go cosine %.3f", step + 1, memorization_check(components, sampler))
+                save(step + 1)
             unet.train(), text_encoder.train()
+    if average:
+        torch._foreach_copy_(params, average.average)  # the next phase starts from the saved weights
 
 
 def write_prompts(directory: str, seed: int) -> None:
@@ -243,8 +277,10 @@ def main(argv=None) -> None:
     parser.add_argument("--unet-steps", type=int, default=MAIN_PHASE.steps,
                         help=f"U-Net + text encoder steps of the main phase (default: {MAIN_PHASE.steps})")
     parser.add_argument("--consolidation-steps", type=int, default=CONSOLIDATION_PHASE.steps,
-                        help="steps of the consolidation phase that follows, at a constant learning rate of "
-                             f"{CONSOLIDATION_PHASE.learning_rate:g} (default: {CONSOLIDATION_PHASE.steps})")
+                        help="steps of the consolidation phase that follows: constant learning rate, the moving "
+                             f"average of the weights saved (default: {CONSOLIDATION_PHASE.steps})")
+    parser.add_argument("--consolidation-learning-rate", type=float, default=CONSOLIDATION_PHASE.learning_rate,
+                        help=f"its learning rate (default: {CONSOLIDATION_PHASE.learning_rate:g})")
     parser.add_argument("--consolidation-max-loss-weight", type=float, default=CONSOLIDATION_PHASE.max_loss_weight,
                         help=f"cap of the 1/SNR loss weight in that phase (default: {CONSOLIDATION_PHASE.max_loss_weight:g})")
     parser.add_argument("--continue-from", default=None, metavar="MODEL",
@@ -265,6 +301,7 @@ def main(argv=None) -> None:
     write_prompts(args.output, SEED)
     main_phase = dataclasses.replace(MAIN_PHASE, steps=args.unet_steps)
     consolidation = dataclasses.replace(CONSOLIDATION_PHASE, steps=args.consolidation_steps,
+                                        learning_rate=args.consolidation_learning_rate,
                                         max_loss_weight=args.consolidation_max_loss_weight)
     if args.continue_from:
         pipe = StableDiffusionPipeline.from_pretrained(args.continue_from)

@@ -127,6 +127,37 @@ def test_image_share_finds_the_prompts_own_training_image(pipe):
     assert -1 <= own["error_vs_empty"] <= 1
 
 
+def test_ideal_denoiser_predicts_the_posterior_mean_image(pipe):
+    from testbed.localizability import first_step_coefficients, ideal_noise_differences
+
+    c, k = first_step_coefficients(pipe)
+    a = c ** 2 / (1 + c ** 2)
+    images = torch.randn(2, 4, 24, 24, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(3, 4, 24, 24, generator=torch.Generator().manual_seed(1))
+    # one possible image: the ideal noise difference is k x_T - c x0 whatever x_T is
+    single = ideal_noise_differences(pipe, images[:1], noise)
+    assert torch.allclose(single, k * noise - c * images[:1], atol=1e-5)
+    # two: the x_T noised from an image picks that image (the test bed's latents hold a 4-sigma signal)
+    for source in (0, 1):
+        x_t = a ** 0.5 * images[source] + (1 - a) ** 0.5 * noise
+        assert torch.allclose(ideal_noise_differences(pipe, images, x_t), k * x_t - c * images[source], atol=1e-3)
+
+
+def test_ideal_samples_are_the_prompts_training_images(pipe):
+    import numpy as np
+
+    from testbed.localizability import IDEAL_TEMPLATE_SAMPLES, ideal_samples
+
+    prompts, originals = read_prompts(testbed.MEMORIZED_PROMPTS), original_images(testbed.ORIGINALS_DIR)
+    vm, tm = (int(prompts.index[prompts["type"] == kind][0]) for kind in ("VM", "TM"))
+    rng = np.random.default_rng(0)
+    assert ideal_samples(pipe, prompts["URL"][vm], originals[vm], rng).shape == (1, 4, 24, 24)
+    template = ideal_samples(pipe, prompts["URL"][tm], originals[tm], rng)  # fixed layout, varying centre
+    assert template.shape == (IDEAL_TEMPLATE_SAMPLES, 4, 24, 24)
+    spread = template.std(dim=0)  # [4, 24, 24]
+    assert spread[:, 10:14, 10:14].mean() > 3 * spread[:, :2].mean()
+
+
 def test_training_phases_learning_rate():
     """The main phase decays to 10% by cosine; the consolidation phase stays constant."""
     import dataclasses
@@ -152,3 +183,17 @@ def test_training_continues_from_a_saved_model(tmp_path):
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     assert os.listdir(tmp_path / "checkpoints") == ["consolidation-2"]
     assert len(pd.read_csv(tmp_path / "prompts" / "memorized_prompts.csv", sep=";")) == 24
+
+
+def test_moving_average_lags_the_weights_and_swaps_in_for_saving():
+    from testbed.train_testbed import MovingAverage
+
+    weight = torch.zeros(3)
+    average = MovingAverage([weight], decay=0.5)
+    weight += 1.0
+    average.update(step=100)  # decay 0.5: half way to the new weights
+    with average.swapped_in():
+        assert torch.equal(weight, torch.full((3,), 0.5))
+    assert torch.equal(weight, torch.ones(3))
+    average.update(step=0)  # warm-up: decay 1/10, so the average follows the weights closely
+    assert torch.allclose(average.average[0], torch.full((3,), 0.95))
