@@ -122,21 +122,24 @@ def bounds(deltas: torch.Tensor, unconditional: torch.Tensor, threshold: float, 
 
 @torch.no_grad()
 def image_share(pipe, delta: torch.Tensor, original: Image.Image, latents: torch.Tensor,
-                empty: torch.Tensor) -> dict[str, float]:
+                empty: torch.Tensor, ideal_empty: torch.Tensor) -> dict[str, float]:
     """How much of a VM prompt's raw noise difference ``delta`` [n, 4, h, w] is its training image x0.
 
     A denoiser that memorized x0 predicts delta = k x_T - c x0 with c = sqrt(a / (1 - a)) and
     k = 1 / sqrt(1 - a) - 1 (a: alpha_bar at the detection timestep). Per-map means are removed
     (min-max normalization ignores them). Returns the image term |c x0|, the median over seeds
-    of the error |delta - (k x_T - c x0)|, and the median cosine of the error with ``empty``
-    [n, 4, h, w], the empty prompt's raw noise differences on ``latents`` [n, 4, h, w].
+    of the error |delta - (k x_T - c x0)|, and the median cosines of the error with ``empty``
+    [n, 4, h, w], the empty prompt's raw noise differences on ``latents`` [n, 4, h, w], and with
+    ``ideal_empty`` [n, 4, h, w], the ideal denoiser's (high if the error is a hedge between
+    training images that the seed favours, as the ideal empty prompt's is).
     """
     x0 = encode(pipe.vae, to_tensor(np.array(original.convert("RGB"))[None]))
     c, k = first_step_coefficients(pipe)
     centred = lambda x: (x - x.mean(dim=(-2, -1), keepdim=True)).flatten(1)
     error = centred(delta - (k * latents - c * x0))  # [n, 4 * h * w]
     return dict(image=centred(c * x0).norm().item(), error=error.norm(dim=1).median().item(),
-                error_vs_empty=F.cosine_similarity(error, centred(empty)).median().item())
+                error_vs_empty=F.cosine_similarity(error, centred(empty)).median().item(),
+                error_vs_ideal_empty=F.cosine_similarity(error, centred(ideal_empty)).median().item())
 
 
 def main(argv=None) -> dict:
@@ -161,7 +164,8 @@ def main(argv=None) -> dict:
     unconditional = normalize_maps(empty)
     prompts = read_prompts(args.prompts)
     originals = original_images(args.originals)
-    ideal_empty = normalize_maps(ideal_unconditional(pipe, latents, args.ideal_samples))
+    ideal_empty = ideal_unconditional(pipe, latents, args.ideal_samples)  # [n, 4, h, w]
+    ideal_unconditional_maps = normalize_maps(ideal_empty)
     rng = np.random.default_rng(IDEAL_DRAW_SEED)
     rows, deltas = {}, {}
     print(f"tau_mem {threshold:.3f}; kernel {testbed.SSIM_KERNEL_SIZE}; {settings.samples_per_prompt} seeds")
@@ -173,7 +177,7 @@ def main(argv=None) -> dict:
         # the ideal denoiser's as-unconditional bound: its blocked noise differences are its empty prompt's
         ideal = normalize_maps(ideal_noise_differences(
             pipe, ideal_samples(pipe, prompts["URL"][row], originals[row], rng), latents))
-        r["ideal"] = bounds(torch.stack([ideal, ideal_empty]), ideal_empty, threshold,
+        r["ideal"] = bounds(torch.stack([ideal, ideal_unconditional_maps]), ideal_unconditional_maps, threshold,
                             testbed.SSIM_KERNEL_SIZE)["as_unconditional"]
         print(f"{caption[:33]:<34}{r['score']:>8.3f}{r['all_blocked']:>13.3f}{r['as_unconditional']:>18.3f}"
               f"{r['ideal']:>16.3f}")
@@ -182,12 +186,14 @@ def main(argv=None) -> dict:
         name = "ideal denoiser, as unconditional" if bound == "ideal" else bound.replace("_", " ")
         print(f"{name}: at or below tau_mem for {below} of {len(rows)} prompts")
     print(f"\nVM prompts: image term |c x0| against the U-Net's error (median over seeds)\n"
-          f"{'prompt':<34}{'image':>8}{'error':>8}{'error vs empty prompt (cosine)':>32}")
+          f"{'':<50}{'cosine of the error with the empty prompt':>42}\n"
+          f"{'prompt':<34}{'image':>8}{'error':>8}{'model':>24}{'ideal denoiser':>18}")
     for row, caption in enumerate(prompts["Caption"]):
         r = rows[caption]
         if r["type"] == "VM":
-            r.update(image_share(pipe, deltas[caption][0], Image.open(originals[row]), latents, empty))
-            print(f"{caption[:33]:<34}{r['image']:>8.2f}{r['error']:>8.2f}{r['error_vs_empty']:>32.2f}")
+            r.update(image_share(pipe, deltas[caption][0], Image.open(originals[row]), latents, empty, ideal_empty))
+            print(f"{caption[:33]:<34}{r['image']:>8.2f}{r['error']:>8.2f}{r['error_vs_empty']:>24.2f}"
+                  f"{r['error_vs_ideal_empty']:>18.2f}")
     return rows
 
 

@@ -122,9 +122,9 @@ def test_image_share_finds_the_prompts_own_training_image(pipe):
     caption = read_prompts(testbed.MEMORIZED_PROMPTS)["Caption"][0]
     delta = noise_differences(pipe, layers, caption, latents)[0]
     originals = original_images(testbed.ORIGINALS_DIR)
-    own, other = (image_share(pipe, delta, Image.open(originals[row]), latents, empty) for row in (0, 1))
+    own, other = (image_share(pipe, delta, Image.open(originals[row]), latents, empty, empty) for row in (0, 1))
     assert own["error"] < own["image"] and other["error"] > 1.5 * own["error"]
-    assert -1 <= own["error_vs_empty"] <= 1
+    assert -1 <= own["error_vs_empty"] <= 1 and own["error_vs_ideal_empty"] == own["error_vs_empty"]
 
 
 def test_ideal_denoiser_predicts_the_posterior_mean_image(pipe):
