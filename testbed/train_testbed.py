@@ -242,7 +242,8 @@ def train_unet(components, phase: UNetPhase, save) -> None:
                 save(step + 1)
             unet.train(), text_encoder.train()
     if average:
-        torch._foreach_copy_(params, average.average)  # the next phase starts from the saved weights
+        with torch.no_grad():
+            torch._foreach_copy_(params, average.average)  # the next phase starts from the saved weights
 
 
 def write_prompts(directory: str, seed: int) -> None:
