@@ -50,11 +50,11 @@ IDEAL_TEMPLATE_SAMPLES = 512
 IDEAL_DRAW_SEED = 7  # a stream of draws of the training data's own, apart from the training runs'
 
 
-def first_step_coefficients(pipe) -> tuple[float, float]:
-    """(c, k) of an exact denoiser's first-step noise difference k x_T - c x0 (a: alpha_bar at
-    the detection timestep; c = sqrt(a / (1 - a)), k = 1 / sqrt(1 - a) - 1)."""
+def first_step_coefficients(pipe) -> tuple[float, float, float]:
+    """(a, c, k): alpha_bar at the detection timestep and the coefficients of an exact denoiser's
+    first-step noise difference k x_T - c x0 (c = sqrt(a / (1 - a)), k = 1 / sqrt(1 - a) - 1)."""
     a = pipe.scheduler.alphas_cumprod[detection_timestep(pipe.scheduler).cpu()].item()
-    return (a / (1 - a)) ** 0.5, 1 / (1 - a) ** 0.5 - 1
+    return a, (a / (1 - a)) ** 0.5, 1 / (1 - a) ** 0.5 - 1
 
 
 @torch.no_grad()
@@ -70,8 +70,7 @@ def ideal_noise_differences(pipe, samples: torch.Tensor, latents: torch.Tensor) 
 
     The posterior mean weighs each sample by its likelihood N(x_T; sqrt(a) x0, (1 - a) I).
     """
-    c, k = first_step_coefficients(pipe)
-    a = c ** 2 / (1 + c ** 2)
+    a, c, k = first_step_coefficients(pipe)
     x0, x_t = samples.flatten(1).double(), latents.flatten(1).double()
     log_weights = (a ** 0.5 * x_t @ x0.T - a / 2 * (x0 ** 2).sum(dim=1)) / (1 - a)  # [n, m]
     mean = torch.softmax(log_weights, dim=1) @ x0
@@ -121,9 +120,10 @@ def bounds(deltas: torch.Tensor, unconditional: torch.Tensor, threshold: float, 
 
 
 @torch.no_grad()
-def image_share(pipe, delta: torch.Tensor, original: Image.Image, latents: torch.Tensor,
+def image_share(pipe, delta: torch.Tensor, x0: torch.Tensor, latents: torch.Tensor,
                 empty: torch.Tensor, ideal_empty: torch.Tensor) -> dict[str, float]:
-    """How much of a VM prompt's raw noise difference ``delta`` [n, 4, h, w] is its training image x0.
+    """How much of a VM prompt's raw noise difference ``delta`` [n, 4, h, w] is its training
+    image, whose latent is ``x0`` [1, 4, h, w].
 
     A denoiser that memorized x0 predicts delta = k x_T - c x0 with c = sqrt(a / (1 - a)) and
     k = 1 / sqrt(1 - a) - 1 (a: alpha_bar at the detection timestep). Per-map means are removed
@@ -133,8 +133,7 @@ def image_share(pipe, delta: torch.Tensor, original: Image.Image, latents: torch
     ``ideal_empty`` [n, 4, h, w], the ideal denoiser's (high if the error is a hedge between
     training images that the seed favours, as the ideal empty prompt's is).
     """
-    x0 = encode(pipe.vae, to_tensor(np.array(original.convert("RGB"))[None]))
-    c, k = first_step_coefficients(pipe)
+    _, c, k = first_step_coefficients(pipe)
     centred = lambda x: (x - x.mean(dim=(-2, -1), keepdim=True)).flatten(1)
     error = centred(delta - (k * latents - c * x0))  # [n, 4 * h * w]
     return dict(image=centred(c * x0).norm().item(), error=error.norm(dim=1).median().item(),
@@ -151,7 +150,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--originals", default=testbed.ORIGINALS_DIR,
                         help="training images of --prompts, {row:04d}.png (for the VM image share)")
     parser.add_argument("--ideal_samples", type=int, default=IDEAL_SAMPLES,
-                        help="samples of the training mixture for the ideal denoiser's empty prompt")
+                        help="samples of the training mixture for the ideal denoiser's empty prompt (the default "
+                             "keeps the posterior means' effective sample size in the tens on the test bed)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     parser.add_argument("--log_level", default="WARNING", help="logging level")
     args = cli.parse(parser, argv)
@@ -167,7 +167,7 @@ def main(argv=None) -> dict:
     ideal_empty = ideal_unconditional(pipe, latents, args.ideal_samples)  # [n, 4, h, w]
     ideal_unconditional_maps = normalize_maps(ideal_empty)
     rng = np.random.default_rng(IDEAL_DRAW_SEED)
-    rows, deltas, ideal_bounds = {}, {}, {}
+    rows, deltas, samples, ideal_bounds = {}, {}, {}, {}
     print(f"tau_mem {threshold:.3f}; kernel {testbed.SSIM_KERNEL_SIZE}; {settings.samples_per_prompt} seeds")
     print(f"{'prompt':<34}{'score':>8}{'all blocked':>13}{'as unconditional':>18}{'ideal denoiser':>16}")
     for row, (caption, kind) in enumerate(zip(prompts["Caption"], prompts.get("type", [""] * len(prompts)))):
@@ -177,7 +177,8 @@ def main(argv=None) -> dict:
         # the ideal denoiser's as-unconditional bound: its blocked noise differences are its empty prompt's
         url = prompts["URL"][row]
         if url not in ideal_bounds:  # one per training image or template
-            ideal = normalize_maps(ideal_noise_differences(pipe, ideal_samples(pipe, url, originals[row], rng), latents))
+            samples[url] = ideal_samples(pipe, url, originals[row], rng)  # [m, 4, h, w]
+            ideal = normalize_maps(ideal_noise_differences(pipe, samples[url], latents))
             ideal_bounds[url] = bounds(torch.stack([ideal, ideal_unconditional_maps]), ideal_unconditional_maps,
                                        threshold, testbed.SSIM_KERNEL_SIZE)["as_unconditional"]
         r["ideal"] = ideal_bounds[url]
@@ -193,7 +194,7 @@ def main(argv=None) -> dict:
     for row, caption in enumerate(prompts["Caption"]):
         r = rows[caption]
         if r["type"] == "VM":
-            r.update(image_share(pipe, deltas[caption][0], Image.open(originals[row]), latents, empty, ideal_empty))
+            r.update(image_share(pipe, deltas[caption][0], samples[prompts["URL"][row]], latents, empty, ideal_empty))
             print(f"{caption[:33]:<34}{r['image']:>8.2f}{r['error']:>8.2f}{r['error_vs_empty']:>24.2f}"
                   f"{r['error_vs_ideal_empty']:>18.2f}")
     return rows

@@ -280,11 +280,14 @@ def main(argv=None) -> None:
                         help=f"U-Net + text encoder steps of the main phase (default: {MAIN_PHASE.steps})")
     parser.add_argument("--consolidation-steps", type=int, default=CONSOLIDATION_PHASE.steps,
                         help="steps of the consolidation phase that follows: constant learning rate, the moving "
-                             f"average of the weights saved (default: {CONSOLIDATION_PHASE.steps})")
+                             f"average of the weights saved (default: {CONSOLIDATION_PHASE.steps}: the shipped "
+                             "model has no such phase)")
     parser.add_argument("--consolidation-learning-rate", type=float, default=CONSOLIDATION_PHASE.learning_rate,
-                        help=f"its learning rate (default: {CONSOLIDATION_PHASE.learning_rate:g})")
+                        help=f"its learning rate (default: {CONSOLIDATION_PHASE.learning_rate:g}, which moved point 3 "
+                             "faster than 1e-4 in BENCHMARKS.md)")
     parser.add_argument("--consolidation-max-loss-weight", type=float, default=CONSOLIDATION_PHASE.max_loss_weight,
-                        help=f"cap of the 1/SNR loss weight in that phase (default: {CONSOLIDATION_PHASE.max_loss_weight:g})")
+                        help="cap of the 1/SNR loss weight in that phase (default: "
+                             f"{CONSOLIDATION_PHASE.max_loss_weight:g}, the main phase's)")
     parser.add_argument("--continue-from", default=None, metavar="MODEL",
                         help="start the consolidation phase from this trained model folder instead of training "
                              "the autoencoder and the main phase (same result as a full run: each phase has its "

@@ -114,15 +114,16 @@ def test_localizability_bounds(pipe, threshold):
 
 
 def test_image_share_finds_the_prompts_own_training_image(pipe):
-    from testbed.localizability import image_share, noise_differences
+    from testbed.localizability import ideal_samples, image_share, noise_differences
 
     layers = value_layers(pipe.unet)
     latents = initial_latents(1, 4, latent_shape(pipe.unet))
     empty = prompt_noise_difference(pipe, layers, "", normalized=False)(latents)[0]
     caption = read_prompts(testbed.MEMORIZED_PROMPTS)["Caption"][0]
     delta = noise_differences(pipe, layers, caption, latents)[0]
-    originals = original_images(testbed.ORIGINALS_DIR)
-    own, other = (image_share(pipe, delta, Image.open(originals[row]), latents, empty, empty) for row in (0, 1))
+    originals, urls = original_images(testbed.ORIGINALS_DIR), read_prompts(testbed.MEMORIZED_PROMPTS)["URL"]
+    x0 = {row: ideal_samples(pipe, urls[row], originals[row], None) for row in (0, 1)}  # the VM images' latents
+    own, other = (image_share(pipe, delta, x0[row], latents, empty, empty) for row in (0, 1))
     assert own["error"] < own["image"] and other["error"] > 1.5 * own["error"]
     assert -1 <= own["error_vs_empty"] <= 1 and own["error_vs_ideal_empty"] == own["error_vs_empty"]
 
@@ -130,8 +131,7 @@ def test_image_share_finds_the_prompts_own_training_image(pipe):
 def test_ideal_denoiser_predicts_the_posterior_mean_image(pipe):
     from testbed.localizability import first_step_coefficients, ideal_noise_differences
 
-    c, k = first_step_coefficients(pipe)
-    a = c ** 2 / (1 + c ** 2)
+    a, c, k = first_step_coefficients(pipe)
     images = torch.randn(2, 4, 24, 24, generator=torch.Generator().manual_seed(0))
     noise = torch.randn(3, 4, 24, 24, generator=torch.Generator().manual_seed(1))
     # one possible image: the ideal noise difference is k x_T - c x0 whatever x_T is
