@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from metrics.detection import add_score_args, read_scores, row_types, scores_of, threshold_from
 from utils.cli import parse, parser_for, run
 from utils.files import read_results
+from utils.layers import count_neurons
 
 logger = logging.getLogger(__name__)
 NUM_VALUE_LAYERS = 7  # value layers of SD v1.x and of the test bed (SPEC §1)
@@ -79,8 +80,8 @@ def neuron_counts(neuron_sets: list, groups: list[str]) -> tuple[dict, dict]:
     per_prompt, per_layer = {}, {}
     for group in dict.fromkeys(groups):
         sets = [s for s, g in zip(neuron_sets, groups) if g == group]
-        per_prompt[group] = np.array([sum(len(layer) for layer in s) for s in sets])
-        per_layer[group] = np.array([sum(len(s[layer]) for s in sets) for layer in range(NUM_VALUE_LAYERS)])
+        per_prompt[group] = np.array([count_neurons(s) for s in sets])
+        per_layer[group] = np.array([sum(len(set(s[layer])) for s in sets) for layer in range(NUM_VALUE_LAYERS)])
     return per_prompt, per_layer
 
 

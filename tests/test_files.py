@@ -83,3 +83,20 @@ def test_shards_are_disjoint_and_merge_into_the_single_process_file(tmp_path):
         finished.append(shard.finish(merged, merge_rows))
     assert finished == [False, False, True]
     assert open(merged).read() == open(single).read()
+
+
+def test_neuron_lists_with_duplicates_read_as_the_sets_they_deactivate():
+    """The authors' lists name a neuron twice when it is both a z-outlier and in the top k."""
+    import random
+
+    from utils import selection
+    from utils.layers import count_neurons, distinct_neurons
+
+    with_duplicates = [[5, 7, 5], [], [2, 2], [], [], [], [9]]
+    without = [[5, 7], [], [2], [], [], [], [9]]
+    assert parse_neuron_set(str(with_duplicates), SD14_WIDTHS, "cell") == with_duplicates
+    assert distinct_neurons(with_duplicates) == without and count_neurons(with_duplicates) == 4
+    assert selection.neuron_frequencies([with_duplicates]) == selection.neuron_frequencies([without])
+    assert selection.top_k_sets([with_duplicates, without], 1) == without  # one set, named twice
+    drawn = selection.random_like(with_duplicates, SD14_WIDTHS, random.Random(0))
+    assert [len(layer) for layer in drawn] == [2, 0, 1, 0, 0, 0, 1]

@@ -1,3 +1,4 @@
+import copy
 import random
 import zlib
 
@@ -38,12 +39,14 @@ def test_schedule_variants():
         SelectionSchedule(use_theta=False, use_top_k=False).steps(10)
 
 
-def test_candidate_set_takes_z_outliers_then_top_k_activations():
+def test_candidate_set_lists_z_outliers_then_top_k_activations_with_duplicates():
     z = [torch.tensor([0.0, 6.0, -5.5, 1.0, 4.0]), torch.tensor([0.0, 0.0, 0.0])]
     a = [torch.tensor([9.0, 1.0, 1.0, 8.0, 7.0]), torch.tensor([1.0, 3.0, 2.0])]
     assert candidate_set(z, a, 5.0, 0) == [[1, 2], []]
     assert candidate_set(z, a, 5.0, 2) == [[1, 2, 0, 3], [1, 2]]
     assert candidate_set(z, a, 3.5, 1) == [[1, 2, 4, 0], [1]]
+    # as the authors' initial_neuron_selection: a neuron in both parts is listed twice
+    assert candidate_set(z, a, 3.5, 3) == [[1, 2, 4, 0, 3, 4], [1, 2, 0]]
 
 
 def make_activations(seed=0, widths=(8, 8, 16, 16, 16, 16, 16)):
@@ -129,10 +132,115 @@ def test_batched_walks_decide_exactly_as_the_sequential_walk(case):
 
 
 def test_speculation_resumes_after_the_first_rejected_removal():
-    removals = [[(0, 1)], [(0, 2)], [(0, 3)], [(0, 4)]]
+    removals = [(0, 1), (0, 2), (0, 3), (0, 4)]
     # removing neuron 2 breaks it; all others may go
     score = ScriptedScore(lambda s: 0.1 if 2 in s[0] else 0.9)
-    kept, last = greedy_removal([[1, 2, 3, 4]], removals, score, TAU, batch=4)
+    kept, last = greedy_removal([[1, 2, 3, 4]], 0.1, removals, score, TAU, batch=4)
     assert kept == [[2]] and last == 0.1
     assert score.seen[:4] == [[[2, 3, 4]], [[3, 4]], [[4]], [[]]]
     assert score.seen[4:] == [[[2, 4]], [[2]]]
+
+
+def authors_refinement(initial, score_of_set, threshold):
+    """The authors' ``neuron_refinement`` (utils/activation_detection.py) restated on a
+    scripted score: lists with duplicates, ``list.remove`` (first occurrence), a fresh
+    score of every tested list, strict ``<``. ``score_of_set`` sees the list as deactivation
+    does, as a set. Returns the refined list and how many of its tests changed the set
+    (the ones that need a U-Net call)."""
+    blocking = copy.deepcopy(initial)
+    changed = 0
+
+    def score(lists):
+        nonlocal changed
+        changed += any(set(a) != set(b) for a, b in zip(lists, blocking))
+        return score_of_set([sorted(set(layer)) for layer in lists])
+
+    for layer in reversed(range(len(blocking))):
+        if blocking[layer]:
+            current = copy.deepcopy(blocking)
+            current[layer] = []
+            if score(current) < threshold:
+                blocking[layer] = []
+    for layer in reversed(range(len(blocking))):
+        if not blocking[layer]:
+            continue
+        for neuron in copy.deepcopy(blocking[layer]):
+            current = copy.deepcopy(blocking)
+            current[layer].remove(neuron)
+            if score(current) < threshold:
+                blocking[layer].remove(neuron)
+    return blocking, changed
+
+
+def set_score(salt, accept=0.7):
+    """A deterministic pseudo-random score of a neuron *set*: below TAU for ``accept`` of sets."""
+    def fn(s):
+        key = [sorted(set(layer)) for layer in s]
+        if not any(key):
+            return 1.0  # the unblocked model
+        h = zlib.crc32(repr((salt, key)).encode()) / 2**32
+        return 0.2 if h < accept else 0.6
+    return fn
+
+
+def initial_with_duplicates(rng):
+    """A candidate list as the authors build it: z-outliers ascending, then top-k (largest
+    first), overlapping often."""
+    layers = []
+    for _ in range(7):
+        outliers = sorted(rng.sample(range(12), rng.randint(0, 4)))
+        top_k = rng.sample(range(12), rng.randint(0, 4))
+        layers.append(outliers + top_k)
+    return layers
+
+
+@pytest.mark.parametrize("case", range(200))
+def test_refinement_is_the_authors_walk_on_lists_with_duplicates(case):
+    rng = random.Random(1000 + case)
+    initial = initial_with_duplicates(rng)
+    fn = set_score(case, accept=rng.choice([0.3, 0.7, 0.9]))
+    # the walk starts from the initial score: below tau (selection found), or equal to the
+    # threshold (selection gave up and refines against its own last score)
+    gave_up = case % 3 == 0
+    initial_score = fn(initial)
+    threshold = initial_score if gave_up else TAU
+    expected, changed = authors_refinement(initial, fn, threshold)
+    for batch in (1, 4, 8):
+        scorer = ScriptedScore(fn)
+        refined, refined_score = refine(initial, initial_score, scorer, threshold, batch)
+        assert refined == expected, (batch, initial)
+        assert refined_score == fn(refined)
+        if batch == 1:  # only the tests that change the set are scored
+            assert len(scorer.seen) == changed
+
+
+def test_a_duplicated_neuron_is_tested_at_its_last_occurrence():
+    # layer 6 lists 5 (z-outlier) then 7, 5 (top-k); only blocking 5 keeps memorization away
+    initial = [[], [], [], [], [], [], [5, 7, 5]]
+    score = ScriptedScore(lambda s: 0.1 if 5 in s[6] else 0.9)
+    refined, refined_score = refine(initial, 0.1, score, TAU)
+    # occurrence 1 of 5: a no-op, dropped on the current score 0.1 without a U-Net call;
+    # 7: really tested and dropped; last occurrence of 5: really tested, kept
+    empty = [[], [], [], [], [], [], []]
+    assert score.seen == [empty, empty[:6] + [[5]], empty]  # layer pass, then 7, then the last 5
+    assert refined == [[], [], [], [], [], [], [5]] and refined_score == 0.1
+
+
+def test_a_walk_that_starts_at_the_threshold_never_tests_a_duplicated_neuron():
+    # the initial selection gave up: the threshold is its own score, so every no-op is rejected
+    initial = [[], [], [], [], [], [], [3, 3, 4]]
+    score = ScriptedScore(lambda s: 0.3 if set(s[6]) == {3} else 0.5)
+    refined, refined_score = refine(initial, 0.5, score, 0.5)
+    # layer pass: empty set (score 1, rejected); neurons: 3 (no-op, 0.5 not < 0.5), 3 (no-op
+    # again: the first removal was not kept), 4 (real: {3} scores 0.3, dropped)
+    assert score.seen == [[[], [], [], [], [], [], []], [[], [], [], [], [], [], [3, 3]]]
+    assert refined == [[], [], [], [], [], [], [3, 3]] and refined_score == 0.3
+
+
+def test_initial_selection_stopped_by_its_limit_refines_against_its_score():
+    z, a = make_activations()
+    # found at the first step, which is already at the authors' limit (theta == 1)
+    result = initial_selection(z, a, ScriptedScore(lambda s: 0.1), TAU, SelectionSchedule(initial_theta=1.0))
+    assert result.found and result.refine_against_score
+    result = initial_selection(z, a, ScriptedScore(lambda s: 0.1), TAU)
+    assert result.found and not result.refine_against_score

@@ -12,6 +12,8 @@ VALUE_LAYER_SUFFIX = "attn2.to_v"
 SEARCHED_BLOCKS = ("down_blocks", "mid_block")
 
 # One list of neuron indices per value layer, e.g. [[], [17], [], [], [3, 250], [], []].
+# A list may name a neuron twice (the authors' initial selection does, see
+# ``utils.localization.candidate_set``); deactivation and every count treat it as a set.
 NeuronSet = list[list[int]]
 
 
@@ -44,8 +46,14 @@ def empty_set(num_layers: int) -> NeuronSet:
     return [[] for _ in range(num_layers)]
 
 
+def distinct_neurons(neurons: NeuronSet) -> NeuronSet:
+    """Each layer's neurons once, ascending: the set a neuron list deactivates."""
+    return [sorted(set(layer)) for layer in neurons]
+
+
 def count_neurons(neurons: NeuronSet) -> int:
-    return sum(len(layer) for layer in neurons)
+    """Neurons deactivated by ``neurons`` (a neuron listed twice counts once)."""
+    return sum(len(set(layer)) for layer in neurons)
 
 
 def validate_neuron_set(neurons, widths: list[int], source: str = "neuron list") -> NeuronSet:

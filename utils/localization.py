@@ -65,21 +65,26 @@ class SelectionSchedule:
                 theta -= self.theta_reduction_per_step
             if self.use_top_k:
                 k += 1
-            if theta == 1 or k >= max_k or len(steps) > 10 * max_k:
+            if self.at_limit(theta, k, max_k) or len(steps) > 10 * max_k:
                 return steps
+
+    def at_limit(self, theta: float, k: int, max_k: int) -> bool:
+        """The authors' loop stops after a step once theta is exactly 1 or k reaches ``max_k``."""
+        return theta == 1 or k >= max_k
 
 
 def candidate_set(z_scores: list[torch.Tensor], activations: list[torch.Tensor], theta: float, k: int) -> NeuronSet:
-    """Per layer: neurons with |z| > theta (ascending), then the k largest |a| not yet in.
+    """Per layer, as the authors' ``initial_neuron_selection`` lists them: the neurons with
+    |z| > theta (ascending), then the k largest |a| (largest first). A neuron in both parts
+    is listed twice; the refinement walk depends on it (see ``refine``).
 
     z_scores, activations: per layer [features].
     """
     neurons = []
     for z, a in zip(z_scores, activations):
         chosen = torch.nonzero(z.abs() > theta).flatten().tolist()
-        taken = set(chosen)
         if k > 0:
-            chosen += [i for i in torch.topk(a.abs(), min(k, a.numel())).indices.tolist() if i not in taken]
+            chosen += torch.topk(a.abs(), min(k, a.numel())).indices.tolist()
         neurons.append(chosen)
     return neurons
 
@@ -92,69 +97,105 @@ class InitialSelection:
     theta: float
     k: int
     steps: int  # (theta, k) steps tried, this one included
+    refine_against_score: bool = False  # the authors' loop stopped on its theta/k limit here
 
 
 def initial_selection(z_scores, activations, score_sets: ScoreSets, threshold: float,
                       schedule: SelectionSchedule = SelectionSchedule(), batch: int = 1) -> InitialSelection:
     """SPEC §4.1: the first (theta, k) step whose blocked score is <= threshold.
 
-    If none is, the last step's set, with its score as the refinement threshold.
+    If none is, the last step's set. Either way, when the authors' loop stops on its
+    theta/k limit at that step, it refines against the step's score instead of tau_mem
+    (``refine_against_score``).
     """
-    steps = schedule.steps(max(a.numel() for a in activations))
+    max_k = max(a.numel() for a in activations)
+    steps = schedule.steps(max_k)
     batch = max(batch, 1)
     for start in range(0, len(steps), batch):
         chunk = steps[start:start + batch]
         sets = [candidate_set(z_scores, activations, theta, k) for theta, k in chunk]
         for step, ((theta, k), neurons, score) in enumerate(zip(chunk, sets, score_sets(sets)), start + 1):
             if score <= threshold:
-                return InitialSelection(neurons, score, True, theta, k, step)
-    return InitialSelection(neurons, score, False, theta, k, len(steps))
+                return InitialSelection(neurons, score, True, theta, k, step, schedule.at_limit(theta, k, max_k))
+    return InitialSelection(neurons, score, False, theta, k, len(steps), True)
 
 
-def _without(neurons: NeuronSet, removal: list[tuple[int, int]]) -> NeuronSet:
-    drop = set(removal)
-    return [[n for n in layer if (l, n) not in drop] for l, layer in enumerate(neurons)]
+# A step of the refinement walk: (layer, None) re-activates the whole layer, (layer, n)
+# removes the first occurrence of neuron n from the layer's list.
+Removal = tuple[int, "int | None"]
 
 
-def greedy_removal(neurons: NeuronSet, removals: list[list[tuple[int, int]]], score_sets: ScoreSets,
-                   threshold: float, batch: int = 1) -> tuple[NeuronSet, float | None]:
-    """Try the removals in order; keep each whose set still scores < threshold.
+def _apply(neurons: NeuronSet, removal: Removal) -> NeuronSet:
+    layer, neuron = removal
+    result = [list(indices) for indices in neurons]
+    if neuron is None:
+        result[layer] = []
+    else:
+        result[layer].remove(neuron)
+    return result
 
-    Batched by speculation: with current set S and next removals r1..rB, score
-    S-r1, S-r1-r2, ..., S-r1..rB at once. Every removal before the first failing set
-    is exactly a sequential decision; the failing one is rejected and the walk resumes
-    after it. Returns the final set and the score of the last accepted set (None if none).
+
+def _same_set(a: NeuronSet, b: NeuronSet) -> bool:
+    return all(set(x) == set(y) for x, y in zip(a, b))
+
+
+def greedy_removal(neurons: NeuronSet, score: float, removals: list[Removal], score_sets: ScoreSets,
+                   threshold: float, batch: int = 1) -> tuple[NeuronSet, float]:
+    """Try the removals in order; keep each after which the set scores < threshold.
+
+    ``score`` is the blocked score of ``neurons``. A removal that leaves the set unchanged
+    (another occurrence of the neuron is still listed) is scored as the current set, without
+    a U-Net call: deactivation sees only the set, so the authors' fresh score is this one.
+
+    Batched by speculation: from the current set, apply the next removals cumulatively
+    until ``batch`` of them need scoring, and score those at once. Every removal before the
+    first rejected one is exactly a sequential decision; the walk resumes after it.
+    Unchanged sets are decided as they are met: before the first set that needs scoring on
+    the current score, after it as kept (they score as the set before them, which the
+    speculation assumes was kept). Returns the final list and its score.
     """
     batch = max(batch, 1)
-    last_score = None
     position = 0
     while position < len(removals):
-        chunk = removals[position:position + batch]
-        candidates, current = [], neurons
-        for removal in chunk:
-            current = _without(current, removal)
-            candidates.append(current)
-        position += len(chunk)
-        for offset, score in enumerate(score_sets(candidates)):
-            if score < threshold:
-                neurons, last_score = candidates[offset], score
-            else:
-                position -= len(chunk) - offset - 1
+        chain, to_score, previous = [], [], neurons  # chain: (list after the removal, unchanged?)
+        for removal in removals[position:]:
+            if len(to_score) == batch:
                 break
-    return neurons, last_score
+            candidate = _apply(previous, removal)
+            unchanged = _same_set(candidate, previous)
+            if unchanged and not to_score and score >= threshold:
+                chain.append((previous, True))  # rejected on the current score: the list stays
+                continue
+            chain.append((candidate, unchanged))
+            if not unchanged:
+                to_score.append(candidate)
+            previous = candidate
+        scores = iter(score_sets(to_score) if to_score else [])
+        for candidate, unchanged in chain:
+            position += 1
+            candidate_score = score if unchanged else next(scores)
+            if candidate_score < threshold:
+                neurons, score = candidate, candidate_score
+            elif not unchanged:
+                break  # the rest of the chain assumed this removal was kept
+    return neurons, score
 
 
 def refine(neurons: NeuronSet, score: float, score_sets: ScoreSets, threshold: float,
            batch: int = 1) -> tuple[NeuronSet, float]:
-    """SPEC §4.2-3: drop whole layers (last to first), then single neurons (last layer first)."""
-    layer_removals = [[(l, n) for n in neurons[l]] for l in reversed(range(len(neurons))) if neurons[l]]
-    neurons, layer_score = greedy_removal(neurons, layer_removals, score_sets, threshold, batch)
-    neuron_removals = [[(l, n)] for l in reversed(range(len(neurons))) for n in neurons[l]]
-    neurons, neuron_score = greedy_removal(neurons, neuron_removals, score_sets, threshold, batch)
-    for tracked in (neuron_score, layer_score):
-        if tracked is not None:
-            return neurons, tracked
-    return neurons, score
+    """SPEC §4.2-3, as the authors' ``neuron_refinement`` walks it.
+
+    Layers (last to first, non-empty ones) are re-activated whole; then each remaining
+    layer's list, as it stands when the walk reaches the layer, is walked occurrence by
+    occurrence, last layer first: an occurrence of n removes the first remaining occurrence
+    of n. A duplicated neuron is therefore really tested at its last occurrence, and its
+    earlier occurrences are kept or dropped on the current set's score. Returns the refined
+    list (duplicates that survive included, as the authors write it) and its score.
+    """
+    layer_removals = [(l, None) for l in reversed(range(len(neurons))) if neurons[l]]
+    neurons, score = greedy_removal(neurons, score, layer_removals, score_sets, threshold, batch)
+    neuron_removals = [(l, n) for l in reversed(range(len(neurons))) for n in neurons[l]]
+    return greedy_removal(neurons, score, neuron_removals, score_sets, threshold, batch)
 
 
 @dataclass(frozen=True)
@@ -230,8 +271,8 @@ def localize_prompt(noise: NoiseDifference, latent_shape, z_scores, activations,
     batch = settings.batch_candidates
     initial = initial_selection(z_scores, activations, scorer, settings.ssim_threshold_initial_selection,
                                 settings.schedule, batch)
-    # the authors refine against the last score when the initial selection gave up
-    threshold = settings.ssim_threshold_refinement if initial.found else initial.score
+    # the authors refine against the last score when their loop stopped on its theta/k limit
+    threshold = initial.score if initial.refine_against_score else settings.ssim_threshold_refinement
     refined, refined_score = refine(initial.neurons, initial.score, scorer, threshold, batch)
     logger.debug("theta %.2f k %d: %d initial, %d refined neurons", initial.theta, initial.k,
                  count_neurons(initial.neurons), count_neurons(refined))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from utils.layers import NeuronSet, empty_set
+from utils.layers import NeuronSet, distinct_neurons, empty_set
 
 MODES = ("none", "initial", "refined", "top_k_per_layer", "top_k", "top_k_sets", "random")
 RANDOM_SEED = 0  # for --block_random_neurons
@@ -13,7 +13,7 @@ RANDOM_SEED = 0  # for --block_random_neurons
 
 def neuron_frequencies(neuron_sets: list[NeuronSet]) -> Counter:
     """How many prompts deactivate each (layer, neuron)."""
-    return Counter((l, n) for neurons in neuron_sets for l, layer in enumerate(neurons) for n in layer)
+    return Counter((l, n) for neurons in neuron_sets for l, layer in enumerate(distinct_neurons(neurons)) for n in layer)
 
 
 def top_k_per_layer(neuron_sets: list[NeuronSet], k: int) -> NeuronSet:
@@ -36,7 +36,7 @@ def top_k_overall(neuron_sets: list[NeuronSet], k: int) -> NeuronSet:
 
 def top_k_sets(neuron_sets: list[NeuronSet], k: int) -> NeuronSet:
     """Union of the k most frequent whole neuron sets (a prompt's refined set is one set)."""
-    counts = Counter(tuple(tuple(layer) for layer in neurons) for neurons in neuron_sets if any(neurons))
+    counts = Counter(tuple(map(tuple, distinct_neurons(neurons))) for neurons in neuron_sets if any(neurons))
     result = empty_set(len(neuron_sets[0]))
     for neurons, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:k]:
         for layer, indices in enumerate(neurons):
@@ -45,5 +45,5 @@ def top_k_sets(neuron_sets: list[NeuronSet], k: int) -> NeuronSet:
 
 
 def random_like(neurons: NeuronSet, widths: list[int], rng: random.Random) -> NeuronSet:
-    """As many random neurons per layer as ``neurons`` has, drawn from the same layer."""
-    return [sorted(rng.sample(range(width), len(layer))) for layer, width in zip(neurons, widths)]
+    """As many random neurons per layer as ``neurons`` deactivates, drawn from the same layer."""
+    return [sorted(rng.sample(range(width), len(layer))) for layer, width in zip(distinct_neurons(neurons), widths)]
