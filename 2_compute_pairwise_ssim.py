@@ -1,9 +1,12 @@
 """Script 2: memorization score of each prompt and the threshold tau_mem (SPEC §3).
 
-Score: max pairwise MS-SSIM of the first-step noise differences of --samples_per_prompt
-seeds. Rows are written as each prompt finishes; at the end the threshold
-mean + 1 std over the prompts is printed and saved beside the output. Run it on
-non-memorized prompts to calibrate tau_mem (paper: 0.428), on memorized ones for detection.
+Score (--score nemo): max pairwise MS-SSIM of the first-step noise differences of
+--samples_per_prompt seeds. With --score wen: Wen et al.'s magnitude of the text-conditional
+noise prediction, averaged over the steps of a guided generation and its samples, so the two
+detectors can be compared on the same prompt files. Rows are written as each prompt
+finishes; at the end the threshold mean + 1 std over the prompts is printed and saved beside
+the output. Run it on non-memorized prompts to calibrate tau_mem (paper: 0.428), on
+memorized ones for detection (metrics.detection).
 """
 
 import json
@@ -12,11 +15,12 @@ import logging
 import torch
 from tqdm import tqdm
 
-from utils import cli
+from utils import cli, wen
 from utils.distributed import Shard
 from utils.files import RowWriter, merge_rows, read_csv, read_prompts, threshold_path
 from utils.noise import initial_latents, prompt_noise_difference
 from utils.score import pairwise_max_scores
+from utils.statistics import encode_prompts
 
 logger = logging.getLogger("2_compute_pairwise_ssim")
 SCORE_COLUMNS = ["Caption", "Memorization Score", "Sample Scores"]
@@ -34,21 +38,41 @@ def main(argv=None) -> float | None:
                         help="prompt file (';'-separated, column Caption)")
     parser.add_argument("--output", default="results/pairwise_ssim_per_prompt.csv",
                         help="per-prompt scores (';' CSV); the threshold goes to <output>.threshold.json")
+    parser.add_argument("--score", choices=("nemo", "wen"), default="nemo",
+                        help="nemo: NeMo's SSIM score (SPEC §3); wen: Wen et al.'s noise-prediction magnitude")
     cli.add_model_args(parser)
     cli.add_detection_args(parser)
+    group = parser.add_argument_group("--score wen (defaults: YuxinWenRick/diffusion_memorization detect_mem.py and "
+                                      "examples/det_mem_viz.ipynb)")
+    group.add_argument("--wen_samples", type=int, default=wen.SCORE_SAMPLES, help="generations per prompt")
+    group.add_argument("--wen_guidance_scale", type=float, default=wen.SCORE_GUIDANCE_SCALE,
+                       help="guidance of the generations")
+    group.add_argument("--wen_score_steps", type=int, default=wen.SCORE_STEPS,
+                       help="the score averages the first N of the --num_inference_steps steps")
     cli.add_run_args(parser)
     args = cli.parse(parser, argv)
 
     prompts = read_prompts(args.prompts)["Caption"].tolist()
     pipe, layers, shape = cli.load_detection_model(args)
-    latents = initial_latents(args.seed, args.samples_per_prompt, shape)  # [n, 4, h, w]
+    samples = args.wen_samples if args.score == "wen" else args.samples_per_prompt
+    latents = initial_latents(args.seed, samples, shape)  # [n, 4, h, w]
+
+    def sample_scores(prompt: str) -> torch.Tensor:
+        """Per-sample scores [n]; the prompt's score is their max (nemo) or mean (wen)."""
+        if args.score == "wen":
+            embedding = encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompt])
+            return wen.noise_magnitude_scores(pipe, embedding, latents, steps=args.num_inference_steps,
+                                              guidance_scale=args.wen_guidance_scale, score_steps=args.wen_score_steps)
+        noise = prompt_noise_difference(pipe, layers, prompt, num_inference_steps=args.num_inference_steps,
+                                        timestep_index=args.timestep_index, guidance_scale=args.guidance_scale)
+        return pairwise_max_scores(noise(latents)[0], args.ssim_kernel_size)
+
     shard = Shard.from_env()
     with RowWriter(shard.part(args.output), SCORE_COLUMNS, cli.run_settings(args), args.resume) as writer:
         for i in tqdm(cli.pending(shard, len(prompts), writer.done, args.limit), desc="scoring", unit="prompt"):
-            noise = prompt_noise_difference(pipe, layers, prompts[i], num_inference_steps=args.num_inference_steps,
-                                            timestep_index=args.timestep_index, guidance_scale=args.guidance_scale)
-            per_sample = pairwise_max_scores(noise(latents)[0], args.ssim_kernel_size)
-            writer.write(i, {"Caption": prompts[i], "Memorization Score": per_sample.max().item(),
+            per_sample = sample_scores(prompts[i])
+            score = per_sample.mean() if args.score == "wen" else per_sample.max()
+            writer.write(i, {"Caption": prompts[i], "Memorization Score": score.item(),
                           "Sample Scores": [round(s, 6) for s in per_sample.tolist()]})
     if not shard.finish(args.output, merge_rows):
         return None  # another process merges and reports

@@ -1,9 +1,11 @@
-"""Script 4: generate images with neurons deactivated (SPEC §5).
+"""Script 4: generate images under a mitigation (SPEC §5 and the baselines of Table 1).
 
-Without a blocking flag nothing is deactivated. Images are named
-img_{prompt:04d}_{sample:02d}.jpg (prompt = row of the results or prompt file) and a
-config.json of the run is written beside them. Prompts whose images all exist are skipped,
-so a killed run resumes by running the same command again.
+Without a mode flag nothing is changed. Neuron modes read script 3's results; the baselines
+(--wen, --ren, --random_tokens N) need only prompts. Images are named
+img_{prompt:04d}_{sample:02d}.jpg (prompt = row of the results or prompt file); config.json of
+the run and prompt_records.jsonl (per prompt: caption used, added tokens, cost) are written
+beside them. Prompts whose images all exist are skipped, so a killed run resumes by running
+the same command again.
 """
 
 import json
@@ -11,7 +13,7 @@ import logging
 import os
 import random
 
-from utils import cli, selection
+from utils import cli, mitigation, random_tokens, ren, selection, wen
 from utils.distributed import Shard
 from utils.files import read_prompts, read_results
 from utils.generation import GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES, generate_images
@@ -19,12 +21,15 @@ from utils.layers import count_neurons, layer_widths, value_layers
 from utils.models import load_pipeline, resolve_device
 
 logger = logging.getLogger("4_generate_images")
+NEURON_MODES = ("initial_neurons", "refined_neurons", "block_random_neurons", "block_top_k_neurons_per_layer",
+                "block_top_k_neurons", "block_top_k_neuron_subgroups")
+PER_PROMPT_NEURON_MODES = ("initial_neurons", "refined_neurons", "block_random_neurons")
 
 
 def add_mode_args(parser) -> None:
-    group = parser.add_argument_group("neurons to deactivate (at most one)").add_mutually_exclusive_group()
+    group = parser.add_argument_group("mitigation (at most one)").add_mutually_exclusive_group()
     group.add_argument("--initial_neurons", action="store_true", help="each prompt's initial selection")
-    group.add_argument("--refined_neurons", action="store_true", help="each prompt's refined neurons")
+    group.add_argument("--refined_neurons", action="store_true", help="each prompt's refined neurons (NeMo)")
     group.add_argument("--block_top_k_neurons_per_layer", type=int, metavar="K",
                        help="the K most frequent refined neurons of each layer, for every prompt")
     group.add_argument("--block_top_k_neurons", type=int, metavar="K",
@@ -33,11 +38,38 @@ def add_mode_args(parser) -> None:
                        help="union of the K most frequent refined neuron sets, for every prompt")
     group.add_argument("--block_random_neurons", action="store_true",
                        help="per prompt, as many random neurons per layer as its refined set has")
+    group.add_argument("--wen", action="store_true",
+                       help="prompt embedding adjustment (Wen et al., ICLR 2024); settings below")
+    group.add_argument("--ren", action="store_true", help="attention scaling (Ren et al., ECCV 2024); settings below")
+    group.add_argument("--random_tokens", type=int, metavar="N",
+                       help="N random vocabulary tokens added to each caption (Somepalli et al., NeurIPS 2023; "
+                            f"Table 1: {', '.join(map(str, random_tokens.TABLE1_TOKEN_COUNTS))})")
+
+    source = "YuxinWenRick/diffusion_memorization inference_mem.py"
+    w = parser.add_argument_group(f"--wen settings (defaults: {source} and its README command)")
+    w.add_argument("--wen_learning_rate", type=float, default=wen.LEARNING_RATE, help="AdamW learning rate (--optim_lr)")
+    w.add_argument("--wen_max_iterations", type=int, default=wen.MAX_ITERATIONS,
+                   help="U-Net passes of the optimization at most (--optim_iters)")
+    w.add_argument("--wen_target_loss", type=float, default=wen.TARGET_LOSS,
+                   help="stop once || eps(e) - eps(empty) || over the latents is at or below this (README's "
+                        "--optim_target_loss 3, for 4 SD latents of 4x64x64)")
+    w.add_argument("--wen_timestep_index", type=int, default=wen.TARGET_STEP,
+                   help="schedule index of the loss's timestep (--optim_target_steps)")
+    w.add_argument("--wen_samples", type=int, default=wen.OPTIMIZATION_SAMPLES,
+                   help="the prompt's first N generation latents the loss is taken over (--num_images_per_prompt)")
+    r = parser.add_argument_group("--ren settings (defaults: renjie3/MemAttn local_cmd_inference_time_mitigation.sh)")
+    r.add_argument("--ren_factor", type=float, default=ren.BOS_LOGIT_FACTOR,
+                   help="factor of the BOS token's attention logit, conditional branch (--c1)")
+    r.add_argument("--ren_no_mask", action="store_true",
+                   help="do not mask the keys after the first end token (their command masks: --cross_attn_mask)")
+    t = parser.add_argument_group("--random_tokens settings")
+    t.add_argument("--random_token_seed", type=int, default=random_tokens.RANDOM_TOKEN_SEED,
+                   help="seed of the tokens and positions (each prompt draws with (seed, prompt index))")
 
 
 def neuron_sets_for(args, results, widths) -> list:
-    """The neuron set of each row of ``results`` under the chosen mode (None: nothing)."""
-    refined = list(results["Refined Neurons"]) if results is not None else []
+    """The neuron set of each row of ``results`` under the chosen neuron mode (None: nothing)."""
+    refined = list(results["Refined Neurons"])
     if args.initial_neurons:
         return list(results["Initial Neurons"])
     if args.refined_neurons:
@@ -53,16 +85,30 @@ def neuron_sets_for(args, results, widths) -> list:
     return [None] * len(results)
 
 
+def preparation(args, pipe, neuron_sets: dict):
+    """The ``Prepare`` of the chosen mode."""
+    if args.wen:
+        settings = mitigation.WenSettings(args.wen_learning_rate, args.wen_max_iterations, args.wen_target_loss,
+                                          args.wen_timestep_index, args.wen_samples)
+        return mitigation.with_adjusted_embedding(pipe, settings, args.steps)
+    if args.ren:
+        return mitigation.with_attention_scaling(pipe, args.ren_factor, not args.ren_no_mask, args.guidance_scale)
+    if args.random_tokens is not None:
+        return mitigation.with_random_tokens(pipe, args.random_tokens, args.random_token_seed)
+    return mitigation.with_neurons(pipe, neuron_sets, args.scaling_factor)
+
+
 def main(argv=None) -> None:
     parser = cli.parser_for(__doc__)
     parser.add_argument("-f", "--result_file", default="results/memorization_statistics_v1_4.csv",
-                        help="results of script 3 (neurons per prompt)")
+                        help="results of script 3 (neurons and captions per prompt)")
     parser.add_argument("-d", "--dataset", default="prompts/memorized_laion_prompts.csv",
                         help="the prompt file script 3 ran on; read for --memorization_type")
-    parser.add_argument("--unmemorized_prompts", default=None,
-                        help="generate for this prompt file instead of the results' prompts (global modes only)")
+    parser.add_argument("--prompts", "--unmemorized_prompts", dest="prompts", default=None,
+                        help="generate for this prompt file instead of the results' prompts (no neuron mode, or a "
+                             "global top-k one)")
     parser.add_argument("--memorization_type", choices=("VM", "TM"), default=None,
-                        help="only prompts of this type (column 'type' of --dataset)")
+                        help="only prompts of this type (column 'type' of --prompts if given, else of --dataset)")
     parser.add_argument("-o", "--output", default="generated_images", help="image folder")
     parser.add_argument("-s", "--seed", type=int, default=GENERATION_SEED, help="seed of each prompt's latents")
     parser.add_argument("-n", "--num_samples", type=int, default=NUM_SAMPLES, help="images per prompt")
@@ -74,26 +120,22 @@ def main(argv=None) -> None:
     cli.add_model_args(parser)
     cli.add_run_args(parser, resumable=False)
     args = cli.parse(parser, argv)
+    neuron_mode = any(getattr(args, f) not in (None, False) for f in NEURON_MODES)
+    if args.prompts and any(getattr(args, f) for f in PER_PROMPT_NEURON_MODES):
+        parser.error("--prompts works with the baselines, no mitigation or the global top-k modes only")
 
     pipe = load_pipeline(args.version, resolve_device(args.device))
     widths = layer_widths(value_layers(pipe.unet))
-    needs_results = any(getattr(args, f) not in (None, False) for f in (
-        "initial_neurons", "refined_neurons", "block_random_neurons", "block_top_k_neurons_per_layer",
-        "block_top_k_neurons", "block_top_k_neuron_subgroups"))
-    results = read_results(args.result_file, widths) if needs_results or not args.unmemorized_prompts else None
-    neuron_sets = neuron_sets_for(args, results, widths) if results is not None else []
-    if args.unmemorized_prompts:
-        if args.initial_neurons or args.refined_neurons or args.block_random_neurons:
-            parser.error("--unmemorized_prompts works with no blocking or the global top-k modes only")
-        prompts = read_prompts(args.unmemorized_prompts)["Caption"].tolist()
-        neuron_sets = [neuron_sets[0] if neuron_sets else None] * len(prompts)
-    else:
-        prompts = results["Caption"].tolist()
-    indices = list(range(len(prompts)))
+    results = read_results(args.result_file, widths) if neuron_mode or not args.prompts else None
+    frame = read_prompts(args.prompts) if args.prompts else results
+    captions = frame["Caption"].tolist()
+    sets = neuron_sets_for(args, results, widths) if neuron_mode else [None]
+    neuron_sets = {i: sets[i] if len(sets) == len(captions) else sets[0] for i in range(len(captions))}
+    indices = list(range(len(captions)))
     if args.memorization_type:
-        types = read_prompts(args.dataset)
+        types = frame if args.prompts else read_prompts(args.dataset)
         if "type" not in types:
-            raise ValueError(f"prompt file {args.dataset} has no column 'type' for --memorization_type")
+            raise ValueError(f"prompt file {args.prompts or args.dataset} has no column 'type' for --memorization_type")
         indices = [i for i in indices if types["type"][i] == args.memorization_type]
     indices = indices[: args.limit]
 
@@ -101,15 +143,14 @@ def main(argv=None) -> None:
     os.makedirs(args.output, exist_ok=True)
     if shard.rank == 0:
         with open(os.path.join(args.output, "config.json"), "w") as f:
-            json.dump(dict(vars(args), prompts={i: prompts[i] for i in indices},
+            json.dump(dict(vars(args), prompts={i: captions[i] for i in indices},
                            neurons={i: neuron_sets[i] for i in indices}), f, indent=1)
     indices = indices[shard.rank::shard.world_size]  # this process's prompts; image names are global
     logger.info("%d prompts, %d neurons deactivated in all", len(indices),
                 sum(count_neurons(neuron_sets[i]) for i in indices if neuron_sets[i]))
-    generate_images(pipe, [prompts[i] for i in indices], [neuron_sets[i] for i in indices], args.output, indices,
+    generate_images(pipe, {i: captions[i] for i in indices}, preparation(args, pipe, neuron_sets), args.output,
                     seed=args.seed, num_samples=args.num_samples, steps=args.steps,
-                    guidance_scale=args.guidance_scale, scaling_factor=args.scaling_factor,
-                    batch_size=args.batch_size)
+                    guidance_scale=args.guidance_scale, batch_size=args.batch_size)
 
 
 if __name__ == "__main__":

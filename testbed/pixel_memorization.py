@@ -21,7 +21,8 @@ from metrics.core import median
 from metrics.images import original_images
 from utils import cli
 from utils.files import read_prompts
-from utils.generation import GENERATION_STEPS, NUM_SAMPLES, generate_prompt_images
+from utils.generation import (GENERATION_STEPS, NUM_SAMPLES, caption_condition, generate_prompt_images,
+                              generation_latents)
 from utils.models import load_pipeline, resolve_device
 
 
@@ -51,7 +52,8 @@ def main(argv=None) -> dict:
     args = cli.parse(parser, argv)
     pipe = load_pipeline(args.model, resolve_device(args.device))
     pipe.set_progress_bar_config(disable=True)
-    generate = lambda caption: generate_prompt_images(pipe, caption, None, num_samples=args.num_samples,
+    latents = generation_latents(pipe.unet, num_samples=args.num_samples)  # [n, 4, h, w], script 4's seed
+    generate = lambda caption: generate_prompt_images(pipe, caption_condition(pipe, caption), latents,
                                                       steps=args.steps, batch_size=args.num_samples)
     memorized = read_prompts(testbed.MEMORIZED_PROMPTS)
     originals = original_images(testbed.ORIGINALS_DIR)

@@ -13,13 +13,14 @@ from diffusers import StableDiffusionPipeline
 
 from tests.conftest import TINY_KERNEL, upstream_file
 from utils.files import read_results
+from utils.generation import RECORDS_NAME, read_records
 from utils.hooks import deactivate_neurons
 from utils.layers import value_layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 script = {n: importlib.import_module(name) for n, name in enumerate(
     ["1_compute_activations_statistics", "2_compute_pairwise_ssim", "3_detect_memorized_neurons",
-     "4_generate_images", "5_export_pruned_model"], start=1)}
+     "4_generate_images", "5_export_pruned_model", "6_reproduce_table1"], start=1)}
 FAST = ["--samples_per_prompt", "4", "--ssim_kernel_size", str(TINY_KERNEL)]
 
 
@@ -106,14 +107,35 @@ GEN = ["--steps", "2", "-n", "2"]
 
 @pytest.mark.parametrize("mode", [[], ["--refined_neurons"], ["--initial_neurons"], ["--block_random_neurons"],
                                   ["--block_top_k_neurons_per_layer", "1"], ["--block_top_k_neurons", "2"],
-                                  ["--block_top_k_neuron_subgroups", "1"]])
-def test_script4_generates_named_images_and_config(tiny_model_dir, results, prompt_files, tmp_path, mode):
+                                  ["--block_top_k_neuron_subgroups", "1"], ["--wen", "--wen_max_iterations", "2"],
+                                  ["--ren"], ["--random_tokens", "4"]])
+def test_script4_generates_named_images_config_and_records(tiny_model_dir, results, prompt_files, tmp_path, mode):
     out = str(tmp_path / "images")
-    script[4].main(["-v", tiny_model_dir, "-f", results, "-d", prompt_files["memorized"], "-o", out, *GEN, *mode])
-    assert sorted(f for f in os.listdir(out) if f.endswith(".jpg")) == [
-        f"img_{p:04d}_{s:02d}.jpg" for p in range(2) for s in range(2)]
+    args = ["-v", tiny_model_dir, "-f", results, "-d", prompt_files["memorized"], "-o", out, *GEN, *mode]
+    script[4].main(args)
+    names = [f"img_{p:04d}_{s:02d}.jpg" for p in range(2) for s in range(2)]
+    assert sorted(f for f in os.listdir(out) if f.endswith(".jpg")) == names
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["num_samples"] == 2 and len(config["neurons"]) == 2
+    records = read_records(out)
+    assert sorted(records) == [0, 1] and records[0]["caption"] == config["prompts"]["0"]
+    if "--random_tokens" in mode:
+        assert len(records[1]["added_tokens"]) == 4 and records[1]["caption_used"] != records[1]["caption"]
+    if "--wen" in mode:
+        assert 1 <= len(records[0]["wen_losses"]) <= 2 and records[0]["mitigation_unet_sample_forwards"] > 0
+    os.remove(os.path.join(out, names[-1]))  # a killed run: only the unfinished prompt is generated again
+    script[4].main(args)
+    assert sorted(f for f in os.listdir(out) if f.endswith(".jpg")) == names
+    assert [json.loads(line)["prompt"] for line in open(os.path.join(out, RECORDS_NAME))] == [0, 1, 1]
+
+
+def test_script4_baselines_run_on_a_prompt_file_alone(tiny_model_dir, prompt_files, tmp_path):
+    out = str(tmp_path / "ren")
+    script[4].main(["-v", tiny_model_dir, "--prompts", prompt_files["unmemorized"], "-o", out, "--ren", *GEN])
+    assert len([f for f in os.listdir(out) if f.endswith(".jpg")]) == 2 * 4
+    with pytest.raises(SystemExit):
+        script[4].main(["-v", tiny_model_dir, "--prompts", prompt_files["unmemorized"], "-o", out,
+                        "--refined_neurons", *GEN])
 
 
 def test_script4_type_filter_and_deactivation_change_images(tiny_model_dir, results, prompt_files, tmp_path):
@@ -121,7 +143,8 @@ def test_script4_type_filter_and_deactivation_change_images(tiny_model_dir, resu
     args = ["-v", tiny_model_dir, "-f", results, "-d", prompt_files["memorized"], "--memorization_type", "VM", *GEN]
     script[4].main([*args, "-o", plain])
     script[4].main([*args, "-o", blocked, "--block_top_k_neurons", "40"])
-    assert sorted(os.listdir(plain)) == ["config.json"] + [f"img_{p:04d}_{s:02d}.jpg" for p in (0,) for s in range(2)]
+    assert sorted(os.listdir(plain)) == ["config.json"] + [f"img_{p:04d}_{s:02d}.jpg" for p in (0,) for s in range(2)] + [
+        RECORDS_NAME]
     from PIL import Image
     import numpy as np
     a = np.asarray(Image.open(os.path.join(plain, "img_0000_00.jpg")), dtype=float)
@@ -163,7 +186,7 @@ def test_command_line_error_is_one_line(tmp_path):
     assert run.stderr.strip().splitlines() == [f"3_detect_memorized_neurons.py: error: prompt file {tmp_path / 'x.csv'} not found"]
 
 
-@pytest.mark.parametrize("n", range(1, 6))
+@pytest.mark.parametrize("n", range(1, 7))
 def test_help_shows_defaults(n):
     run = subprocess.run([sys.executable, f"{script[n].__name__}.py", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0 and "(default:" in run.stdout

@@ -89,7 +89,7 @@ class RowWriter:
                 changed = sorted(k for k in settings if previous is None or previous.get(k) != settings[k])
                 raise ValueError(f"--resume: {path} was written with other settings ({', '.join(changed)}); "
                                  "use the same flags or a new --output")
-            _drop_partial_line(path)
+            drop_partial_line(path)
             with open(path, newline="") as f:
                 self.done = {int(row[0]) for row in list(csv.reader(f, delimiter=CSV_SEPARATOR))[1:]}
             self.file = open(path, "a", newline="")
@@ -119,7 +119,7 @@ class RowWriter:
         self.close()
 
 
-def _drop_partial_line(path: str) -> None:
+def drop_partial_line(path: str) -> None:
     """Cut a row a killed process left half written."""
     with open(path, "rb+") as f:
         data = f.read()

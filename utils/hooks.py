@@ -1,4 +1,5 @@
-"""The one place where forward hooks are registered: recording and deactivating neurons."""
+"""The one place where hooks are registered: recording and editing module outputs (deactivating
+neurons, scaling attention keys) and the arguments modules are called with."""
 
 from __future__ import annotations
 
@@ -10,24 +11,36 @@ from torch import nn
 
 from utils.layers import NeuronSet
 
-# edit(output [batch, tokens, features], layer_name) -> new output, or None to keep it.
+# edit(output [batch, tokens, features], module_name) -> new output, or None to keep it.
 Edit = Callable[[torch.Tensor, str], "torch.Tensor | None"]
+# edit_call(args, kwargs, module_name) -> (args, kwargs) the module is called with.
+EditCall = Callable[[tuple, dict, str], "tuple[tuple, dict]"]
 
 
 @contextmanager
-def edit_outputs(layers: dict[str, nn.Module], edit: Edit) -> Iterator[None]:
-    """Apply ``edit`` to the output of every layer in ``layers`` while the context is open.
-
-    Hooks are removed in reverse order on exit, also when the body raises.
-    """
+def _registered(modules: dict[str, nn.Module], register: Callable[[str, nn.Module], object]) -> Iterator[None]:
+    """``register(name, module)`` returns a hook handle; every handle is removed in reverse
+    order on exit, also when the body raises."""
     handles = []
     try:
-        for name, module in layers.items():
-            handles.append(module.register_forward_hook(lambda _m, _i, out, name=name: edit(out, name)))
+        for name, module in modules.items():
+            handles.append(register(name, module))
         yield
     finally:
         for handle in reversed(handles):
             handle.remove()
+
+
+def edit_outputs(modules: dict[str, nn.Module], edit: Edit):
+    """Apply ``edit`` to the output of every module in ``modules`` while the context is open."""
+    return _registered(modules, lambda name, module: module.register_forward_hook(
+        lambda _m, _i, out: edit(out, name)))
+
+
+def edit_calls(modules: dict[str, nn.Module], edit: EditCall):
+    """Replace the arguments every module in ``modules`` is called with while the context is open."""
+    return _registered(modules, lambda name, module: module.register_forward_pre_hook(
+        lambda _m, args, kwargs: edit(args, kwargs, name), with_kwargs=True))
 
 
 @contextmanager

@@ -1,4 +1,6 @@
-"""Discovery of the cross-attention value layers (SPEC §1) and neuron sets over them."""
+"""Discovery of the layers the methods act on, by dotted name in execution order: NeMo's
+cross-attention value layers (SPEC §1), Wanda's feed-forward output layers, Ren's
+cross-attentions; and NeMo's neuron sets over the value layers."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from torch import nn
 VALUE_LAYER_SUFFIX = "attn2.to_v"
 # Parts of the U-Net whose value layers NeMo looks at, in execution order (SPEC §1).
 SEARCHED_BLOCKS = ("down_blocks", "mid_block")
+# The U-Net's parts in the order a forward pass runs them (diffusers registers up before mid).
+EXECUTION_ORDER = ("down_blocks", "mid_block", "up_blocks")
 
 # One list of neuron indices per value layer, e.g. [[], [17], [], [], [3, 250], [], []].
 # A list may name a neuron twice (the authors' initial selection does, see
@@ -20,7 +24,15 @@ NeuronSet = list[list[int]]
 def _execution_key(name: str) -> tuple:
     block = name.split(".")[0]
     numbers = tuple(int(n) for n in re.findall(r"\.(\d+)(?=\.|$)", name))
-    return (SEARCHED_BLOCKS.index(block),) + numbers
+    return (EXECUTION_ORDER.index(block),) + numbers
+
+
+def modules_ending(unet: nn.Module, suffix: str, blocks: tuple[str, ...] = EXECUTION_ORDER) -> dict[str, nn.Module]:
+    """Dotted name -> every module whose name ends with ``suffix`` in ``blocks``, in execution order."""
+    found = {name: m for name, m in unet.named_modules() if name.endswith(suffix) and name.split(".")[0] in blocks}
+    if not found:
+        raise ValueError(f"the U-Net has no {suffix} layers in {blocks}")
+    return {name: found[name] for name in sorted(found, key=_execution_key)}
 
 
 def value_layers(unet: nn.Module) -> dict[str, nn.Linear]:
@@ -28,14 +40,7 @@ def value_layers(unet: nn.Module) -> dict[str, nn.Linear]:
 
     SD v1.x: 7 layers of 320, 320, 640, 640, 1280, 1280, 1280 output features.
     """
-    found = {
-        name: module
-        for name, module in unet.named_modules()
-        if name.endswith(VALUE_LAYER_SUFFIX) and name.split(".")[0] in SEARCHED_BLOCKS
-    }
-    if not found:
-        raise ValueError(f"the U-Net has no {VALUE_LAYER_SUFFIX} layers in {SEARCHED_BLOCKS}")
-    return {name: found[name] for name in sorted(found, key=_execution_key)}
+    return modules_ending(unet, VALUE_LAYER_SUFFIX, SEARCHED_BLOCKS)
 
 
 def layer_widths(layers: dict[str, nn.Linear]) -> list[int]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -58,3 +60,17 @@ def load_pipeline(version: str, device: torch.device, dtype: torch.dtype | None 
     pipe.set_progress_bar_config(disable=True)
     logger.info("loaded %s on %s (%s)", source, device, dtype)
     return pipe.to(device)
+
+
+@contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[None]:
+    """No parameter of ``module`` requires a gradient inside the context, so a loss can be
+    differentiated through it to an input (a text embedding) alone; flags restored on exit."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -1,0 +1,110 @@
+"""Wen et al. (ICLR 2024): the magnitude of the text-conditional noise prediction, as a
+memorization score and as the objective of their inference-time mitigation (Table 1,
+"prompt embedding adjustment").
+
+The text-conditional noise difference of latents x [n, 4, h, w] at timestep t is
+eps(x, t, e) - eps(x, t, e_empty). Defaults are the authors' (YuxinWenRick/diffusion_memorization):
+the mitigation from ``inference_mem.py`` with their README's command, the score from
+``detect_mem.py`` and the aggregation of ``examples/det_mem_viz.ipynb``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from utils.hooks import edit_outputs
+from utils.models import frozen
+from utils.statistics import encode_prompts
+
+# Mitigation (inference_mem.py flags; README: --optim_target_loss 3 --optim_target_steps 0).
+LEARNING_RATE = 0.05  # --optim_lr, AdamW with torch's other defaults (weight decay 0.01)
+MAX_ITERATIONS = 10  # --optim_iters: U-Net passes at most, each followed by an update unless the target is met
+TARGET_LOSS = 3.0  # --optim_target_loss: stop once the loss is at or below it
+TARGET_STEP = 0  # --optim_target_steps 0: the loss is taken at the schedule's first timestep
+OPTIMIZATION_SAMPLES = 4  # --num_images_per_prompt 4: the loss is one norm over this many latents
+# Detection score (detect_mem.py and det_mem_viz.ipynb): per-sample norm at every step of a
+# guided generation, averaged over the steps [0, 50) and the 4 generations.
+SCORE_SAMPLES = 4
+SCORE_GUIDANCE_SCALE = 7.5
+SCORE_STEPS = 50
+
+
+def _unconditional(pipe, n: int) -> torch.Tensor:
+    return encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]).expand(n, -1, -1)  # [n, 77, dim]
+
+
+@dataclass
+class Adjustment:
+    embedding: torch.Tensor  # [1, 77, dim], float32
+    losses: list[float]  # the loss before each update (the last one: where it stopped)
+    unet_sample_forwards: int  # latents through the U-Net (each also backpropagated, but the last)
+
+
+def adjust_embedding(pipe, embedding: torch.Tensor, latents: torch.Tensor, *, timestep_index: int = TARGET_STEP,
+                     steps: int = 50, learning_rate: float = LEARNING_RATE, max_iterations: int = MAX_ITERATIONS,
+                     target_loss: float = TARGET_LOSS) -> Adjustment:
+    """Wen et al.'s mitigation: minimize || eps(x_T, t, e) - eps(x_T, t, e_empty) || over the
+    prompt embedding e [1, 77, dim], one L2 norm over all latents [n, 4, h, w], at the
+    ``timestep_index``-th timestep of a ``steps``-step schedule, with AdamW; stop once the loss
+    is <= ``target_loss`` or after ``max_iterations`` U-Net passes. The U-Net is frozen; the
+    BOS position is not optimized (the authors zero its gradient). Optimized in float32
+    (AdamW on float16 turns the zero BOS gradient into NaN)."""
+    unet, scheduler = pipe.unet, pipe.scheduler
+    scheduler.set_timesteps(steps)
+    timestep = scheduler.timesteps[timestep_index]
+    x = scheduler.scale_model_input(latents.to(unet.device, unet.dtype), timestep)
+    n = len(x)
+    with torch.no_grad():  # the empty prompt's prediction does not depend on e
+        unconditional = unet(x, timestep, encoder_hidden_states=_unconditional(pipe, n).to(unet.dtype)).sample.float()
+    adjusted = embedding.detach().to(unet.device, torch.float32).clone().requires_grad_(True)
+    bos = adjusted.detach()[:, :1].clone()
+    optimizer = torch.optim.AdamW([adjusted], lr=learning_rate)
+    losses = []
+    with frozen(unet), torch.enable_grad():
+        for _ in range(max_iterations):
+            conditional = unet(x, timestep, encoder_hidden_states=adjusted.to(unet.dtype).expand(n, -1, -1)).sample
+            loss = torch.linalg.vector_norm(conditional.float() - unconditional)
+            losses.append(loss.item())
+            if loss.item() <= target_loss:
+                break
+            optimizer.zero_grad()
+            loss.backward()
+            adjusted.grad[:, 0] = 0
+            optimizer.step()
+            with torch.no_grad():
+                adjusted[:, :1] = bos  # weight decay would still move BOS; the authors' bf16 rounds it away
+    return Adjustment(adjusted.detach(), losses, n * (len(losses) + 1))
+
+
+@torch.no_grad()
+def noise_magnitude_scores(pipe, embedding: torch.Tensor, latents: torch.Tensor, *, steps: int = 50,
+                           guidance_scale: float = SCORE_GUIDANCE_SCALE, score_steps: int = SCORE_STEPS) -> torch.Tensor:
+    """Wen et al.'s detection score of each latent [n, 4, h, w]: || eps_c - eps_u || (unscaled)
+    at each of the first ``score_steps`` steps of a guided ``steps``-step generation from the
+    embedding [1, 77, dim], averaged over those steps: [n]. Higher means memorized."""
+    if not 1 <= score_steps <= steps:
+        raise ValueError(f"--wen_score_steps {score_steps} must be between 1 and the {steps} generation steps")
+    if guidance_scale <= 1:
+        raise ValueError(f"the score needs a guided generation (guidance scale > 1), got {guidance_scale}")
+    unet = pipe.unet
+    norms = []  # per step [n]
+
+    def record(output, _name):
+        eps = output[0] if isinstance(output, tuple) else output.sample  # [2n, 4, h, w]: [uncond, cond]
+        unconditional, conditional = eps.float().chunk(2)
+        norms.append((conditional - unconditional).flatten(1).norm(dim=1).cpu())
+
+    def stop_after_score_steps(pipeline, step, _timestep, callback_kwargs):
+        if step + 1 >= score_steps:
+            pipeline._interrupt = True  # diffusers' documented way to end the denoising loop early
+        return callback_kwargs
+
+    n = len(latents)
+    with edit_outputs({"unet": unet}, record):
+        pipe(prompt_embeds=embedding.to(unet.device, unet.dtype).expand(n, -1, -1),
+             negative_prompt_embeds=_unconditional(pipe, n).to(unet.dtype), latents=latents.to(unet.device, unet.dtype),
+             num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent",
+             callback_on_step_end=stop_after_score_steps)
+    return torch.stack(norms[:score_steps]).mean(0)  # [n]
