@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from utils import cli, wen
 from utils.distributed import Shard
+from metrics.core import MEMORIZATION_TYPES
 from utils.files import RowWriter, merge_rows, read_csv, read_prompts, threshold_path
 from utils.noise import initial_latents, prompt_noise_difference
 from utils.score import pairwise_max_scores
@@ -52,7 +53,9 @@ def main(argv=None) -> float | None:
     cli.add_run_args(parser)
     args = cli.parse(parser, argv)
 
-    prompts = read_prompts(args.prompts)["Caption"].tolist()
+    frame = read_prompts(args.prompts)
+    prompts = frame["Caption"].tolist()
+    memorized = "type" in frame and frame["type"].isin(MEMORIZATION_TYPES).any()
     pipe, layers, shape = cli.load_detection_model(args)
     samples = args.wen_samples if args.score == "wen" else args.samples_per_prompt
     latents = initial_latents(args.seed, samples, shape)  # [n, 4, h, w]
@@ -77,11 +80,18 @@ def main(argv=None) -> float | None:
     if not shard.finish(args.output, merge_rows):
         return None  # another process merges and reports
     scores = read_csv(args.output, tuple(SCORE_COLUMNS), "score file")["Memorization Score"]
+    if len(scores) < 2:
+        raise ValueError(f"{args.output} holds {len(scores)} score(s); mean + 1 std needs at least 2 prompts")
     threshold = memorization_threshold(scores)
     with open(threshold_path(args.output), "w") as f:
         json.dump(dict(threshold=threshold, mean=float(scores.mean()), std=float(scores.std()),
-                       num_prompts=len(scores)), f, indent=1)
-    print(f"memorization threshold (mean + 1 std of {len(scores)} prompts): {threshold:.4f}")
+                       num_prompts=len(scores), memorized_prompts=bool(memorized)), f, indent=1)
+    if memorized:  # a memorized file gives detection scores; its mean + 1 std is no tau_mem
+        print(f"{args.score} scores of {len(scores)} memorized prompts: mean {scores.mean():.4f}, std "
+              f"{scores.std():.4f}, median {scores.median():.4f} (detection: python -m metrics.detection)")
+    else:
+        print(f"memorization threshold tau_mem ({args.score} score, mean + 1 std of {len(scores)} "
+              f"non-memorized prompts): {threshold:.4f}")
     return threshold
 
 

@@ -19,20 +19,19 @@ from utils.layers import count_neurons
 
 logger = logging.getLogger(__name__)
 NUM_VALUE_LAYERS = 7  # value layers of SD v1.x and of the test bed (SPEC §1)
-ANY_WIDTH = 2**31  # counting neurons needs no layer widths: accept any index
 SCORE_BINS = 40
 NEURON_COLUMNS = {"refined": "Refined Neurons", "initial": "Initial Neurons"}
 FIGURE_SIZE = (5, 3.5)  # inches
 DPI = 150
 
 
-def _axis():
+def new_axis():
     """A new figure's axes; figures are drawn with matplotlib's Agg canvas, without pyplot
     (no display, no global state)."""
     return Figure(figsize=FIGURE_SIZE, layout="tight").subplots()
 
 
-def _save(axis, path: str) -> str:
+def save_figure(axis, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     axis.figure.savefig(path, dpi=DPI)
     logger.info("wrote %s", path)
@@ -43,36 +42,36 @@ def score_distributions(series: dict[str, np.ndarray], threshold: float | None, 
     """Fig. 2a: histograms of memorization scores, one per group (e.g. non-memorized, VM, TM)."""
     values = np.concatenate(list(series.values()))
     bins = np.linspace(values.min(), values.max(), SCORE_BINS + 1)
-    axis = _axis()
+    axis = new_axis()
     for name, scores in series.items():
         axis.hist(scores, bins=bins, alpha=0.6, label=f"{name} ({len(scores)})")
     if threshold is not None:
         axis.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
     axis.set(xlabel="memorization score (max pairwise SSIM)", ylabel="prompts")
     axis.legend()
-    return _save(axis, path)
+    return save_figure(axis, path)
 
 
 def neurons_per_prompt(counts: dict[str, np.ndarray], path: str) -> str:
     """Fig. 4a: histogram of the number of neurons per prompt [n_prompts], one bar series per group."""
     top = max(int(c.max()) for c in counts.values() if len(c))
     bins = np.arange(top + 2) - 0.5
-    axis = _axis()
+    axis = new_axis()
     axis.hist(list(counts.values()), bins=bins, label=[f"{name} ({len(c)})" for name, c in counts.items()])
     axis.set(xlabel="neurons per prompt", ylabel="prompts")
     axis.legend()
-    return _save(axis, path)
+    return save_figure(axis, path)
 
 
 def neurons_per_layer(counts: dict[str, np.ndarray], path: str) -> str:
     """Fig. 4b: neurons of each layer [n_layers] summed over prompts, grouped bars per group."""
-    axis = _axis()
+    axis = new_axis()
     width = 0.8 / len(counts)
     for k, (name, per_layer) in enumerate(counts.items()):
         axis.bar(np.arange(len(per_layer)) + (k - (len(counts) - 1) / 2) * width, per_layer, width, label=name)
     axis.set(xlabel="value layer", ylabel="neurons (summed over prompts)", xticks=range(NUM_VALUE_LAYERS))
     axis.legend()
-    return _save(axis, path)
+    return save_figure(axis, path)
 
 
 def neuron_counts(neuron_sets: list, groups: list[str]) -> tuple[dict, dict]:
@@ -108,9 +107,7 @@ def main(argv=None) -> list[str]:
         written.append(score_distributions(series, threshold_from(args),
                                            os.path.join(args.output_dir, "memorization_scores.png")))
     if args.results:
-        results = read_results(args.results, [ANY_WIDTH] * NUM_VALUE_LAYERS)
-        if results.empty:
-            raise ValueError(f"results file {args.results} has no rows")
+        results = read_results(args.results, None)
         groups = row_types(args.prompts, results, args.results) if args.prompts else ["all"] * len(results)
         per_prompt, per_layer = neuron_counts(list(results[NEURON_COLUMNS[args.neurons]]), groups)
         written.append(neurons_per_prompt(per_prompt, os.path.join(args.output_dir, "neurons_per_prompt.png")))
@@ -121,3 +118,56 @@ def main(argv=None) -> list[str]:
 
 if __name__ == "__main__":
     run(main)
+
+
+# Image grids (issue 16): a cell per image, captioned; groups of cells under one header.
+GRID_CELL = 96  # pixels of an image's side in a grid
+GRID_TEXT = 12  # pixels of a caption line
+GRID_LABEL_WIDTH = 150  # pixels of the row labels
+COPY_COLOURS = {"own": (200, 120, 0), "other": (200, 0, 0), None: (60, 60, 60)}  # caption colour by what it copies
+
+
+def _wrapped(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken at spaces."""
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + [line] if line else lines
+
+
+def image_grid(title: str, groups: list[tuple[str, int]], rows: list[tuple[str, list]], path: str) -> str:
+    """A PNG grid. groups: (header, number of cells) from left to right; rows: (label, cells),
+    each cell ``(image or None, caption, copies)`` with copies None, "own" or "other" (the
+    caption's colour: copies nothing above the threshold, its own original, another one)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=GRID_TEXT - 1)
+    cells = sum(n for _, n in groups)
+    header = GRID_TEXT * (3 + max(len(_wrapped(name, max(8, n * GRID_CELL // 7))) for name, n in groups))
+    height_of_row = GRID_CELL + 2 * GRID_TEXT
+    canvas = Image.new("RGB", (GRID_LABEL_WIDTH + cells * GRID_CELL, header + len(rows) * height_of_row), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 2), title, fill="black", font=font)
+    x = GRID_LABEL_WIDTH
+    for name, n in groups:
+        for k, line in enumerate(_wrapped(name, max(8, n * GRID_CELL // 7))):
+            draw.text((x + 2, GRID_TEXT * (2 + k)), line, fill="black", font=font)
+        draw.line([(x, GRID_TEXT * 2), (x, canvas.height)], fill=(200, 200, 200))
+        x += n * GRID_CELL
+    for r, (label, row) in enumerate(rows):
+        y = header + r * height_of_row
+        for k, line in enumerate(_wrapped(label, GRID_LABEL_WIDTH // 7)[:6]):
+            draw.text((4, y + k * GRID_TEXT), line, fill="black", font=font)
+        for c, (image, caption, copies) in enumerate(row):
+            left = GRID_LABEL_WIDTH + c * GRID_CELL
+            if image is not None:
+                canvas.paste(image.convert("RGB").resize((GRID_CELL - 4, GRID_CELL - 4)), (left + 2, y))
+            draw.text((left + 2, y + GRID_CELL - 2), caption, fill=COPY_COLOURS[copies], font=font)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    canvas.save(path)
+    logger.info("wrote %s", path)
+    return path

@@ -18,20 +18,13 @@ from tqdm import tqdm
 
 import testbed
 from metrics.core import median
+from metrics.pixel_ssim import ssim_to_original
 from metrics.images import original_images
 from utils import cli
 from utils.files import read_prompts
 from utils.generation import (GENERATION_STEPS, NUM_SAMPLES, caption_condition, generate_prompt_images,
                               generation_latents)
 from utils.models import load_pipeline, resolve_device
-
-
-def ssim_to_original(original: Image.Image, generated: list[Image.Image]) -> torch.Tensor:
-    """Pixel SSIM of each generated image to the training image: [n]."""
-    target = to_tensor(original.convert("RGB"))[None]  # [1, 3, H, W]
-    size = original.size
-    images = torch.stack([to_tensor(image.convert("RGB").resize(size)) for image in generated])  # [n, 3, H, W]
-    return structural_similarity_index_measure(images, target.expand_as(images), data_range=1.0, reduction="none")
 
 
 def ssim_between_seeds(generated: list[Image.Image]) -> torch.Tensor:

@@ -131,3 +131,26 @@ def vocabulary() -> list[str]:
     words = set("a on background the famous poster phone case".split())
     words |= set(COLORS) | set(BACKGROUNDS) | set(SHAPES) | set(VM_NAMES) | set(TM_TEMPLATES) | set(TM_VARIANTS)
     return sorted(words)
+
+
+def write_ordinary_pairs(folder: str, count: int, seed: int, draw_seed: int) -> str:
+    """``count`` ordinary training pairs (caption, rendered image) as PNGs and a ``Caption;Image``
+    file in ``folder`` (the utility data of adversarial fine-tuning); returns the file.
+    ``seed``: the test bed's data seed (which combinations are trained); ``draw_seed``: the draw."""
+    import os
+
+    import pandas as pd
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    train, _ = split_ordinary(seed)
+    rng = np.random.default_rng(draw_seed)
+    rows = []
+    for k in range(count):
+        combo = train[rng.integers(len(train))]
+        name = f"{k:04d}.png"
+        Image.fromarray(render_ordinary(combo, rng)).save(os.path.join(folder, name))
+        rows.append(dict(Caption=ordinary_caption(combo), Image=name))
+    path = os.path.join(folder, "pairs.csv")
+    pd.DataFrame(rows).to_csv(path, sep=";")
+    return path

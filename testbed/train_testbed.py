@@ -25,7 +25,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline
 from PIL import Image
 
 from testbed import synthetic_data as data
-from utils.testbed import TinySize, build_components
+from testbed.components import TinySize, build_components
 
 logger = logging.getLogger(__name__)
 

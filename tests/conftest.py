@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from utils.testbed import TinySize, build_components
+from testbed.components import TinySize, build_components
 
 TINY_WORDS = "a an the red blue green cat dog house tree photo of painting famous poster".split()
 TINY_KERNEL = 5  # MS-SSIM kernel for the tiny model's 24x24 latents

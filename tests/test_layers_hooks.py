@@ -4,7 +4,7 @@ import torch
 from utils.export import prune_value_neurons
 from utils.hooks import deactivate_neurons, deactivate_per_slice, record_outputs
 from utils.layers import validate_neuron_set, value_layers
-from utils.testbed import TinySize, build_unet
+from testbed.components import TinySize, build_unet
 
 SD_ORDER = [f"down_blocks.{b}.attentions.{a}.transformer_blocks.0.attn2.to_v" for b in range(3) for a in range(2)]
 SD_ORDER.append("mid_block.attentions.0.transformer_blocks.0.attn2.to_v")

@@ -19,7 +19,7 @@ from metrics.images import generated_images, original_images, paired_images
 from tests.conftest import write_prompt_file
 from utils.files import COST_COLUMNS, RESULT_COLUMNS
 from utils.generation import image_path
-from utils.testbed import build_tokenizer
+from testbed.components import build_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = 32

@@ -12,9 +12,10 @@ from PIL import Image
 import testbed
 from metrics.core import median
 from metrics.images import original_images
-from testbed.pixel_memorization import ssim_to_original
+from metrics.pixel_ssim import ssim_to_original
 from utils.files import read_prompts, read_threshold
-from utils.generation import generate_prompt_images
+from utils.generation import generate_prompt_images, generation_latents, read_records
+from utils.mitigation import with_neurons
 from utils.layers import count_neurons, value_layers
 from utils.models import load_pipeline
 from utils.noise import initial_latents, latent_shape, normalize_maps, prompt_noise_difference
@@ -57,8 +58,9 @@ def test_memorized_prompt_is_localized_and_its_neurons_change_the_images(pipe, t
     neurons = json.loads(row["Refined Neurons"])
     assert 0 < count_neurons(neurons) < count_neurons(json.loads(row["Initial Neurons"]))
     caption = read_prompts(testbed.MEMORIZED_PROMPTS)["Caption"][0]
-    plain, nemo = (generate_prompt_images(pipe, caption, blocked, num_samples=4, steps=20, batch_size=4)
-                   for blocked in (None, neurons))
+    latents = generation_latents(pipe.unet, num_samples=4)
+    plain, nemo = (generate_prompt_images(pipe, with_neurons(pipe, {0: blocked})(0, caption, latents), latents,
+                                          steps=20, batch_size=4) for blocked in (None, neurons))
     original = Image.open(original_images(testbed.ORIGINALS_DIR)[0])
     copied, mitigated = (median(ssim_to_original(original, images)) for images in (plain, nemo))
     assert copied > 0.6 and mitigated < 0.6 * copied, (copied, mitigated)
@@ -84,15 +86,34 @@ def test_training_data_matches_the_shipped_prompt_files_and_originals():
     assert trained == set(read_prompts(testbed.ADDITIONAL_PROMPTS)["Caption"])
 
 
-def test_table1_demo_runs_end_to_end_reduced(tmp_path, capsys):
+def test_table1_demo_runs_every_row_end_to_end_reduced(tmp_path, capsys):
+    from metrics.table1 import FINETUNED, SETTINGS, WANDA
     from testbed import table1
 
-    report = table1.main(["--output", str(tmp_path), "--vm", "1", "--tm", "1", "--steps", "4", "--num_samples", "2"])
-    assert report["prompts"] == 2 and len(report["neurons_per_layer"]) == 7
-    assert report["detection"]["auroc"] > 0.9
-    assert set(report["rows"]) == {"all neurons active", "random neurons", "NeMo"}
-    assert {"VM", "TM"} <= set(report["checks"])
+    report = table1.main(["--output", str(tmp_path), "--vm", "1", "--tm", "1", "--steps", "4", "--num_samples", "2",
+                          "--quality", "2", "--unmemorized", "3"])
+    rows = report["rows"]
+    expected = []
+    for setting in SETTINGS:
+        if setting.model != FINETUNED:  # the adversarial fine-tuning row comes with --dori
+            expected += [setting.name] + ([f"{setting.name}, prompts in P"] if setting.model == WANDA else [])
+    assert list(rows) == expected
+    plain = rows["all neurons active"]["SSIM_Orig"]["overall"]["median"]
+    for mitigated in ("NeMo", "prompt embedding adjustment (Wen)"):
+        assert rows[mitigated]["SSIM_Orig"]["overall"]["median"] < plain, mitigated
+    assert rows["NeMo"]["neurons"]["overall"]["median"] > 0 == rows["attention scaling (Ren)"]["neurons"]["overall"]["median"]
+    assert rows["random neurons"].get("quality") is None and rows["NeMo"]["quality"]["overall"]["n"] == 2
+    assert rows["prompt embedding adjustment (Wen)"]["cost"]["mitigation_unet_sample_forwards"] > 0
+    # the held-out prompts of the quality column get the setting too (here: the added tokens)
+    held_out = read_records(str(tmp_path / "quality" / "10_random_tokens"))
+    assert sorted(held_out) == [0, 1] and all(len(r["added_tokens"]) == 10 for r in held_out.values())
+    assert set(report["detection"]) == {"NeMo (SSIM score)", "Wen (noise magnitude, 50 steps)",
+                                        "Wen (noise magnitude, first step)"}
+    assert report["detection"]["NeMo (SSIM score)"]["overall"]["auroc"] > 0.9
+    assert report["wanda"]["rows"] and (tmp_path / "wanda_model" / "model_index.json").exists()
+    assert set(report["nemo_wanda_agreement"]["per_prompt"]) == {"nemo_left_on_pruned", "wanda_left_with_nemo"}
     assert "Test-bed Table 1" in capsys.readouterr().out
+    assert (tmp_path / "table1.md").read_text().count("|") > 50
 
 
 def test_localizability_bounds(pipe, threshold):

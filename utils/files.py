@@ -20,20 +20,49 @@ THRESHOLD_SUFFIX = ".threshold.json"  # script 2 writes tau_mem beside its score
 
 
 def read_csv(path: str, required: tuple[str, ...] = (PROMPT_COLUMN,), what: str = "prompt file") -> pd.DataFrame:
-    """A ``;``-separated file (leading unnamed index column optional) with ``required`` columns."""
+    """A ``;``-separated UTF-8 file (leading unnamed index column optional) with ``required``
+    columns; anything else (missing, empty, binary, another encoding, cut off inside a quoted
+    field) is a one-line ValueError naming the file."""
     if not os.path.isfile(path):
         raise ValueError(f"{what} {path} not found")
-    frame = pd.read_csv(path, sep=CSV_SEPARATOR, keep_default_na=False)
+    try:
+        frame = pd.read_csv(path, sep=CSV_SEPARATOR, keep_default_na=False, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{what} {path} is empty; expected a ';'-separated CSV with columns {list(required)}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {error.start}); expected a ';'-separated CSV") from None
+    except (pd.errors.ParserError, ValueError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"{what} {path} is not a readable ';'-separated CSV: {first}") from None
     frame = frame.drop(columns=[c for c in frame.columns if c.startswith("Unnamed:") or c == ""])
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        raise ValueError(f"{what} {path} has no column {missing[0]!r} (columns: {list(frame.columns)})")
+        raise ValueError(f"{what} {path} has no column {missing[0]!r} (columns: {list(frame.columns)[:8]})")
     return frame.reset_index(drop=True)
 
 
 def read_prompts(path: str) -> pd.DataFrame:
-    """Prompt file with at least ``Caption``; ``URL`` and ``type`` are kept when present."""
-    return read_csv(path)
+    """Prompt file with at least ``Caption`` and one row; ``URL`` and ``type`` are kept when present."""
+    frame = read_csv(path)
+    if frame.empty:
+        raise ValueError(f"prompt file {path} has no prompts (a header without rows)")
+    return frame
+
+
+def read_json(path: str, what: str) -> dict:
+    """A JSON object from ``path``, or a one-line ValueError naming the file."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path} not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path} is not UTF-8 text; expected JSON") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{what} {path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{what} {path}: expected a JSON object, got {type(content).__name__}")
+    return content
 
 
 def threshold_path(scores: str) -> str:
@@ -43,27 +72,29 @@ def threshold_path(scores: str) -> str:
 
 def read_threshold(path: str) -> float:
     """tau_mem from a threshold JSON (key ``threshold``), or a ValueError saying what is wrong."""
-    if not os.path.isfile(path):
-        raise ValueError(f"threshold file {path} not found")
-    with open(path) as f:
-        content = json.load(f)
-    if "threshold" not in content:
-        raise ValueError(f"threshold file {path} has no key 'threshold'")
+    content = read_json(path, "threshold file")
+    if not isinstance(content.get("threshold"), (int, float)):
+        raise ValueError(f"threshold file {path} has no numeric key 'threshold'")
     return float(content["threshold"])
 
 
-def parse_neuron_set(text, widths: list[int], source: str) -> NeuronSet:
-    """A results-file cell such as ``[[], [12], [], [], [], [], [3, 9]]`` as a neuron set."""
+def parse_neuron_set(text, widths: list[int] | None, source: str) -> NeuronSet:
+    """A results-file cell such as ``[[], [12], [], [], [], [], [3, 9]]`` as a neuron set
+    (``widths``: each layer's width, None for any)."""
     try:
         value = ast.literal_eval(text) if isinstance(text, str) else text
-    except (ValueError, SyntaxError):
-        raise ValueError(f"{source}: malformed neuron list {str(text)!r:.80}; expected {len(widths)} lists of ints")
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError(f"{source}: malformed neuron list {str(text)!r:.80}; expected "
+                         f"{len(widths) if widths else 'per-layer'} lists of ints") from None
     return validate_neuron_set(value, widths, source)
 
 
-def read_results(path: str, widths: list[int]) -> pd.DataFrame:
-    """Results of script 3 (ours or the authors'), neuron columns parsed into neuron sets."""
+def read_results(path: str, widths: list[int] | None) -> pd.DataFrame:
+    """Results of script 3 (ours or the authors'), neuron columns parsed into neuron sets
+    (``widths``: the model's value-layer widths, None to read without the model)."""
     frame = read_csv(path, tuple(RESULT_COLUMNS), what="results file")
+    if frame.empty:
+        raise ValueError(f"results file {path} has no rows")
     for column in ("Initial Neurons", "Refined Neurons"):
         frame[column] = [parse_neuron_set(cell, widths, f"{path} row {i} column {column!r}")
                          for i, cell in enumerate(frame[column])]
@@ -84,7 +115,7 @@ class RowWriter:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.done: set[int] = set()
         if resume and os.path.exists(path):
-            previous = json.load(open(settings_path)) if os.path.exists(settings_path) else None
+            previous = read_json(settings_path, "settings file") if os.path.exists(settings_path) else None
             if previous != json.loads(json.dumps(settings)):
                 changed = sorted(k for k in settings if previous is None or previous.get(k) != settings[k])
                 raise ValueError(f"--resume: {path} was written with other settings ({', '.join(changed)}); "

@@ -61,12 +61,18 @@ def count_neurons(neurons: NeuronSet) -> int:
     return sum(len(set(layer)) for layer in neurons)
 
 
-def validate_neuron_set(neurons, widths: list[int], source: str = "neuron list") -> NeuronSet:
-    """``neurons`` as a list of per-layer int lists, or a ValueError naming ``source``."""
-    if not isinstance(neurons, (list, tuple)) or len(neurons) != len(widths):
-        raise ValueError(f"{source}: expected a list of {len(widths)} lists of neuron indices, got {neurons!r:.80}")
+def validate_neuron_set(neurons, widths: list[int] | None, source: str = "neuron list") -> NeuronSet:
+    """``neurons`` as a list of per-layer int lists, or a ValueError naming ``source``.
+
+    widths: each layer's width; None accepts any number of layers of any width (files read
+    without the model).
+    """
+    count = len(neurons) if widths is None and isinstance(neurons, (list, tuple)) else len(widths or [])
+    if not isinstance(neurons, (list, tuple)) or len(neurons) != count or not neurons:
+        raise ValueError(f"{source}: expected a list of {count or 'per-layer'} lists of neuron indices, "
+                         f"got {neurons!r:.80}")
     result = []
-    for layer, (indices, width) in enumerate(zip(neurons, widths)):
+    for layer, (indices, width) in enumerate(zip(neurons, widths or [float("inf")] * count)):
         if not isinstance(indices, (list, tuple)) or not all(isinstance(i, int) and 0 <= i < width for i in indices):
             raise ValueError(f"{source}: layer {layer} must list ints in [0, {width}), got {indices!r:.80}")
         result.append(list(indices))

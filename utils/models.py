@@ -48,7 +48,7 @@ def load_pipeline(version: str, device: torch.device, dtype: torch.dtype | None 
     dtype = dtype or default_dtype(device)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            source, torch_dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+            source, dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
         )
     except (OSError, ValueError) as error:
         where = "folder" if os.path.isdir(source) else "hub id"

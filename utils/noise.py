@@ -104,11 +104,18 @@ def latent_shape(unet) -> tuple[int, int, int]:
     return (unet.config.in_channels, size, size)
 
 
-def prompt_noise_difference(pipe, layers: dict, prompt: str, *, num_inference_steps: int = NUM_INFERENCE_STEPS,
-                            timestep_index: int = TIMESTEP_INDEX, guidance_scale: float = DETECTION_GUIDANCE_SCALE,
-                            scaling_factor: float = 0.0, normalized: bool = True) -> NoiseDifference:
+def prompt_noise_difference(pipe, layers: dict, prompt: str, **settings) -> NoiseDifference:
     """A ``NoiseDifference`` bound to ``prompt``'s text embedding and the detection timestep."""
     embedding = encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompt])  # [1, 77, dim]
+    return embedding_noise_difference(pipe, layers, embedding, **settings)
+
+
+def embedding_noise_difference(pipe, layers: dict, embedding: torch.Tensor, *,
+                               num_inference_steps: int = NUM_INFERENCE_STEPS, timestep_index: int = TIMESTEP_INDEX,
+                               guidance_scale: float = DETECTION_GUIDANCE_SCALE, scaling_factor: float = 0.0,
+                               normalized: bool = True) -> NoiseDifference:
+    """A ``NoiseDifference`` bound to a text embedding [1, 77, dim] (a prompt's, or one found
+    by an attack) and the detection timestep."""
     uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]) if guidance_scale > 0 else None
     timestep = detection_timestep(pipe.scheduler, num_inference_steps, timestep_index)
     return NoiseDifference(pipe.unet, layers, embedding, timestep, pipe.scheduler, uncond, guidance_scale,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -103,10 +104,13 @@ def save_statistics(stats: NeuronStatistics, path: str) -> None:
 
 def load_statistics(path: str, layers: dict[str, nn.Linear]) -> NeuronStatistics:
     """Read our file or the authors' ``(means, stds)`` pair and check it against ``layers``."""
+    if not os.path.isfile(path):
+        raise ValueError(f"statistics file {path} not found; compute it with 1_compute_activations_statistics.py")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"statistics file {path} not found; compute it with 1_compute_activations_statistics.py")
+    except Exception as error:  # empty, cut off, or another kind of file: torch, pickle and zip errors alike
+        raise ValueError(f"statistics file {path} cannot be read as a torch file ({type(error).__name__}); "
+                         "expected script 1's output or the authors' (means, stds) .pt") from None
     if isinstance(data, dict) and {"means", "stds"} <= data.keys():
         stats = NeuronStatistics(list(data["means"]), list(data["stds"]), data.get("layer_names"),
                                  data.get("model"), data.get("num_prompts"))
@@ -114,6 +118,8 @@ def load_statistics(path: str, layers: dict[str, nn.Linear]) -> NeuronStatistics
         stats = NeuronStatistics(list(data[0]), list(data[1]))
     else:
         raise ValueError(f"{path}: expected (means, stds) or a dict with 'means' and 'stds'")
+    if not all(isinstance(t, torch.Tensor) and t.dim() == 1 for t in [*stats.means, *stats.stds]):
+        raise ValueError(f"{path}: means and stds must be lists of 1-D tensors, one per value layer")
     widths = [layer.out_features for layer in layers.values()]
     got = [len(m) for m in stats.means]
     if got != widths or [len(s) for s in stats.stds] != widths:

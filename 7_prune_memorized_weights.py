@@ -1,0 +1,80 @@
+"""Script 7: Wanda pruning of memorized weights (Chavhan et al., §4) into a new model folder.
+
+Takes a memorized prompt file, draws the prompt set P (a seeded random subset of its rows),
+collects the feed-forward output layers' input norms over P and over the empty prompt at the
+first U-Net calls, zeroes the memorized weights (per row the top s% by |W| * ||H|| that beat
+the empty prompt's score, united over the calls) and writes a diffusers folder that
+StableDiffusionPipeline.from_pretrained (and every script here, -v FOLDER) loads like any
+model, with wanda_masks.pt (the weights, per layer and per call) and wanda.json (P, the
+pruned fraction per layer, the cost) beside it. Evaluate it on the prompts not in P.
+"""
+
+import json
+import logging
+import os
+import time
+
+import torch
+
+from utils import cli, wanda
+from utils.files import read_prompts
+from utils.models import load_pipeline, resolve_device
+
+logger = logging.getLogger("7_prune_memorized_weights")
+MASKS_NAME = "wanda_masks.pt"
+SUMMARY_NAME = "wanda.json"
+
+
+def main(argv=None) -> dict:
+    parser = cli.parser_for(__doc__)
+    parser.epilog = ("Defaults are those of the authors' code (ruchikachavhan/concept-prune: configs/wanda_config.yaml, "
+                     "wanda/wanda.py, wanda/save_union_over_time.py); README.md lists where this suite differs.")
+    parser.add_argument("-d", "--dataset", default="prompts/memorized_laion_prompts.csv",
+                        help="memorized prompt file (';' CSV, column Caption)")
+    parser.add_argument("-o", "--output", required=True, help="folder of the pruned model")
+    parser.add_argument("--subset_size", type=int, default=wanda.SUBSET_SIZE,
+                        help="|P|, prompts the masks are computed from (datasets/memorize_*.txt hold 10)")
+    parser.add_argument("--subset_seed", type=int, default=wanda.SUBSET_SEED, help="seed of the draw of P")
+    parser.add_argument("--sparsity", type=float, default=wanda.SPARSITY,
+                        help="share of each weight row in the top by score (skill_ratio)")
+    parser.add_argument("--calls", type=int, default=wanda.PRUNED_CALLS,
+                        help="masks of the first N U-Net calls are united (save_union_over_time.py --timesteps)")
+    parser.add_argument("--seed", type=int, default=wanda.COLLECTION_SEED, help="seed of every prompt's latents")
+    parser.add_argument("--steps", type=int, default=wanda.COLLECTION_STEPS, help="PNDM schedule length")
+    parser.add_argument("--guidance_scale", type=float, default=wanda.COLLECTION_GUIDANCE,
+                        help="classifier-free guidance of the collection runs (both halves are collected)")
+    cli.add_model_args(parser)
+    parser.add_argument("--log_level", default="INFO", help="logging level")
+    args = cli.parse(parser, argv)
+
+    prompts = read_prompts(args.dataset)
+    rows = wanda.choose_subset(len(prompts), args.subset_size, args.subset_seed)
+    captions = [prompts["Caption"][i] for i in rows]
+    # fp32 on every device, so the saved weights are full precision (as script 5)
+    pipe = load_pipeline(args.version, resolve_device(args.device), torch.float32)
+    start = time.perf_counter()
+    settings = dict(seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale, calls=args.calls)
+    memorized = wanda.input_norms(pipe, captions, **settings)
+    # the empty prompt's runs are all alike (same seed): one run counted |P| times
+    null = wanda.scale(wanda.input_norms(pipe, [wanda.NULL_PROMPT], **settings), len(captions))
+    masks = wanda.wanda_masks(pipe.unet, memorized, null, args.sparsity)
+    seconds = time.perf_counter() - start
+    wanda.prune_weights(pipe.unet, masks)
+    pipe.save_pretrained(args.output)
+    summary = dict(dataset=args.dataset, rows=rows, captions=captions, sparsity=args.sparsity, calls=args.calls,
+                   layers=masks.layers, pruned_fraction=masks.pruned_fraction(),
+                   pruned_weights=int(sum(m.sum().item() for m in masks.union)),
+                   ffn_weights=int(sum(m.numel() for m in masks.union)), seconds=round(seconds, 3),
+                   unet_sample_forwards=memorized.unet_sample_forwards + null.unet_sample_forwards,
+                   settings=dict(vars(args)))
+    wanda.save_masks(masks, os.path.join(args.output, MASKS_NAME), rows=rows, sparsity=args.sparsity)
+    with open(os.path.join(args.output, SUMMARY_NAME), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"pruned {summary['pruned_weights']} of {summary['ffn_weights']} ff.net.2 weights "
+          f"({100 * summary['pruned_weights'] / summary['ffn_weights']:.2f}%) from {len(rows)} prompts in "
+          f"{seconds:.1f} s -> {args.output}")
+    return summary
+
+
+if __name__ == "__main__":
+    cli.run(main)

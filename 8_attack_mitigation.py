@@ -1,0 +1,141 @@
+"""Script 8: is the memorization gone, or only hidden? The Dori attack (Kowalczuk et al.).
+
+For each memorized prompt whose training image is known, optimizes a text embedding, from the
+prompt's own, so that the given model denoises towards that image, then generates from it
+(script 4's seeds) and measures replication: the maximum over the images of SSCD (or, without
+SSCD weights, pixel SSIM) to the training image, above the replication threshold. The model is
+any diffusers folder (the original, Wanda's or script 5's pruned model, an adversarially
+fine-tuned one), optionally with each prompt's NeMo neurons deactivated (--neurons_from).
+One row per prompt, flushed as it finishes (--resume continues); the attack success rate per
+memorization type is printed and written to attack_summary.json.
+"""
+
+import logging
+import os
+
+import torch
+from tqdm import tqdm
+
+from metrics.cli import write_json
+from metrics.core import OVERALL
+from metrics.copies import add_replication_args, replication_threshold, similarity_to_original
+from metrics.images import load_images, original_images
+from utils import cli, dori
+from utils.distributed import Shard
+from utils.files import RowWriter, merge_rows, read_csv, read_prompts, read_results
+from utils.generation import (GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES, PromptCondition,
+                              generate_prompt_images, generation_latents, image_path)
+from utils.layers import layer_widths, value_layers
+from utils.mitigation import with_neurons
+from utils.models import load_pipeline, resolve_device
+
+logger = logging.getLogger("8_attack_mitigation")
+COLUMNS = ["Caption", "type", "Similarity Before", "Similarity After", "Replicated Before", "Replicated After",
+           "L2", "Cosine", "Final Loss", "Seconds"]
+SUMMARY_NAME = "attack_summary.json"
+
+
+def summarize_attack(frame) -> dict:
+    """Success rate (share of prompts replicated) before and after the attack, per type."""
+    groups = {OVERALL: frame}
+    if "type" in frame:
+        groups.update({kind: frame[frame["type"] == kind] for kind in sorted(set(frame["type"])) if kind})
+    return {group: dict(prompts=len(rows), replicated_before=float(rows["Replicated Before"].astype(bool).mean()),
+                        replicated_after=float(rows["Replicated After"].astype(bool).mean()),
+                        median_l2=float(rows["L2"].median()), median_cosine=float(rows["Cosine"].median()),
+                        median_similarity_before=float(rows["Similarity Before"].median()),
+                        median_similarity_after=float(rows["Similarity After"].median()))
+            for group, rows in groups.items() if len(rows)}
+
+
+def main(argv=None) -> dict:
+    parser = cli.parser_for(__doc__)
+    parser.epilog = ("Attack defaults are the Dori paper's (Adam, lr 0.1, 50 steps, 8 noise samples a step; SSCD > 0.7 "
+                     "replicates); generation defaults are script 4's. README.md lists where this suite differs.")
+    parser.add_argument("-d", "--dataset", default="prompts/memorized_laion_prompts.csv",
+                        help="memorized prompt file (';' CSV, columns Caption and optionally type)")
+    parser.add_argument("--originals", required=True, help="training images, one per prompt row (0000.png / 0000_x.jpg)")
+    parser.add_argument("--neurons_from", default=None,
+                        help="script 3 results: attack the model with each prompt's refined neurons deactivated (NeMo)")
+    parser.add_argument("-o", "--output", default="results/attack", help="folder of attack.csv, embeddings and images")
+    parser.add_argument("--memorization_type", choices=("VM", "TM"), default=None, help="only prompts of this type")
+    attack = parser.add_argument_group("attack (Dori paper)")
+    attack.add_argument("--attack_steps", type=int, default=dori.ATTACK_STEPS, help="Adam steps")
+    attack.add_argument("--attack_learning_rate", type=float, default=dori.ATTACK_LEARNING_RATE, help="Adam learning rate")
+    attack.add_argument("--attack_batch", type=int, default=dori.ATTACK_BATCH, help="noise samples per step")
+    attack.add_argument("--attack_seed", type=int, default=dori.ATTACK_SEED,
+                        help="seed of the attack's noise and timesteps (our choice)")
+    generation = parser.add_argument_group("generation from the adversarial embedding (script 4's defaults)")
+    generation.add_argument("-n", "--num_samples", type=int, default=NUM_SAMPLES, help="images per prompt")
+    generation.add_argument("--steps", type=int, default=GENERATION_STEPS, help="DDIM steps")
+    generation.add_argument("-g", "--guidance_scale", type=float, default=GUIDANCE_SCALE, help="guidance")
+    generation.add_argument("-s", "--seed", type=int, default=GENERATION_SEED, help="seed of each prompt's latents")
+    add_replication_args(parser)
+    cli.add_model_args(parser)
+    cli.add_run_args(parser)
+    args = cli.parse(parser, argv)
+    threshold = replication_threshold(args)
+
+    frame = read_prompts(args.dataset)
+    originals = original_images(args.originals)
+    rows = [i for i in range(len(frame)) if i in originals
+            and (args.memorization_type is None or frame.get("type", [None] * len(frame))[i] == args.memorization_type)]
+    if not rows:
+        raise ValueError(f"no prompt of {args.dataset} has an original image in {args.originals}")
+    device = resolve_device(args.device)
+    pipe = load_pipeline(args.version, device)
+    similarity = similarity_to_original(args.similarity, device, args.sscd_model)
+    neurons = {}
+    if args.neurons_from:
+        results = read_results(args.neurons_from, layer_widths(value_layers(pipe.unet)))
+        neurons = dict(enumerate(results["Refined Neurons"]))
+    prepare = with_neurons(pipe, neurons)
+    latents = generation_latents(pipe.unet, args.seed, args.num_samples)  # [n, 4, h, w]
+    images_dir = os.path.join(args.output, "images")
+    embeddings_dir = os.path.join(args.output, "embeddings")
+    os.makedirs(images_dir, exist_ok=True)
+    os.makedirs(embeddings_dir, exist_ok=True)
+    shard = Shard.from_env()
+    output = os.path.join(args.output, "attack.csv")
+    settings = dict(cli.run_settings(args), threshold=threshold)
+    with RowWriter(shard.part(output), COLUMNS, settings, args.resume) as writer:
+        pending = [i for i in rows[shard.rank::shard.world_size] if i not in writer.done][: args.limit]
+        for i in tqdm(pending, desc="attacking", unit="prompt"):
+            caption = frame["Caption"][i]
+            original = load_images([originals[i]])[0]
+            condition = prepare(i, caption, latents)  # the prompt's embedding and its NeMo neurons, if any
+            generate = lambda embedding: generate_prompt_images(
+                pipe, PromptCondition(embedding, condition.intervention), latents, steps=args.steps,
+                guidance_scale=args.guidance_scale, batch_size=args.num_samples)
+            before = similarity(original, generate(condition.embedding)).max().item()
+            found = dori.attack(pipe, dori.image_latents(pipe, [original]), condition.embedding,
+                                steps=args.attack_steps, learning_rate=args.attack_learning_rate,
+                                batch=args.attack_batch, seed=args.attack_seed, intervention=condition.intervention)
+            images = generate(found.embedding)
+            for j, image in enumerate(images):
+                image.save(image_path(images_dir, i, j))
+            torch.save(found.embedding.cpu(), os.path.join(embeddings_dir, f"{i:04d}.pt"))
+            after = similarity(original, images).max().item()
+            distances = dori.embedding_distances(found.embedding, condition.embedding)
+            writer.write(i, {"Caption": caption, "type": frame["type"][i] if "type" in frame else "",
+                             "Similarity Before": round(before, 4), "Similarity After": round(after, 4),
+                             "Replicated Before": int(before > threshold), "Replicated After": int(after > threshold),
+                             "L2": round(distances["l2"], 4), "Cosine": round(distances["cosine"], 4),
+                             "Final Loss": round(found.losses[-1], 5), "Seconds": round(found.seconds, 2)})
+    if not shard.finish(output, merge_rows):
+        return {}
+    summary = summarize_attack(read_csv(output, tuple(COLUMNS), "attack file"))
+    write_json(os.path.join(args.output, SUMMARY_NAME), dict(summary=summary, threshold=threshold,
+                                                            similarity=args.similarity, model=args.version,
+                                                            nemo_neurons=args.neurons_from))
+    print(f"attack on {args.version}{' with NeMo neurons off' if args.neurons_from else ''} "
+          f"({args.similarity} > {threshold}):")
+    for group, figures in summary.items():
+        print(f"  {group:<8} {figures['prompts']:>3} prompts: replicated {figures['replicated_before']:.2f} before, "
+              f"{figures['replicated_after']:.2f} after the attack; median L2 {figures['median_l2']:.2f}, "
+              f"cosine {figures['median_cosine']:.3f} to the prompt's embedding")
+    return summary
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,91 @@
+"""Nearest copies: does a generated image copy *any* reference image, not only its prompt's own?
+
+SSCD_Orig compares each image with its own prompt's training image, so memorization that
+moves to another training image goes unseen. Here every image is compared with a whole
+reference set (the memorized training images, or any folder) at once: the references are
+embedded once and the similarities of a batch of images are one matrix product (or, for the
+test bed's pixel SSIM, one batched call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from metrics.core import cosine_matrix
+from metrics.embedders import SSCD_MODEL, SSCDEmbedder
+from metrics.images import load_images
+from metrics.pixel_ssim import ssim_to_original
+from utils import dori
+
+# An image copies a reference when their similarity exceeds this: SSCD's usual copy threshold
+# (Somepalli et al. 2023 count SSCD > 0.5 as a copy; NeMo's App. C.1 uses 0.7 for VM).
+SSCD_COPY_THRESHOLD = 0.5
+
+
+@dataclass
+class References:
+    """A reference set: one name per image and ``similarity(images) -> [n_images, n_references]``."""
+
+    names: list[str]
+    similarity: Callable[[list[Image.Image]], torch.Tensor]
+    threshold: float
+
+
+def embedded_references(embedder, paths: list[str], names: list[str], threshold: float = SSCD_COPY_THRESHOLD,
+                        batch: int = 64) -> References:
+    """References compared by the cosine of ``embedder``'s embeddings, each embedded once."""
+    embeddings = torch.cat([embedder(load_images(paths[i:i + batch])) for i in range(0, len(paths), batch)])  # [m, d]
+    return References(names, lambda images: cosine_matrix(embedder(images), embeddings), threshold)
+
+
+@dataclass
+class NearestCopies:
+    """Per image of one prompt: the nearest reference and its similarity."""
+
+    similarity: torch.Tensor  # [n] to the nearest reference
+    reference: list[str]  # [n] its name
+
+    def copies(self, threshold: float, own: str | None) -> dict[str, float]:
+        """Share of the images above ``threshold`` to any reference, and to one that is not ``own``."""
+        above = self.similarity > threshold
+        other = torch.tensor([name != own for name in self.reference])
+        return dict(copies_any=above.double().mean().item(), copies_other=(above & other).double().mean().item())
+
+
+def nearest_copies(references: References, images: list[Image.Image]) -> NearestCopies:
+    """The nearest reference of each image: one similarity matrix [n, m], its row maxima."""
+    values, indices = references.similarity(images).max(dim=1)
+    return NearestCopies(values.float(), [references.names[i] for i in indices.tolist()])
+
+
+def similarity_to_original(kind: str, device=None, sscd_model: str | None = None):
+    """original, images -> the similarity of each image to the original [n]: SSCD's cosine
+    (``kind`` "sscd") or pixel SSIM ("pixel_ssim", the test bed's stand-in)."""
+    if kind == "pixel_ssim":
+        return ssim_to_original
+    if kind != "sscd":
+        raise ValueError(f"unknown similarity {kind!r}; expected 'sscd' or 'pixel_ssim'")
+    sscd = SSCDEmbedder(sscd_model, device)
+    return lambda original, images: cosine_matrix(sscd([original]), sscd(images))[0].float()
+
+
+def add_replication_args(parser) -> None:
+    """The replication measure of the Dori attack (script 8, metrics.locality triggers)."""
+    group = parser.add_argument_group("replication")
+    group.add_argument("--similarity", choices=("sscd", "pixel_ssim"), default="sscd",
+                       help="sscd: the paper's; pixel_ssim: the weight-free stand-in of the test bed")
+    group.add_argument("--sscd-model", default=SSCD_MODEL, help="sscd_disc_mixup TorchScript file")
+    group.add_argument("--replication_threshold", type=float, default=None,
+                       help=f"similarity above which an image replicates (default: {dori.SSCD_REPLICATION_THRESHOLD} "
+                            f"for SSCD, the Dori paper's; {dori.PIXEL_REPLICATION_THRESHOLD} for pixel SSIM, ours)")
+
+
+def replication_threshold(args) -> float:
+    """--replication_threshold, else the default of the chosen --similarity."""
+    if args.replication_threshold is not None:
+        return args.replication_threshold
+    return dori.SSCD_REPLICATION_THRESHOLD if args.similarity == "sscd" else dori.PIXEL_REPLICATION_THRESHOLD

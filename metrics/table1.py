@@ -1,0 +1,333 @@
+"""The paper's Table 1 from the image folders of its settings (SPEC §6; paper Table 1).
+
+Pure table building: the folders are written by script 4 (``6_reproduce_table1.py`` runs it
+for every setting); this module reads them, computes the columns per prompt and summarizes
+them per memorization type. With SSCD and CLIP weights the columns are the paper's; without
+them, weight-free stand-ins that the header names.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from metrics.copies import References, nearest_copies
+from metrics.core import (MEMORIZATION_TYPES, OVERALL, cosine_matrix, median, paired_cosine, sscd_orig_scores,
+                          summarize, upper_triangle)
+from metrics.images import generated_images, load_images
+from metrics.plots import image_grid
+from utils.generation import read_records
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A row of Table 1: script 4's flags for it, and what its columns are."""
+
+    name: str
+    flags: tuple[str, ...]
+    neurons: bool = False  # a per-prompt neuron set: the neurons column counts it
+    # generated on the held-out prompts of the quality column too; False where the setting is
+    # per memorized prompt (its neurons were found for that prompt) and means nothing elsewhere
+    on_held_out: bool = True
+    held_out_flags: tuple[str, ...] | None = None  # script 4's flags there, if not ``flags``
+    model: str = ""  # "": the given model; WANDA or FINETUNED: the model script 7 or 9 makes of it
+
+    @property
+    def quality_flags(self) -> tuple[str, ...]:
+        return self.flags if self.held_out_flags is None else self.held_out_flags
+
+
+# Table 1's rows in the paper's order. NeMo on held-out prompts deactivates every refined
+# neuron of the memorized prompts at once (the model script 5 exports by default).
+ALL_REFINED = "all_refined"  # placeholder: replaced by the count of distinct refined neurons
+WANDA, FINETUNED = "wanda", "finetuned"  # the models scripts 7 and 9 make
+SETTINGS = (
+    Setting("all neurons active", ()),
+    Setting("prompt embedding adjustment (Wen)", ("--wen",)),
+    Setting("random neurons", ("--block_random_neurons",), neurons=True, on_held_out=False),
+    Setting("attention scaling (Ren)", ("--ren",)),
+    Setting("1 random token", ("--random_tokens", "1")),
+    Setting("4 random tokens", ("--random_tokens", "4")),
+    Setting("10 random tokens", ("--random_tokens", "10")),
+    Setting("NeMo", ("--refined_neurons",), neurons=True, held_out_flags=("--block_top_k_neurons", ALL_REFINED)),
+    # Chavhan et al.'s pruned model: its row is over the prompts not in its set P, a second
+    # row over P; NeMo on it shows how much of either mitigation the other leaves to do.
+    Setting("Wanda (pruned model)", (), model=WANDA),
+    Setting("NeMo on the Wanda-pruned model", ("--refined_neurons",), neurons=True, on_held_out=False, model=WANDA),
+    # Kowalczuk et al.'s defence (script 9), with script 6 --dori.
+    Setting("adversarial fine-tuning", (), model=FINETUNED),
+)
+PLAIN = SETTINGS[0].name
+# Nearest-copy columns (metrics/copies.py): median similarity to the nearest reference, and
+# the shares of images above the copy threshold to any reference and to another prompt's.
+NEAREST, COPY_ANY, COPY_OTHER = "Nearest", "Copy_any", "Copy_other"
+RATES = (COPY_ANY, COPY_OTHER)
+
+
+def folder_name(setting: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in setting.lower()).strip("_")
+
+
+@dataclass
+class Measures:
+    """The per-prompt measures behind the columns.
+
+    orig(original, images) -> similarity to the training image; embed(images) -> [n, d] for
+    SSCD_Gen and D_SSCD; align(images, caption) -> alignment (None: not scorable).
+    """
+
+    orig_name: str
+    gen_name: str
+    div_name: str
+    embed: Callable[[list[Image.Image]], torch.Tensor]
+    orig: Callable[[Image.Image, list[Image.Image], torch.Tensor], float]
+    align_name: str | None = None
+    align: Callable[[list[Image.Image], str], "float | None"] | None = None
+    align_memorized: bool = True  # False: alignment only means something on the held-out prompts
+    notes: list[str] = field(default_factory=list)
+    references: References | None = None  # nearest copies among all of them (metrics/copies.py)
+    own_reference: dict[int, str] = field(default_factory=dict)  # prompt -> its own original's name
+
+
+def embedder_measures(embedder, clip=None) -> Measures:
+    """The paper's columns with ``embedder`` (SSCD: SSCD_Orig as the per-prompt maximum, as in
+    Table 1) and, with a CLIP embedder, A_CLIP."""
+    prefix = "SSCD" if embedder.name == "sscd" else embedder.name.capitalize()
+    measures = Measures(f"{prefix}_Orig", f"{prefix}_Gen", f"D_{prefix}", embedder,
+                        lambda original, _images, embeddings: sscd_orig_scores(embedder([original])[0], embeddings)["max"])
+    if clip is not None:
+        measures.align_name = "A_CLIP"
+        measures.align = lambda images, caption: median(cosine_matrix(clip.embed_texts([caption]), clip(images))[0])
+    if embedder.name != "sscd":
+        measures.notes.append(f"{prefix}_*: the {embedder.name} embedder stands in for SSCD (no SSCD weights)")
+    return measures
+
+
+def _prompt_images(folder: str) -> dict[int, list[Image.Image]]:
+    return {prompt: load_images(paths) for prompt, paths in generated_images(folder).items()}
+
+
+def _median_table(per_prompt: dict[int, float], types: dict[int, str]) -> dict:
+    return summarize(per_prompt, types) if per_prompt else {}
+
+
+def _rate_table(per_prompt: dict[int, float], types: dict[int, str]) -> dict:
+    """The mean over prompts of a per-prompt share, i.e. the share of all images (every prompt
+    has the same number), overall and per type."""
+    groups = {OVERALL: list(per_prompt), **{k: [p for p in per_prompt if types.get(p) == k] for k in MEMORIZATION_TYPES}}
+    return {group: dict(mean=sum(per_prompt[p] for p in members) / len(members), n=len(members))
+            for group, members in groups.items() if members}
+
+
+def setting_row(folder: str, plain: dict[int, torch.Tensor], originals: dict[int, str], captions: dict[int, str],
+                types: dict[int, str], measures: Measures, prompts: set[int] | None = None) -> dict:
+    """Median over prompts (and MAD) per type of each column for one setting's folder (only
+    ``prompts`` when given).
+
+    plain: the embeddings [n, d] of each prompt's images with nothing changed (SSCD_Gen's reference).
+    """
+    per_prompt = {measures.orig_name: {}, measures.gen_name: {}, measures.div_name: {}}
+    aligned = measures.align is not None and measures.align_memorized
+    if aligned:
+        per_prompt[measures.align_name] = {}
+    if measures.references:
+        per_prompt.update({NEAREST: {}, COPY_ANY: {}, COPY_OTHER: {}})
+    per_image = {}
+    for prompt, images in _prompt_images(folder).items():
+        if prompts is not None and prompt not in prompts:
+            continue
+        embeddings = measures.embed(images)  # [n, d]
+        if prompt in originals:
+            original = load_images([originals[prompt]])[0]
+            per_prompt[measures.orig_name][prompt] = measures.orig(original, images, embeddings)
+        per_prompt[measures.gen_name][prompt] = median(paired_cosine(embeddings, plain[prompt]))
+        per_prompt[measures.div_name][prompt] = median(upper_triangle(cosine_matrix(embeddings, embeddings)))
+        if aligned:
+            per_prompt[measures.align_name][prompt] = measures.align(images, captions[prompt])
+        if measures.references:
+            nearest = nearest_copies(measures.references, images)
+            per_prompt[NEAREST][prompt] = median(nearest.similarity)
+            for name, rate in nearest.copies(measures.references.threshold, measures.own_reference.get(prompt)).items():
+                per_prompt[{"copies_any": COPY_ANY, "copies_other": COPY_OTHER}[name]][prompt] = rate
+            per_image[prompt] = [[name, round(value, 4)] for name, value in zip(nearest.reference,
+                                                                               nearest.similarity.tolist())]
+    row = {name: (_rate_table if name in RATES else _median_table)(values, types) for name, values in per_prompt.items()}
+    row["per_prompt"], row["nearest"] = per_prompt, per_image
+    return row
+
+
+def quality_score(folder: str, captions: dict[int, str], measures: Measures) -> dict | None:
+    """Median alignment over the held-out prompts of ``folder`` (their original captions)."""
+    values = {}
+    for prompt, images in _prompt_images(folder).items():
+        value = measures.align(images, captions[prompt])
+        if value is not None:
+            values[prompt] = value
+    return summarize(values, {}) if values else None
+
+
+def setting_cost(folder: str) -> dict:
+    """Median per prompt of the seconds and mitigation U-Net sample-forwards script 4 recorded."""
+    records = list(read_records(folder).values())
+    if not records:
+        return {}
+    cost = dict(prompts=len(records), seconds=median(torch.tensor([r["seconds"] for r in records])))
+    if any("mitigation_unet_sample_forwards" in r for r in records):
+        cost["mitigation_unet_sample_forwards"] = median(torch.tensor(
+            [float(r.get("mitigation_unet_sample_forwards", 0)) for r in records]))
+        cost["mitigation_seconds"] = median(torch.tensor([float(r.get("mitigation_seconds", 0)) for r in records]))
+    return cost
+
+
+def build_table(folders: dict[str, str], quality_folders: dict[str, str], originals: dict[int, str],
+                captions: dict[int, str], quality_captions: dict[int, str], types: dict[int, str],
+                neurons: dict[int, int], measures: Measures, pruned_on: set[int] = frozenset()) -> dict:
+    """Every row of Table 1 whose folder exists (setting name -> folder), in the paper's order.
+
+    pruned_on: the prompts P the Wanda model was pruned on; its rows are over the others,
+    and once more over P.
+    """
+    plain = {prompt: measures.embed(images) for prompt, images in _prompt_images(folders[PLAIN]).items()}
+    rows = {}
+    for setting in SETTINGS:
+        if setting.name not in folders:
+            continue
+        pruned = setting.model == WANDA
+        subsets = {setting.name: set(captions) - set(pruned_on) if pruned else set(captions)}
+        if pruned and pruned_on:
+            subsets[f"{setting.name}, prompts in P"] = set(pruned_on)
+        counts = neurons if setting.neurons else {prompt: 0 for prompt in neurons}
+        for name, prompts in subsets.items():
+            row = setting_row(folders[setting.name], plain, originals, captions, types, measures, prompts)
+            row["neurons"] = _median_table({p: c for p, c in counts.items() if p in prompts}, types)
+            row["cost"] = setting_cost(folders[setting.name])
+            rows[name] = row
+        if setting.name in quality_folders and measures.align:
+            rows[setting.name]["quality"] = quality_score(quality_folders[setting.name], quality_captions, measures)
+    columns = ["neurons", measures.orig_name, measures.gen_name, measures.div_name]
+    if measures.align and measures.align_memorized:
+        columns.append(measures.align_name)
+    if measures.references:
+        columns += [NEAREST, COPY_ANY, COPY_OTHER]
+    quality = f"{measures.align_name} (held-out prompts)" if quality_folders and measures.align else None
+    return dict(columns=columns, rows=rows, notes=list(measures.notes), quality_column=quality)
+
+
+def _cell(groups: dict | None, kinds: tuple[str, ...], spec: str = ".2f") -> str:
+    if not groups:
+        return "-"
+    if not any(k in groups for k in kinds):
+        return format(groups[OVERALL].get("median", groups[OVERALL].get("mean")), spec)
+    return " / ".join(format(groups[k].get("median", groups[k].get("mean")), spec) if k in groups else "-"
+                      for k in kinds)
+
+
+def markdown(table: dict, title: str) -> str:
+    """Table 1 as Markdown: median over prompts, VM / TM."""
+    kinds = ("VM", "TM")
+    columns = table["columns"] + ([table["quality_column"]] if table["quality_column"] else [])
+    lines = [f"### {title}", "", "| setting | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in table["rows"].items():
+        cells = [_cell(row.get(c), kinds, "g" if c == "neurons" else ".2f") for c in table["columns"]]
+        if table["quality_column"]:
+            cells.append(_cell(row.get("quality"), kinds))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Median over prompts, VM / TM; Copy_* are shares of all images." +
+              "".join(f" {note}." for note in table["notes"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_grids(report: dict, folders: dict[str, str], originals: dict[int, str], captions: dict[int, str],
+                types: dict[int, str], measures: Measures, output: str, per_setting: int = 2) -> list[str]:
+    """One PNG per memorization type: a row per prompt with its original and the first
+    ``per_setting`` images of every setting, each captioned with its nearest reference and
+    the similarity (coloured when it copies its own original or another one)."""
+    threshold = measures.references.threshold if measures.references else None
+    nearest = {}  # setting -> prompt -> [[reference, similarity], ...]
+    for name, row in report["rows"].items():
+        setting = name.split(", prompts in P")[0]
+        for prompt, values in row.get("nearest", {}).items():
+            nearest.setdefault(setting, {})[int(prompt)] = values
+    settings = [s for s in folders if s in report["rows"]]
+    generated = generated_images(folders[PLAIN])
+    written = []
+    for kind in sorted(set(types.values()) or {OVERALL}):
+        prompts = sorted(p for p in generated if types.get(p, OVERALL) == kind)
+        rows = []
+        for prompt in prompts:
+            cells = [(load_images([originals[prompt]])[0] if prompt in originals else None, "original", None)]
+            for setting in settings:
+                paths = generated_images(folders[setting]).get(prompt, [])[:per_setting]
+                for j, image in enumerate(load_images(paths)):
+                    reference, similarity = nearest.get(setting, {}).get(prompt, [[None, None]] * (j + 1))[j]
+                    copies = None
+                    if threshold is not None and similarity is not None and similarity > threshold:
+                        copies = "own" if reference == measures.own_reference.get(prompt) else "other"
+                    caption = "" if reference is None else f"{reference} {similarity:.2f}"
+                    cells.append((image, caption, copies))
+            rows.append((f"{prompt}: {captions[prompt]}", cells))
+        if rows:
+            title = (f"{kind} prompts: original, then {per_setting} images per setting, each with its nearest reference "
+                     f"and similarity (orange: copies its own original, red: another one, above {threshold})")
+            groups = [("original", 1)] + [(s, per_setting) for s in settings]
+            written.append(image_grid(title, groups, rows, os.path.join(output, f"grid_{kind}.png")))
+    return written
+
+
+# Markdown sections beside the table (6_reproduce_table1.py).
+
+def detection_markdown(figures: dict) -> str:
+    lines = ["### Detection of memorized prompts", "", "| score | prompts | AUROC | TPR@1%FPR | accuracy at its tau |",
+             "|---|---|---|---|---|"]
+    for name, groups in figures.items():
+        for group, f in groups.items():
+            lines.append(f"| {name} | {group} | {f['auroc']:.3f} | {f['tpr_at_1_fpr']:.3f} | "
+                         f"{f['accuracy_at_threshold']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def attack_markdown(summaries: dict, kind: str) -> str:
+    lines = [f"### The Dori attack on every mitigation ({kind} prompts; script 8)", "",
+             "| mitigation | prompts | replicated before | replicated after the attack | median L2 to the prompt's "
+             "embedding | median cosine |", "|---|---|---|---|---|---|"]
+    for name, groups in summaries.items():
+        f = groups["overall"]
+        lines.append(f"| {name} | {f['prompts']} | {f['replicated_before']:.2f} | {f['replicated_after']:.2f} | "
+                     f"{f['median_l2']:.2f} | {f['median_cosine']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def cost_markdown(rows: dict, localization_cost: dict, pruning: dict | None, finetuning: dict | None) -> str:
+    lines = ["### Cost per prompt (median)", "",
+             "| setting | generation s | mitigation s | mitigation U-Net sample-forwards |", "|---|---|---|---|"]
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)
+    for name, row in rows.items():
+        if name.endswith("prompts in P"):
+            continue  # the same run as the row above it
+        cost = row["cost"]
+        extra_s, extra_f = fmt(cost.get("mitigation_seconds"), ".2f"), fmt(cost.get("mitigation_unet_sample_forwards"), ".0f")
+        if name.startswith("NeMo"):
+            extra_s, extra_f = fmt(localization_cost["seconds"], ".2f"), fmt(localization_cost["forwards"], ".0f")
+        elif name.startswith("Wanda") and pruning:
+            extra_s = f"{pruning['seconds']:.2f} once for the model"
+            extra_f = f"{pruning['unet_sample_forwards']} once ({len(pruning['rows'])} prompts in P)"
+        elif name == "adversarial fine-tuning" and finetuning:
+            extra_s = f"{finetuning['seconds']:.1f} once for the model ({finetuning['updates']} updates)"
+        lines.append(f"| {name} | {fmt(cost.get('seconds'), '.2f')} | {extra_s} | {extra_f} |")
+    return "\n".join(lines) + "\n"
+
+
+def agreement_markdown(agreement: dict) -> str:
+    lines = ["### NeMo and Wanda on the same prompts (metrics/locality.py)", "",
+             f"Share of each method's mitigation ({agreement['column']}) that is left once the other is applied; "
+             "0: the other already removed it, 1: they act on different parts.", "",
+             "| share left | prompts | median | n |", "|---|---|---|---|"]
+    for name, label in (("nemo_left_on_pruned", "NeMo's, on the Wanda-pruned model"),
+                        ("wanda_left_with_nemo", "Wanda's, with NeMo's neurons off")):
+        for group, figures in agreement[name].items():
+            lines.append(f"| {label} | {group} | {figures['overall']['median']:.2f} | {figures['overall']['n']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,123 @@
+"""Dori's attack and adversarial fine-tuning (Kowalczuk et al.) on the tiny pipeline and the test bed."""
+
+import importlib
+import json
+import os
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+import testbed
+from metrics.images import original_images
+from metrics.pixel_ssim import ssim_to_original
+from utils import dori
+from utils.files import read_prompts
+from utils.generation import PromptCondition, generate_prompt_images, generation_latents
+from utils.hooks import deactivate_neurons
+from utils.layers import value_layers
+from utils.models import load_pipeline
+from utils.statistics import encode_prompts
+
+finetune_script = importlib.import_module("9_adversarial_finetuning")
+
+
+def no_hooks(module):
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in module.modules())
+
+
+def test_attack_lowers_its_objective_and_leaves_the_model_alone(tiny_pipe):
+    weights = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
+    target = dori.image_latents(tiny_pipe, [Image.new("RGB", (48, 48), (200, 30, 30))])  # [1, 4, 24, 24]
+    initial = encode_prompts(tiny_pipe.tokenizer, tiny_pipe.text_encoder, ["a red cat"])
+    found = dori.attack(tiny_pipe, target, initial, steps=30, batch=8, learning_rate=0.1)
+    assert len(found.losses) == 30 and found.unet_sample_forwards == 240
+    early, late = sum(found.losses[:10]) / 10, sum(found.losses[-10:]) / 10
+    assert late < early, found.losses
+    assert not torch.equal(found.embedding, initial)
+    assert all(torch.equal(v, weights[k]) for k, v in tiny_pipe.unet.state_dict().items())
+    assert all(p.requires_grad for p in tiny_pipe.unet.parameters())
+
+
+def test_attack_removes_its_hooks_when_it_raises(tiny_pipe):
+    layers = value_layers(tiny_pipe.unet)
+    wrong = torch.zeros(1, 3, 24, 24)  # latents need 4 channels: the U-Net raises
+    initial = encode_prompts(tiny_pipe.tokenizer, tiny_pipe.text_encoder, ["a red cat"])
+    with pytest.raises(RuntimeError):
+        dori.attack(tiny_pipe, wrong, initial, steps=2, intervention=lambda: deactivate_neurons(
+            layers, [[0]] + [[]] * 6))
+    assert no_hooks(tiny_pipe.unet) and all(p.requires_grad for p in tiny_pipe.unet.parameters())
+
+
+def test_an_embedding_found_from_another_prompt_reproduces_a_memorized_image():
+    """On the shipped test bed: start from a held-out caption, attack towards a VM image."""
+    pipe = load_pipeline(testbed.MODEL_DIR, torch.device("cpu"))
+    original = Image.open(original_images(testbed.ORIGINALS_DIR)[0]).convert("RGB")
+    held_out = read_prompts(testbed.UNMEMORIZED_PROMPTS)["Caption"][0]
+    initial = encode_prompts(pipe.tokenizer, pipe.text_encoder, [held_out])
+    latents = generation_latents(pipe.unet, num_samples=2)
+    generate = lambda embedding: generate_prompt_images(pipe, PromptCondition(embedding), latents, steps=25,
+                                                        batch_size=2)
+    before = ssim_to_original(original, generate(initial)).max().item()
+    found = dori.attack(pipe, dori.image_latents(pipe, [original]), initial, seed=0)
+    after = ssim_to_original(original, generate(found.embedding)).max().item()
+    assert before < 0.3 and after > 0.5, (before, after)
+
+
+def test_finetuning_changes_the_unet_and_the_folder_reloads(tiny_model_dir, tmp_path):
+    from testbed.synthetic_data import write_ordinary_pairs
+
+    prompts = tmp_path / "memorized.csv"
+    prompts.write_text(";Caption;type\n0;a red cat;VM\n")
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    Image.new("RGB", (48, 48), (200, 30, 30)).save(originals / "0000.png")
+    results = tmp_path / "results.csv"
+    results.write_text(";Caption;URL;Initial Neurons;Initial SSIM;Refined Neurons;Refined SSIM\n"
+                       "0;a red cat;u;[[0], [], [], [], [], [], []];0.3;[[0], [], [], [], [], [], []];0.3\n")
+    pairs = write_ordinary_pairs(str(tmp_path / "pairs"), 4, seed=0, draw_seed=0)
+    out = str(tmp_path / "tuned")
+    summary = finetune_script.main(["-v", tiny_model_dir, "-d", str(prompts), "--originals", str(originals),
+                                    "-f", str(results), "--utility_data", pairs, "-o", out, "--epochs", "1",
+                                    "--attack_steps", "2", "--learning_rate", "1e-3"])
+    assert summary["updates"] == 1 and json.load(open(os.path.join(out, finetune_script.SUMMARY_NAME)))["rows"] == [0]
+    before = StableDiffusionPipeline.from_pretrained(tiny_model_dir).unet.state_dict()
+    after = StableDiffusionPipeline.from_pretrained(out).unet.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.fixture()
+def memorized_with_original(tmp_path):
+    prompts = tmp_path / "memorized.csv"
+    prompts.write_text(";Caption;type\n0;a red cat;VM\n1;the blue dog;VM\n")
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    for row, colour in ((0, (200, 30, 30)), (1, (30, 30, 200))):
+        Image.new("RGB", (48, 48), colour).save(originals / f"{row:04d}.png")
+    return str(prompts), str(originals)
+
+
+def test_script8_writes_a_resumable_row_per_prompt_and_the_success_rate(tiny_model_dir, memorized_with_original, tmp_path):
+    prompts, originals = memorized_with_original
+    attack_script = importlib.import_module("8_attack_mitigation")
+    args = ["-v", tiny_model_dir, "-d", prompts, "--originals", originals, "-o", str(tmp_path / "attack"),
+            "--similarity", "pixel_ssim", "--attack_steps", "2", "-n", "2", "--steps", "2"]
+    attack_script.main([*args, "--limit", "1"])
+    summary = attack_script.main([*args, "--resume"])  # only the second prompt is attacked now
+    rows = open(tmp_path / "attack" / "attack.csv").read().splitlines()
+    assert len(rows) == 3 and summary["VM"]["prompts"] == 2
+    assert 0 <= summary["overall"]["replicated_after"] <= 1 and summary["overall"]["median_l2"] > 0
+    assert sorted(os.listdir(tmp_path / "attack" / "embeddings")) == ["0000.pt", "0001.pt"]
+
+
+def test_triggers_analysis_writes_json(tiny_model_dir, memorized_with_original, tmp_path):
+    from metrics import locality
+
+    prompts, originals = memorized_with_original
+    result = locality.main(["triggers", "-v", tiny_model_dir, "-d", prompts, "--originals", originals, "--starts", "2",
+                            "--attack_steps", "2", "--similarity", "pixel_ssim", "--replication_threshold", "-1",
+                            "-o", str(tmp_path)])
+    assert result["replicating"] == 2 and len(result["similarities"]) == 2
+    assert len(result["activation_discrepancy"]["triggers"]) == 7
+    assert result["trigger_distances"]["n"] == 1 and (tmp_path / "triggers.png").exists()

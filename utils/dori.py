@@ -1,0 +1,159 @@
+"""Dori (Kowalczuk, Hintersdorf, Struppek et al., "Finding Dori: Memorization in
+Text-to-Image Diffusion Models Is Not Local"): text embeddings that make a mitigated model
+replicate a training image again, and adversarial fine-tuning that removes the memorization.
+
+The attack optimizes the text conditioning the U-Net reads (the text encoder's output
+[1, 77, dim]), starting from the memorized prompt's own, with the ordinary denoising loss on
+the known training image: || eps - eps(sqrt(a_t) z0 + sqrt(1 - a_t) eps, t, y) ||^2, fresh
+noise and timesteps at every step, the U-Net frozen. Adversarial fine-tuning alternates the
+attack with updates of every U-Net weight, so that the adversarial embeddings denoise towards
+a surrogate image (what the mitigated model draws for the prompt) while the ordinary
+denoising loss on other image-caption pairs keeps the model's utility.
+
+The authors' code (sprintml/finding_dori) could not be read here: defaults are the paper's
+(via its project page, sprintml.github.io blog "finding-dori") and are marked where they are
+our own choice.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, ContextManager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from utils.models import frozen
+
+# The attack (paper, §3 / project page): Adam, learning rate 0.1, 50 steps, 8 noise samples a step.
+ATTACK_STEPS = 50
+ATTACK_LEARNING_RATE = 0.1
+ATTACK_BATCH = 8
+ATTACK_SEED = 0  # our choice: seeds the noise and timesteps the attack draws
+# Replication: SSCD above 0.7 to the training image (paper; NeMo App. C.1 for VM prompts).
+SSCD_REPLICATION_THRESHOLD = 0.7
+# The test bed's weight-free stand-in: pixel SSIM above 0.5 (our choice; its VM generations
+# score 0.57-0.69 to their training image, held-out images 0.55 between seeds).
+PIXEL_REPLICATION_THRESHOLD = 0.5
+# Adversarial fine-tuning (paper §4.4): 5 epochs over the memorized images, the adversarial
+# loss and the utility loss weighted 1:1. Learning rate and optimizer are not stated: AdamW at
+# 1e-5, a usual rate for fine-tuning SD, is our choice.
+FINETUNE_EPOCHS = 5
+FINETUNE_LEARNING_RATE = 1e-5
+UTILITY_BATCH = 4  # image-caption pairs of the utility loss per update (our choice)
+
+
+@torch.no_grad()
+def image_latents(pipe, images: list[Image.Image]) -> torch.Tensor:
+    """The VAE latents [n, 4, h, w] of images, resized to the model's resolution (the mean of
+    the encoder's distribution, times the VAE's scaling factor, as in SD's training)."""
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    pixels = torch.stack([torch.from_numpy(np.array(image.convert("RGB").resize((size, size), Image.BICUBIC)))
+                          for image in images]).permute(0, 3, 1, 2).float() / 127.5 - 1  # [n, 3, H, W] in [-1, 1]
+    vae = pipe.vae
+    latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mean
+    return latents * vae.config.scaling_factor
+
+
+def denoising_loss(pipe, latents: torch.Tensor, embeddings: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The ordinary denoising loss of latents [b, 4, h, w] with conditions [b, 77, dim]: a
+    timestep and a noise per latent, drawn from ``generator`` (CPU)."""
+    unet, scheduler = pipe.unet, pipe.scheduler
+    if scheduler.config.prediction_type != "epsilon":
+        raise ValueError(f"the denoising loss expects an epsilon-predicting model, got {scheduler.config.prediction_type}")
+    b = len(latents)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    noisy = scheduler.add_noise(latents, noise, timesteps.to(latents.device))
+    prediction = unet(noisy, timesteps.to(unet.device), encoder_hidden_states=embeddings.to(unet.dtype)).sample
+    return F.mse_loss(prediction.float(), noise.float())
+
+
+@dataclass
+class Attack:
+    embedding: torch.Tensor  # [1, 77, dim], float32
+    losses: list[float]  # per step
+    seconds: float
+    unet_sample_forwards: int
+
+
+def attack(pipe, latent: torch.Tensor, initial: torch.Tensor, *, steps: int = ATTACK_STEPS,
+           learning_rate: float = ATTACK_LEARNING_RATE, batch: int = ATTACK_BATCH, seed: int = ATTACK_SEED,
+           intervention: Callable[[], ContextManager] = nullcontext) -> Attack:
+    """An embedding [1, 77, dim] that makes the model denoise towards ``latent`` [1, 4, h, w],
+    from ``initial`` [1, 77, dim]; ``intervention`` (e.g. NeMo's deactivation) is in force.
+    The U-Net stays frozen; gradients reach the embedding only."""
+    start = time.perf_counter()
+    unet = pipe.unet
+    embedding = initial.detach().to(unet.device, torch.float32).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([embedding], lr=learning_rate)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    targets = latent.to(unet.device, unet.dtype).expand(batch, -1, -1, -1)
+    losses = []
+    with frozen(unet), torch.enable_grad(), intervention():
+        for _ in range(steps):
+            loss = denoising_loss(pipe, targets, embedding.expand(batch, -1, -1), generator)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return Attack(embedding.detach(), losses, time.perf_counter() - start, steps * batch)
+
+
+def embedding_distances(adversarial: torch.Tensor, original: torch.Tensor) -> dict[str, float]:
+    """L2 distance and cosine similarity of two embeddings [1, 77, dim], flattened."""
+    a, b = adversarial.flatten().double().cpu(), original.flatten().double().cpu()
+    return dict(l2=(a - b).norm().item(), cosine=F.cosine_similarity(a, b, dim=0).item())
+
+
+@dataclass
+class FinetuneTarget:
+    """A memorized image to erase: its latent, the prompt's embedding (the attack's start) and
+    the surrogate latent the adversarial embeddings should denoise towards instead."""
+
+    latent: torch.Tensor  # [1, 4, h, w]
+    embedding: torch.Tensor  # [1, 77, dim]
+    surrogate: torch.Tensor  # [1, 4, h, w]
+
+
+def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[[torch.Generator], tuple],
+                         *, epochs: int = FINETUNE_EPOCHS, learning_rate: float = FINETUNE_LEARNING_RATE,
+                         attack_steps: int = ATTACK_STEPS, attack_learning_rate: float = ATTACK_LEARNING_RATE,
+                         attack_batch: int = ATTACK_BATCH, seed: int = ATTACK_SEED, progress=None) -> list[dict]:
+    """Adversarial fine-tuning of every U-Net weight, in place.
+
+    For each epoch and memorized image: attack the current model from the prompt's embedding,
+    then take one optimizer step on L_adv + L_utility, where L_adv is the denoising loss of
+    the surrogate latent under the adversarial embedding and L_utility that of
+    ``utility(generator) -> (latents [b, 4, h, w], embeddings [b, 77, dim])``, other pairs.
+    Returns one record per update (losses, seconds).
+    """
+    unet = pipe.unet
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    history = []
+    for epoch in range(epochs):
+        for index, target in enumerate(targets):
+            start = time.perf_counter()
+            unet.eval()
+            found = attack(pipe, target.latent, target.embedding, steps=attack_steps, learning_rate=attack_learning_rate,
+                           batch=attack_batch, seed=seed + 1000 * epoch + index)
+            unet.train()
+            with torch.enable_grad():
+                surrogate = target.surrogate.to(unet.device, unet.dtype).expand(attack_batch, -1, -1, -1)
+                adversarial = denoising_loss(pipe, surrogate, found.embedding.expand(attack_batch, -1, -1), generator)
+                latents, embeddings = utility(generator)
+                kept = denoising_loss(pipe, latents.to(unet.device, unet.dtype), embeddings, generator)
+                optimizer.zero_grad()
+                (adversarial + kept).backward()
+                optimizer.step()
+            unet.eval()
+            history.append(dict(epoch=epoch, image=index, attack_loss=found.losses[-1], adversarial_loss=adversarial.item(),
+                                utility_loss=kept.item(), seconds=round(time.perf_counter() - start, 3)))
+            if progress:
+                progress(history[-1])
+    return history
