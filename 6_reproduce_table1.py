@@ -29,7 +29,7 @@ from metrics.copies import SSCD_COPY_THRESHOLD, embedded_references
 from metrics.embedders import CLIP_MODEL, SSCD_MODEL, CLIPEmbedder, image_embedder
 from metrics.images import original_images
 from utils import cli, dori, localization, score, wanda
-from utils.files import read_json, read_prompts, read_results
+from utils.files import read_csv, read_json, read_prompts, read_results
 from utils.generation import GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES
 from utils.layers import count_neurons
 from utils.models import resolve_device
@@ -222,10 +222,15 @@ def run_detection(args) -> dict:
 
 def reproduce(args, measures: table1.Measures, title: str) -> dict:
     """Every step of the table; ``measures`` decide its columns."""
-    os.makedirs(args.output, exist_ok=True)
     settings = chosen_settings(args.settings, args.dori)
     if args.dori and not (args.originals and args.utility_data):
         raise ValueError("--dori needs --originals (the images to attack and erase) and --utility_data")
+    for path in (args.dataset, args.quality_prompts, args.unmemorized_prompts):
+        if path:
+            read_prompts(path)  # every input is checked before hours of work, not after
+    if args.utility_data:
+        read_csv(args.utility_data, ("Caption", "Image"), "utility data file")
+    os.makedirs(args.output, exist_ok=True)
     results = cli.versioned_path(os.path.join(args.output, "memorization_statistics.csv"), args.version)
     script(3).main(["-v", args.version, "-d", args.dataset, "-o", os.path.join(args.output, "memorization_statistics.csv"),
                     "--statistics", args.statistics, "--resume", "--memorization_threshold",

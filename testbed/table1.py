@@ -2,8 +2,10 @@
 built-in model (`make demo`).
 
 Runs script 1 (statistics) and script 2 (tau_mem) on the test bed's prompt files, then
-``6_reproduce_table1.py`` on its memorized prompts: NeMo's localization and script 4 for all
-eight settings, each global setting also on held-out ordinary prompts, and both detectors.
+``6_reproduce_table1.py`` on its memorized prompts: NeMo's localization, Wanda's pruned model,
+script 4 for every setting, each global setting also on held-out ordinary prompts, nearest
+copies among all 24 memorized training images, both detectors, and with --dori adversarial
+fine-tuning and the attack on every mitigation.
 SSCD and CLIP need weights this repository cannot ship, so the columns are weight-free
 stand-ins: pixel SSIM to the training image (SSIM_Orig, median over a prompt's images), the
 pixel embedder of metrics/ (Pix_Gen, D_Pix for SSCD_Gen and D_SSCD) and, for prompt
@@ -28,10 +30,10 @@ from metrics import table1
 from metrics.copies import References
 from metrics.embedders import PixelEmbedder
 from metrics.images import load_images, original_images
+from metrics.pixel_ssim import pixel_ssim_matrix, ssim_to_original
 from testbed.alignment import alignment
 from testbed.synthetic_data import write_ordinary_pairs
 from testbed.train_testbed import SEED
-from metrics.pixel_ssim import pixel_ssim_matrix, ssim_to_original
 from utils import cli, wanda
 from utils.files import read_prompts, read_threshold, threshold_path
 
@@ -48,7 +50,8 @@ WANDA_SPARSITY = 0.05
 # paper's unstated rate for SD (we use 1e-5 there) moves its tiny weights too little in the few
 # updates 12 images x 5 epochs give; 1e-4 is our choice (BENCHMARKS.md).
 FINETUNE_LEARNING_RATE = 1e-4
-UTILITY_PAIRS = 64  # rendered ordinary training pairs of the utility loss
+UTILITY_PAIRS = 64  # rendered ordinary training pairs of the utility loss, drawn with SEED + 3
+# (the training phases draw with SEED + 1 and SEED + 2)
 # An image copies a training image when their pixel SSIM exceeds this (issue 16's measure:
 # held-out ordinary images score 0.55 between seeds only through their flat background).
 PIXEL_COPY_THRESHOLD = 0.5

@@ -10,7 +10,8 @@ from PIL import Image
 
 script = {n: importlib.import_module(name) for n, name in {
     1: "1_compute_activations_statistics", 2: "2_compute_pairwise_ssim", 3: "3_detect_memorized_neurons",
-    4: "4_generate_images", 5: "5_export_pruned_model", 6: "6_reproduce_table1", 7: "7_prune_memorized_weights"}.items()}
+    4: "4_generate_images", 5: "5_export_pruned_model", 6: "6_reproduce_table1", 7: "7_prune_memorized_weights",
+    8: "8_attack_mitigation", 9: "9_adversarial_finetuning"}.items()}
 
 # Broken versions of a ';' CSV (prompt, results and score files alike).
 BROKEN_CSV = {
@@ -60,8 +61,11 @@ def files(tiny_model_dir, prompt_files, tmp_path_factory):
     originals = root / "originals"
     originals.mkdir()
     Image.new("RGB", (24, 24), (0, 90, 200)).save(originals / "0000.png")
+    from testbed.synthetic_data import write_ordinary_pairs
+
+    pairs = write_ordinary_pairs(str(root / "pairs"), 2, seed=0, draw_seed=0)
     return dict(statistics=statistics, results=results, images=str(images), originals=str(originals),
-                model=tiny_model_dir, **prompt_files)
+                pairs=pairs, model=tiny_model_dir, **prompt_files)
 
 
 CSV_INPUTS = {
@@ -86,6 +90,37 @@ CSV_INPUTS = {
         ["-m", bad, "-u", bad, "--threshold", "0.4", "-o", bad + ".json"]),
     "metrics.plots --results": lambda f, bad: importlib.import_module("metrics.plots").main(
         ["--results", bad, "-o", bad + "_plots"]),
+    "metrics.plots -m": lambda f, bad: importlib.import_module("metrics.plots").main(
+        ["-m", bad, "-u", bad, "--threshold", "0.4", "-o", bad + "_plots"]),
+    "metrics.sscd_gen -p": lambda f, bad: importlib.import_module("metrics.sscd_gen").main(
+        ["-i", f["images"], "-r", f["images"], "-p", bad, "--embedder", "pixel", "-o", bad + ".json"]),
+    "metrics.alignment -p": lambda f, bad: importlib.import_module("metrics.alignment").main(
+        ["-i", f["images"], "-p", bad, "--clip-model", bad + "_no_clip", "-o", bad + ".json"]),
+    "script 4 -d (type filter)": lambda f, bad: script[4].main(["-f", f["results"], "-d", bad, "-v", f["model"],
+                                                                "-o", bad + "_images", "--memorization_type", "VM"]),
+    "script 6 --quality_prompts": lambda f, bad: script[6].main(
+        ["-d", f["memorized"], "-v", f["model"], "--statistics", f["statistics"], "-o", bad + "_table",
+         "--embedder", "pixel", "--clip-model", "none", "--quality_prompts", bad, "--ssim_kernel_size", "5"]),
+    "script 6 --unmemorized_prompts": lambda f, bad: script[6].main(
+        ["-d", f["memorized"], "-v", f["model"], "--statistics", f["statistics"], "-o", bad + "_table",
+         "--embedder", "pixel", "--clip-model", "none", "--unmemorized_prompts", bad, "--ssim_kernel_size", "5"]),
+    "script 8 -d": lambda f, bad: script[8].main(["-d", bad, "-v", f["model"], "--originals", f["originals"],
+                                                  "-o", bad + "_attack", "--similarity", "pixel_ssim"]),
+    "script 8 --neurons_from": lambda f, bad: script[8].main(
+        ["-d", f["memorized"], "-v", f["model"], "--originals", f["originals"], "--neurons_from", bad,
+         "-o", bad + "_attack", "--similarity", "pixel_ssim"]),
+    "script 9 -d": lambda f, bad: script[9].main(["-d", bad, "-v", f["model"], "--originals", f["originals"],
+                                                  "-f", f["results"], "--utility_data", f["pairs"], "-o", bad + "_ft"]),
+    "script 9 -f": lambda f, bad: script[9].main(["-d", f["memorized"], "-v", f["model"], "--originals",
+                                                  f["originals"], "-f", bad, "--utility_data", f["pairs"],
+                                                  "-o", bad + "_ft"]),
+    "script 9 --utility_data": lambda f, bad: script[9].main(["-d", f["memorized"], "-v", f["model"], "--originals",
+                                                              f["originals"], "-f", f["results"], "--utility_data",
+                                                              bad, "-o", bad + "_ft"]),
+    "metrics.locality wanda-overlap -d": lambda f, bad: importlib.import_module("metrics.locality").main(
+        ["wanda-overlap", "-v", f["model"], "-d", bad, "-o", bad + "_overlap"]),
+    "metrics.locality triggers -d": lambda f, bad: importlib.import_module("metrics.locality").main(
+        ["triggers", "-v", f["model"], "-d", bad, "--originals", f["originals"], "-o", bad + "_triggers"]),
 }
 
 
@@ -173,3 +208,17 @@ def test_an_unreadable_original_image_is_named(files, tmp_path):
     module = importlib.import_module("metrics.sscd_orig")
     expect_error_naming(bad, lambda: module.main(["-i", files["images"], "-r", str(originals), "--embedder", "pixel",
                                                   "-o", str(tmp_path / "m.json")]))
+
+
+@pytest.mark.parametrize("command", ["script 8", "script 9", "triggers"])
+def test_an_originals_folder_without_images_of_the_prompts_is_named(files, tmp_path, command):
+    empty = tmp_path / "originals"
+    empty.mkdir()
+    call = {"script 8": lambda: script[8].main(["-d", files["memorized"], "-v", files["model"], "--originals", str(empty),
+                                                "-o", str(tmp_path / "a")]),
+            "script 9": lambda: script[9].main(["-d", files["memorized"], "-v", files["model"], "--originals", str(empty),
+                                                "-f", files["results"], "--utility_data", files["pairs"],
+                                                "-o", str(tmp_path / "f")]),
+            "triggers": lambda: importlib.import_module("metrics.locality").main(
+                ["triggers", "-v", files["model"], "-d", files["memorized"], "--originals", str(empty)])}[command]
+    expect_error_naming(str(empty), call)

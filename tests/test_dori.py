@@ -121,3 +121,35 @@ def test_triggers_analysis_writes_json(tiny_model_dir, memorized_with_original, 
     assert result["replicating"] == 2 and len(result["similarities"]) == 2
     assert len(result["activation_discrepancy"]["triggers"]) == 7
     assert result["trigger_distances"]["n"] == 1 and (tmp_path / "triggers.png").exists()
+
+
+def test_finetuning_erases_a_vm_prompt_and_pushes_the_attack_far_from_it(tmp_path):
+    """Reduced form of the success-rate table on the shipped test bed's first VM prompt.
+
+    One prompt's fine-tuning erases what the prompt itself generates, and an attack that still
+    finds the image has to move its embedding several times further than on the plain model;
+    the rate at which the attack fails needs all 12 prompts (BENCHMARKS.md, Dori).
+    """
+    from testbed.synthetic_data import write_ordinary_pairs
+
+    attack_script = importlib.import_module("8_attack_mitigation")
+    results = str(tmp_path / "results.csv")
+    importlib.import_module("3_detect_memorized_neurons").main([
+        "-v", testbed.MODEL_DIR, "-d", testbed.MEMORIZED_PROMPTS, "-o", results, "--limit", "1",
+        "--statistics", os.path.join(testbed.TESTBED_DIR, "statistics.pt"), "--memorization_threshold", "0.32",
+        "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)])
+    tuned = str(tmp_path / "tuned")
+    finetune_script.main(["-v", testbed.MODEL_DIR, "-d", testbed.MEMORIZED_PROMPTS, "--originals", testbed.ORIGINALS_DIR,
+                          "-f", results, "--utility_data", write_ordinary_pairs(str(tmp_path / "pairs"), 16, 0, 3),
+                          "-o", tuned, "--limit", "1", "--learning_rate", "1e-4", "--epochs", "15",
+                          "--attack_steps", "20"])
+    attacked = {}
+    for name, model in (("plain", testbed.MODEL_DIR), ("tuned", tuned)):
+        attacked[name] = attack_script.main(["-v", model, "-d", testbed.MEMORIZED_PROMPTS, "--originals",
+                                             testbed.ORIGINALS_DIR, "-o", str(tmp_path / name), "--limit", "1",
+                                             "--similarity", "pixel_ssim", "-n", "4", "--steps", "25"])["overall"]
+    plain, tuned_result = attacked["plain"], attacked["tuned"]
+    assert plain["replicated_before"] == 1.0 and plain["replicated_after"] == 1.0
+    assert tuned_result["replicated_before"] == 0.0, attacked
+    assert tuned_result["median_similarity_before"] < plain["median_similarity_before"] - 0.3, attacked
+    assert tuned_result["median_l2"] > 3 * plain["median_l2"], attacked
