@@ -15,7 +15,7 @@ import random
 
 from utils import cli, mitigation, random_tokens, ren, selection, wen
 from utils.distributed import Shard
-from utils.files import read_prompts, read_results
+from utils.files import read_prompts, read_results, rows_of_type
 from utils.generation import GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES, generate_images
 from utils.layers import count_neurons, layer_widths, value_layers
 from utils.models import load_pipeline, resolve_device
@@ -82,7 +82,6 @@ def neuron_sets_for(args, results, widths) -> list:
                        ("block_top_k_neuron_subgroups", selection.top_k_sets)):
         if getattr(args, flag) is not None:
             return [pick(refined, getattr(args, flag))] * len(results)
-    return [None] * len(results)
 
 
 def preparation(args, pipe, neuron_sets: dict):
@@ -131,13 +130,10 @@ def main(argv=None) -> None:
     captions = frame["Caption"].tolist()
     sets = neuron_sets_for(args, results, widths) if neuron_mode else [None]
     neuron_sets = {i: sets[i] if len(sets) == len(captions) else sets[0] for i in range(len(captions))}
-    indices = list(range(len(captions)))
-    if args.memorization_type:
-        types = frame if args.prompts else read_prompts(args.dataset)
-        if "type" not in types:
-            raise ValueError(f"prompt file {args.prompts or args.dataset} has no column 'type' for --memorization_type")
-        indices = [i for i in indices if types["type"][i] == args.memorization_type]
-    indices = indices[: args.limit]
+    types_file = args.prompts or args.dataset
+    types = frame if args.prompts or not args.memorization_type else read_prompts(types_file)
+    # the results may cover only the first rows of the prompt file
+    indices = rows_of_type(types.head(len(captions)), args.memorization_type, types_file)[: args.limit]
 
     shard = Shard.from_env()
     os.makedirs(args.output, exist_ok=True)

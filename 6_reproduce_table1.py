@@ -20,15 +20,15 @@ SD v1.4 with SSCD and CLIP weights (the paper's columns):
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 
 from metrics import locality, plots, table1
+from metrics.cli import write_json
 from metrics.copies import SSCD_COPY_THRESHOLD, embedded_references
 from metrics.embedders import CLIP_MODEL, SSCD_MODEL, CLIPEmbedder, image_embedder
 from metrics.images import original_images
-from utils import cli, dori, localization, score, wanda
+from utils import cli, dori, localization, score, selection, wanda
 from utils.files import read_csv, read_json, read_prompts, read_results
 from utils.generation import GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES
 from utils.layers import count_neurons
@@ -188,7 +188,7 @@ def run_settings(args, results: str, settings: list[table1.Setting], neurons: di
     if args.wen_target_loss is not None:
         generation += ["--wen_target_loss", str(args.wen_target_loss)]
     limit = ["--limit", str(args.limit)] if args.limit else []
-    all_refined = str(len({(l, n) for cell in neurons.values() for l, layer in enumerate(cell) for n in layer}))
+    all_refined = str(len(selection.neuron_frequencies(list(neurons.values()))))
     folders, quality = {}, {}
     for setting in settings:
         model = ["-v", models[setting.model]]
@@ -282,8 +282,7 @@ def reproduce(args, measures: table1.Measures, title: str) -> dict:
         report["attack"] = run_attacks(args, results, models)
         text += "\n" + table1.attack_markdown(report["attack"], args.dori_type)
     text += "\nFigures: " + ", ".join(os.path.basename(f) for f in report["figures"]) + "\n"
-    with open(os.path.join(args.output, "table1.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    write_json(os.path.join(args.output, "table1.json"), report)
     with open(os.path.join(args.output, "table1.md"), "w") as f:
         f.write(text)
     print("\n" + text)

@@ -9,13 +9,13 @@ model, with wanda_masks.pt (the weights, per layer and per call) and wanda.json 
 pruned fraction per layer, the cost) beside it. Evaluate it on the prompts not in P.
 """
 
-import json
 import logging
 import os
 import time
 
 import torch
 
+from metrics.cli import write_json
 from utils import cli, wanda
 from utils.files import read_prompts
 from utils.models import load_pipeline, resolve_device
@@ -68,8 +68,7 @@ def main(argv=None) -> dict:
                    unet_sample_forwards=memorized.unet_sample_forwards + null.unet_sample_forwards,
                    settings=dict(vars(args)))
     wanda.save_masks(masks, os.path.join(args.output, MASKS_NAME), rows=rows, sparsity=args.sparsity)
-    with open(os.path.join(args.output, SUMMARY_NAME), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json(os.path.join(args.output, SUMMARY_NAME), summary)
     print(f"pruned {summary['pruned_weights']} of {summary['ffn_weights']} ff.net.2 weights "
           f"({100 * summary['pruned_weights'] / summary['ffn_weights']:.2f}%) from {len(rows)} prompts in "
           f"{seconds:.1f} s -> {args.output}")

@@ -22,7 +22,7 @@ from metrics.copies import add_replication_args, replication_threshold, similari
 from metrics.images import load_images, original_images
 from utils import cli, dori
 from utils.distributed import Shard
-from utils.files import RowWriter, merge_rows, read_csv, read_prompts, read_results
+from utils.files import RowWriter, merge_rows, read_csv, read_prompts, read_results, rows_of_type
 from utils.generation import (GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES, PromptCondition,
                               generate_prompt_images, generation_latents, image_path)
 from utils.layers import layer_widths, value_layers
@@ -78,8 +78,7 @@ def main(argv=None) -> dict:
 
     frame = read_prompts(args.dataset)
     originals = original_images(args.originals)
-    rows = [i for i in range(len(frame)) if i in originals
-            and (args.memorization_type is None or frame.get("type", [None] * len(frame))[i] == args.memorization_type)]
+    rows = [i for i in rows_of_type(frame, args.memorization_type, args.dataset) if i in originals]
     if not rows:
         raise ValueError(f"no prompt of {args.dataset} has an original image in {args.originals}")
     device = resolve_device(args.device)

@@ -9,7 +9,7 @@ model's utility. Writes a diffusers folder that every script loads with -v FOLDE
 finetune.json (settings, losses per update, time) beside it.
 """
 
-import json
+import functools
 import logging
 import os
 import random
@@ -17,9 +17,10 @@ import time
 
 import torch
 
+from metrics.cli import write_json
 from metrics.images import load_images, original_images
 from utils import cli, dori
-from utils.files import read_csv, read_prompts, read_results
+from utils.files import read_csv, read_prompts, read_results, rows_of_type
 from utils.generation import generate_prompt_images, generation_latents
 from utils.layers import layer_widths, value_layers
 from utils.mitigation import with_neurons
@@ -39,11 +40,16 @@ def utility_sampler(pipe, path: str, batch: int):
     folder = os.path.dirname(os.path.abspath(path))
     paths = [os.path.join(folder, p) for p in frame["Image"]]
 
+    @functools.cache
+    @torch.no_grad()  # inputs of the loss, not trained: no text-encoder graph to keep
+    def pair(i: int) -> tuple[torch.Tensor, torch.Tensor]:  # read and encoded once: [1, 4, h, w], [1, 77, dim]
+        return (dori.image_latents(pipe, load_images([paths[i]])),
+                encode_prompts(pipe.tokenizer, pipe.text_encoder, [frame["Caption"][i]]))
+
     def sample(generator: torch.Generator):
         picks = torch.randint(0, len(frame), (batch,), generator=generator).tolist()
-        latents = dori.image_latents(pipe, load_images([paths[i] for i in picks]))
-        embeddings = encode_prompts(pipe.tokenizer, pipe.text_encoder, [frame["Caption"][i] for i in picks])
-        return latents, embeddings
+        latents, embeddings = zip(*(pair(i) for i in picks))
+        return torch.cat(latents), torch.cat(embeddings)
 
     return sample
 
@@ -76,8 +82,7 @@ def main(argv=None) -> dict:
 
     frame = read_prompts(args.dataset)
     originals = original_images(args.originals)
-    rows = [i for i in range(len(frame)) if i in originals
-            and (args.memorization_type is None or frame["type"][i] == args.memorization_type)][: args.limit]
+    rows = [i for i in rows_of_type(frame, args.memorization_type, args.dataset) if i in originals][: args.limit]
     if not rows:
         raise ValueError(f"no prompt of {args.dataset} has an original image in {args.originals}")
     # fp32 on every device: the weights are trained and saved at full precision
@@ -104,8 +109,7 @@ def main(argv=None) -> dict:
     pipe.save_pretrained(args.output)
     summary = dict(rows=rows, seconds=round(seconds, 1), updates=len(history), history=history,
                    settings=dict(vars(args)))
-    with open(os.path.join(args.output, SUMMARY_NAME), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json(os.path.join(args.output, SUMMARY_NAME), summary)
     print(f"fine-tuned on {len(rows)} memorized images, {args.epochs} epochs, {len(history)} updates in "
           f"{seconds:.1f} s -> {args.output}")
     return summary

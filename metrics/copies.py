@@ -28,18 +28,21 @@ SSCD_COPY_THRESHOLD = 0.5
 
 @dataclass
 class References:
-    """A reference set: one name per image and ``similarity(images) -> [n_images, n_references]``."""
+    """A reference set: one name per image and ``similarity(images) -> [n_images, n_references]``;
+    for an embedder's references also the embedder and their embeddings [m, d]."""
 
     names: list[str]
     similarity: Callable[[list[Image.Image]], torch.Tensor]
     threshold: float
+    embedder: Callable | None = None
+    embeddings: torch.Tensor | None = None
 
 
 def embedded_references(embedder, paths: list[str], names: list[str], threshold: float = SSCD_COPY_THRESHOLD,
                         batch: int = 64) -> References:
     """References compared by the cosine of ``embedder``'s embeddings, each embedded once."""
     embeddings = torch.cat([embedder(load_images(paths[i:i + batch])) for i in range(0, len(paths), batch)])  # [m, d]
-    return References(names, lambda images: cosine_matrix(embedder(images), embeddings), threshold)
+    return References(names, lambda images: cosine_matrix(embedder(images), embeddings), threshold, embedder, embeddings)
 
 
 @dataclass
@@ -56,9 +59,15 @@ class NearestCopies:
         return dict(copies_any=above.double().mean().item(), copies_other=(above & other).double().mean().item())
 
 
-def nearest_copies(references: References, images: list[Image.Image]) -> NearestCopies:
-    """The nearest reference of each image: one similarity matrix [n, m], its row maxima."""
-    values, indices = references.similarity(images).max(dim=1)
+def nearest_copies(references: References, images: list[Image.Image],
+                   embeddings: torch.Tensor | None = None) -> NearestCopies:
+    """The nearest reference of each image: one similarity matrix [n, m], its row maxima.
+    embeddings: the images' [n, d] by the references' own embedder, when already computed."""
+    if embeddings is not None and references.embeddings is not None:
+        similarity = cosine_matrix(embeddings, references.embeddings)
+    else:
+        similarity = references.similarity(images)
+    values, indices = similarity.max(dim=1)
     return NearestCopies(values.float(), [references.names[i] for i in indices.tolist()])
 
 

@@ -36,6 +36,7 @@ from metrics.copies import add_replication_args, replication_threshold, similari
 from metrics.core import summarize
 from metrics.images import load_images, original_images
 from metrics.plots import new_axis, save_figure
+from metrics.table1 import IN_P, PLAIN
 from utils import cli, dori, wanda
 from utils.files import read_json, read_prompts
 from utils.generation import PromptCondition, generate_prompt_images, generation_latents
@@ -43,12 +44,13 @@ from utils.layers import value_layers
 from utils.localization import MEMORIZATION_THRESHOLD, LocalizationSettings, localize_prompt
 from utils.models import load_pipeline, resolve_device
 from utils.noise import embedding_noise_difference, latent_shape
+from utils.score import SSIM_KERNEL_SIZE
 from utils.statistics import encode_prompts, load_statistics, prompt_activations, text_activations
 
-SUBSETS = 3  # disjoint subsets of the memorized prompts compared pairwise
+SUBSETS = 3  # disjoint subsets of the memorized prompts compared pairwise (our choice; Chavhan et al. Fig. 2)
 # A prompt enters a ratio only when the method it divides by lowered S by at least this much.
 MIN_DROP = 0.05
-NEMO, PRUNED, BOTH, PLAIN = "NeMo", "Wanda (pruned model)", "NeMo on the Wanda-pruned model", "all neurons active"
+NEMO, PRUNED, BOTH = "NeMo", "Wanda (pruned model)", "NeMo on the Wanda-pruned model"  # rows of metrics/table1.py
 TRIGGER_STARTS = 5  # random starts of the triggers analysis (the paper: 100)
 
 
@@ -68,6 +70,8 @@ def pairwise_iou(masks: list[wanda.WandaMasks], others: list[wanda.WandaMasks] |
 
 def wanda_overlap(argv) -> dict:
     parser = cli.parser_for(__doc__)
+    parser.epilog = ("Wanda's defaults (--subset_size, --sparsity, --calls) are script 7's, from the authors' code "
+                     "(ruchikachavhan/concept-prune); --subsets and --seed are our choice.")
     parser.add_argument("-d", "--dataset", required=True, help="memorized prompt file")
     parser.add_argument("--unmemorized", default=None, help="non-memorized prompt file for the reference level")
     parser.add_argument("--subsets", type=int, default=SUBSETS, help="disjoint prompt subsets per file")
@@ -119,7 +123,7 @@ def agreement_from(report: dict, types: dict[int, str], pruned_on: set[int]) -> 
     values = {}
     for name in (PLAIN, NEMO, PRUNED, BOTH):  # a pruned model's rows come in two: prompts not in P, and P
         values[name] = {}
-        for row in (name, f"{name}, prompts in P"):
+        for row in (name, name + IN_P):
             if row in rows:
                 values[name].update({int(p): v for p, v in rows[row]["per_prompt"][column].items()})
     nemo_left, wanda_left = {}, {}
@@ -190,6 +194,8 @@ def neuron_iou(a: list[list[int]], b: list[list[int]]) -> list[float]:
 
 def triggers(argv) -> dict:
     parser = cli.parser_for(__doc__)
+    parser.epilog = ("Attack defaults are script 8's, from the Dori paper (Adam, lr 0.1, 50 steps; SSCD > 0.7 replicates); "
+                     "the paper draws 100 starts; the MS-SSIM kernel is NeMo's (the authors' scripts).")
     parser.add_argument("-d", "--dataset", required=True, help="memorized prompt file")
     parser.add_argument("--originals", required=True, help="training images, one per prompt row")
     parser.add_argument("--prompt", type=int, default=0, help="row of the prompt whose training image is attacked")
@@ -200,7 +206,8 @@ def triggers(argv) -> dict:
     add_replication_args(parser)
     parser.add_argument("--statistics", default=None, help="activation statistics: with them, NeMo's neurons per trigger")
     parser.add_argument("--memorization_threshold", type=float, default=None, help="tau_mem for NeMo (with --statistics)")
-    parser.add_argument("--ssim_kernel_size", type=int, default=11, help="MS-SSIM kernel for NeMo (5 on the test bed)")
+    parser.add_argument("--ssim_kernel_size", type=int, default=SSIM_KERNEL_SIZE,
+                        help="MS-SSIM kernel for NeMo (5 on the test bed)")
     parser.add_argument("-o", "--output", default="results/locality", help="folder of triggers.json/.png")
     cli.add_model_args(parser)
     parser.add_argument("--log_level", default="WARNING", help="logging level")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import textwrap
+from functools import partial
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -116,27 +118,12 @@ def main(argv=None) -> list[str]:
     return written
 
 
-if __name__ == "__main__":
-    run(main)
-
-
 # Image grids (issue 16): a cell per image, captioned; groups of cells under one header.
 GRID_CELL = 96  # pixels of an image's side in a grid
 GRID_TEXT = 12  # pixels of a caption line
 GRID_LABEL_WIDTH = 150  # pixels of the row labels
+wrap_at_spaces = partial(textwrap.wrap, break_long_words=False, break_on_hyphens=False)  # caption lines
 COPY_COLOURS = {"own": (200, 120, 0), "other": (200, 0, 0), None: (60, 60, 60)}  # caption colour by what it copies
-
-
-def _wrapped(text: str, width: int) -> list[str]:
-    """``text`` in lines of at most ``width`` characters, broken at spaces."""
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return lines + [line] if line else lines
 
 
 def image_grid(title: str, groups: list[tuple[str, int]], rows: list[tuple[str, list]], path: str) -> str:
@@ -147,20 +134,20 @@ def image_grid(title: str, groups: list[tuple[str, int]], rows: list[tuple[str, 
 
     font = ImageFont.load_default(size=GRID_TEXT - 1)
     cells = sum(n for _, n in groups)
-    header = GRID_TEXT * (3 + max(len(_wrapped(name, max(8, n * GRID_CELL // 7))) for name, n in groups))
+    header = GRID_TEXT * (3 + max(len(wrap_at_spaces(name, max(8, n * GRID_CELL // 7))) for name, n in groups))
     height_of_row = GRID_CELL + 2 * GRID_TEXT
     canvas = Image.new("RGB", (GRID_LABEL_WIDTH + cells * GRID_CELL, header + len(rows) * height_of_row), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 2), title, fill="black", font=font)
     x = GRID_LABEL_WIDTH
     for name, n in groups:
-        for k, line in enumerate(_wrapped(name, max(8, n * GRID_CELL // 7))):
+        for k, line in enumerate(wrap_at_spaces(name, max(8, n * GRID_CELL // 7))):
             draw.text((x + 2, GRID_TEXT * (2 + k)), line, fill="black", font=font)
         draw.line([(x, GRID_TEXT * 2), (x, canvas.height)], fill=(200, 200, 200))
         x += n * GRID_CELL
     for r, (label, row) in enumerate(rows):
         y = header + r * height_of_row
-        for k, line in enumerate(_wrapped(label, GRID_LABEL_WIDTH // 7)[:6]):
+        for k, line in enumerate(wrap_at_spaces(label, GRID_LABEL_WIDTH // 7)[:6]):
             draw.text((4, y + k * GRID_TEXT), line, fill="black", font=font)
         for c, (image, caption, copies) in enumerate(row):
             left = GRID_LABEL_WIDTH + c * GRID_CELL
@@ -171,3 +158,7 @@ def image_grid(title: str, groups: list[tuple[str, int]], rows: list[tuple[str, 
     canvas.save(path)
     logger.info("wrote %s", path)
     return path
+
+
+if __name__ == "__main__":
+    run(main)

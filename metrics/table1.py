@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from metrics.copies import References, nearest_copies
-from metrics.core import (MEMORIZATION_TYPES, OVERALL, cosine_matrix, median, paired_cosine, sscd_orig_scores,
-                          summarize, upper_triangle)
+from metrics.core import (MEMORIZATION_TYPES, OVERALL, alignment_score, diversity_score, median, sscd_gen_score,
+                          sscd_orig_scores, summarize)
 from metrics.images import generated_images, load_images
 from metrics.plots import image_grid
 from utils.generation import read_records
@@ -62,6 +62,7 @@ SETTINGS = (
     Setting("adversarial fine-tuning", (), model=FINETUNED),
 )
 PLAIN = SETTINGS[0].name
+IN_P = ", prompts in P"  # the second row of a pruned model's setting: the prompts it was pruned on
 # Nearest-copy columns (metrics/copies.py): median similarity to the nearest reference, and
 # the shares of images above the copy threshold to any reference and to another prompt's.
 NEAREST, COPY_ANY, COPY_OTHER = "Nearest", "Copy_any", "Copy_other"
@@ -101,14 +102,17 @@ def embedder_measures(embedder, clip=None) -> Measures:
                         lambda original, _images, embeddings: sscd_orig_scores(embedder([original])[0], embeddings)["max"])
     if clip is not None:
         measures.align_name = "A_CLIP"
-        measures.align = lambda images, caption: median(cosine_matrix(clip.embed_texts([caption]), clip(images))[0])
+        measures.align = lambda images, caption: alignment_score(clip.embed_texts([caption])[0], clip(images))
     if embedder.name != "sscd":
         measures.notes.append(f"{prefix}_*: the {embedder.name} embedder stands in for SSCD (no SSCD weights)")
     return measures
 
 
-def _prompt_images(folder: str) -> dict[int, list[Image.Image]]:
-    return {prompt: load_images(paths) for prompt, paths in generated_images(folder).items()}
+def _prompt_images(folder: str, prompts: set[int] | None = None):
+    """(prompt, its images) for each prompt of ``folder`` (only ``prompts`` when given), loaded one prompt at a time."""
+    for prompt, paths in generated_images(folder).items():
+        if prompts is None or prompt in prompts:
+            yield prompt, load_images(paths)
 
 
 def _median_table(per_prompt: dict[int, float], types: dict[int, str]) -> dict:
@@ -124,11 +128,13 @@ def _rate_table(per_prompt: dict[int, float], types: dict[int, str]) -> dict:
 
 
 def setting_row(folder: str, plain: dict[int, torch.Tensor], originals: dict[int, str], captions: dict[int, str],
-                types: dict[int, str], measures: Measures, prompts: set[int] | None = None) -> dict:
+                types: dict[int, str], measures: Measures, prompts: set[int] | None = None,
+                embedded: dict[int, torch.Tensor] | None = None) -> dict:
     """Median over prompts (and MAD) per type of each column for one setting's folder (only
     ``prompts`` when given).
 
     plain: the embeddings [n, d] of each prompt's images with nothing changed (SSCD_Gen's reference).
+    embedded: this folder's embeddings by prompt when already computed (the plain folder's are ``plain``).
     """
     per_prompt = {measures.orig_name: {}, measures.gen_name: {}, measures.div_name: {}}
     aligned = measures.align is not None and measures.align_memorized
@@ -137,19 +143,18 @@ def setting_row(folder: str, plain: dict[int, torch.Tensor], originals: dict[int
     if measures.references:
         per_prompt.update({NEAREST: {}, COPY_ANY: {}, COPY_OTHER: {}})
     per_image = {}
-    for prompt, images in _prompt_images(folder).items():
-        if prompts is not None and prompt not in prompts:
-            continue
-        embeddings = measures.embed(images)  # [n, d]
+    for prompt, images in _prompt_images(folder, prompts):
+        embeddings = embedded[prompt] if embedded else measures.embed(images)  # [n, d]
         if prompt in originals:
             original = load_images([originals[prompt]])[0]
             per_prompt[measures.orig_name][prompt] = measures.orig(original, images, embeddings)
-        per_prompt[measures.gen_name][prompt] = median(paired_cosine(embeddings, plain[prompt]))
-        per_prompt[measures.div_name][prompt] = median(upper_triangle(cosine_matrix(embeddings, embeddings)))
+        per_prompt[measures.gen_name][prompt] = sscd_gen_score(embeddings, plain[prompt])
+        per_prompt[measures.div_name][prompt] = diversity_score(embeddings)
         if aligned:
             per_prompt[measures.align_name][prompt] = measures.align(images, captions[prompt])
         if measures.references:
-            nearest = nearest_copies(measures.references, images)
+            shared = embeddings if measures.references.embedder is measures.embed else None
+            nearest = nearest_copies(measures.references, images, shared)  # embedded once
             per_prompt[NEAREST][prompt] = median(nearest.similarity)
             for name, rate in nearest.copies(measures.references.threshold, measures.own_reference.get(prompt)).items():
                 per_prompt[{"copies_any": COPY_ANY, "copies_other": COPY_OTHER}[name]][prompt] = rate
@@ -163,7 +168,7 @@ def setting_row(folder: str, plain: dict[int, torch.Tensor], originals: dict[int
 def quality_score(folder: str, captions: dict[int, str], measures: Measures) -> dict | None:
     """Median alignment over the held-out prompts of ``folder`` (their original captions)."""
     values = {}
-    for prompt, images in _prompt_images(folder).items():
+    for prompt, images in _prompt_images(folder):
         value = measures.align(images, captions[prompt])
         if value is not None:
             values[prompt] = value
@@ -191,7 +196,7 @@ def build_table(folders: dict[str, str], quality_folders: dict[str, str], origin
     pruned_on: the prompts P the Wanda model was pruned on; its rows are over the others,
     and once more over P.
     """
-    plain = {prompt: measures.embed(images) for prompt, images in _prompt_images(folders[PLAIN]).items()}
+    plain = {prompt: measures.embed(images) for prompt, images in _prompt_images(folders[PLAIN])}
     rows = {}
     for setting in SETTINGS:
         if setting.name not in folders:
@@ -199,10 +204,11 @@ def build_table(folders: dict[str, str], quality_folders: dict[str, str], origin
         pruned = setting.model == WANDA
         subsets = {setting.name: set(captions) - set(pruned_on) if pruned else set(captions)}
         if pruned and pruned_on:
-            subsets[f"{setting.name}, prompts in P"] = set(pruned_on)
+            subsets[setting.name + IN_P] = set(pruned_on)
         counts = neurons if setting.neurons else {prompt: 0 for prompt in neurons}
         for name, prompts in subsets.items():
-            row = setting_row(folders[setting.name], plain, originals, captions, types, measures, prompts)
+            row = setting_row(folders[setting.name], plain, originals, captions, types, measures, prompts,
+                              plain if setting.name == PLAIN else None)
             row["neurons"] = _median_table({p: c for p, c in counts.items() if p in prompts}, types)
             row["cost"] = setting_cost(folders[setting.name])
             rows[name] = row
@@ -249,10 +255,11 @@ def write_grids(report: dict, folders: dict[str, str], originals: dict[int, str]
     threshold = measures.references.threshold if measures.references else None
     nearest = {}  # setting -> prompt -> [[reference, similarity], ...]
     for name, row in report["rows"].items():
-        setting = name.split(", prompts in P")[0]
+        setting = name.removesuffix(IN_P)
         for prompt, values in row.get("nearest", {}).items():
             nearest.setdefault(setting, {})[int(prompt)] = values
     settings = [s for s in folders if s in report["rows"]]
+    listed = {setting: generated_images(folders[setting]) for setting in settings}  # listed once
     generated = generated_images(folders[PLAIN])
     written = []
     for kind in sorted(set(types.values()) or {OVERALL}):
@@ -261,7 +268,7 @@ def write_grids(report: dict, folders: dict[str, str], originals: dict[int, str]
         for prompt in prompts:
             cells = [(load_images([originals[prompt]])[0] if prompt in originals else None, "original", None)]
             for setting in settings:
-                paths = generated_images(folders[setting]).get(prompt, [])[:per_setting]
+                paths = listed[setting].get(prompt, [])[:per_setting]
                 for j, image in enumerate(load_images(paths)):
                     reference, similarity = nearest.get(setting, {}).get(prompt, [[None, None]] * (j + 1))[j]
                     copies = None
@@ -306,7 +313,7 @@ def cost_markdown(rows: dict, localization_cost: dict, pruning: dict | None, fin
              "| setting | generation s | mitigation s | mitigation U-Net sample-forwards |", "|---|---|---|---|"]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
     for name, row in rows.items():
-        if name.endswith("prompts in P"):
+        if name.endswith(IN_P):
             continue  # the same run as the row above it
         cost = row["cost"]
         extra_s, extra_f = fmt(cost.get("mitigation_seconds"), ".2f"), fmt(cost.get("mitigation_unet_sample_forwards"), ".0f")

@@ -36,6 +36,7 @@ from testbed.synthetic_data import write_ordinary_pairs
 from testbed.train_testbed import SEED
 from utils import cli, wanda
 from utils.files import read_prompts, read_threshold, threshold_path
+from utils.generation import GENERATION_STEPS, NUM_SAMPLES
 
 reproduce = importlib.import_module("6_reproduce_table1")
 # Demo size: prompts that fit the README's ~10-minute budget on 2 CPU cores (BENCHMARKS.md);
@@ -117,22 +118,25 @@ def checks(rows: dict) -> dict:
 
 def main(argv=None) -> dict:
     parser = cli.parser_for(__doc__)
+    parser.epilog = ("Prompt counts are ours, sized for the demo, and so are the test bed's Wanda sparsity (5%) and "
+                     "fine-tuning rate (1e-4; BENCHMARKS.md); every other default is script 6's, whose --help names "
+                     "its sources.")
     parser.add_argument("--model", default=testbed.MODEL_DIR, help="diffusers folder of the test bed")
     parser.add_argument("--output", default="demo_output", help="folder for every file the run writes")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the generations (paper: 50)")
-    parser.add_argument("--num_samples", type=int, default=10, help="images per prompt (paper: 10)")
+    parser.add_argument("--steps", type=int, default=GENERATION_STEPS, help="DDIM steps of the generations (paper: 50)")
+    parser.add_argument("--num_samples", type=int, default=NUM_SAMPLES, help="images per prompt (paper: 10)")
     for kind, n in DEMO_PROMPTS.items():
         parser.add_argument(f"--{kind.lower()}", type=int, default=n,
                             help=f"how many {kind} prompts, of the test bed's 12 (default sized to fit the demo in "
-                                 "about 10 minutes on 2 CPU cores)")
+                                 "about 11 minutes on 2 CPU cores)")
     parser.add_argument("--quality", type=int, default=DEMO_QUALITY_PROMPTS,
-                        help="held-out ordinary prompts for the A_color column, of the test bed's 25")
+                        help="held-out ordinary prompts for the A_color column, of the test bed's 25 (sized for the demo)")
     parser.add_argument("--unmemorized", type=int, default=None,
                         help="held-out prompts the detectors are compared on (default: all 25)")
     parser.add_argument("--settings", default=None, help="comma-separated subset of the rows (default: all)")
     parser.add_argument("--dori", action="store_true",
                         help="also adversarial fine-tuning and the Dori attack on every mitigation (scripts 8, 9; "
-                             "about an hour on 2 CPU cores for 12 VM prompts)")
+                             "about 25 minutes on 2 CPU cores for 12 VM prompts)")
     parser.add_argument("--finetune_epochs", type=int, default=None, help="script 9's epochs (default: the paper's 5)")
     parser.add_argument("--attack_steps", type=int, default=None, help="steps of every attack (default: the paper's 50)")
     parser.add_argument("--log_level", default="WARNING", help="logging level")

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import upstream_file
-from utils.files import RESULT_COLUMNS, RowWriter, parse_neuron_set, read_csv, read_prompts, read_results
+from utils.files import RESULT_COLUMNS, RowWriter, parse_neuron_set, read_csv, read_prompts, read_results, rows_of_type
 
 SD14_WIDTHS = [320, 320, 640, 640, 1280, 1280, 1280]
 
@@ -100,3 +100,11 @@ def test_neuron_lists_with_duplicates_read_as_the_sets_they_deactivate():
     assert selection.top_k_sets([with_duplicates, without], 1) == without  # one set, named twice
     drawn = selection.random_like(with_duplicates, SD14_WIDTHS, random.Random(0))
     assert [len(layer) for layer in drawn] == [2, 0, 1, 0, 0, 0, 1]
+
+
+def test_rows_of_type_filters_by_type_and_names_a_file_without_the_column():
+    frame = pd.DataFrame({"Caption": ["a", "b", "c"], "type": ["VM", "TM", "VM"]})
+    assert rows_of_type(frame, "VM", "p.csv") == [0, 2]
+    assert rows_of_type(frame, None, "p.csv") == [0, 1, 2]
+    with pytest.raises(ValueError, match="p.csv has no column 'type'"):
+        rows_of_type(frame.drop(columns="type"), "TM", "p.csv")

@@ -170,3 +170,12 @@ def merge_rows(parts: list[str], path: str) -> None:
         writer = csv.writer(f, delimiter=CSV_SEPARATOR)
         writer.writerow(header)
         writer.writerows(sorted(rows, key=lambda row: int(row[0])))
+
+
+def rows_of_type(frame: pd.DataFrame, memorization_type: str | None, path: str) -> list[int]:
+    """The rows of a prompt file, only those of ``memorization_type`` (VM or TM) when given."""
+    if memorization_type is None:
+        return list(range(len(frame)))
+    if "type" not in frame:
+        raise ValueError(f"prompt file {path} has no column 'type' for --memorization_type")
+    return [i for i in range(len(frame)) if frame["type"][i] == memorization_type]

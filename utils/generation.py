@@ -52,6 +52,17 @@ def generation_latents(unet, seed: int = GENERATION_SEED, num_samples: int = NUM
     return initial_latents(seed, num_samples, latent_shape(unet))
 
 
+def stop_after(steps: int):
+    """A ``callback_on_step_end`` that ends a pipeline's denoising loop after ``steps`` steps
+    (diffusers' documented way: set the pipeline's ``_interrupt``)."""
+    def callback(pipeline, step, _timestep, callback_kwargs):
+        if step + 1 >= steps:
+            pipeline._interrupt = True
+        return callback_kwargs
+
+    return callback
+
+
 def caption_condition(pipe, caption: str) -> PromptCondition:
     """The plain condition of a caption: its text embedding, nothing else changed."""
     return PromptCondition(encode_prompts(pipe.tokenizer, pipe.text_encoder, [caption]))
@@ -91,12 +102,12 @@ def generate_images(pipe, captions: dict[int, str], prepare: Prepare, output: st
     records_path = os.path.join(output, RECORDS_NAME)
     if os.path.exists(records_path):
         drop_partial_line(records_path)  # what a killed run left half written
+    latents = generation_latents(pipe.unet, seed, num_samples)  # every prompt starts from the same noise
     with open(records_path, "a") as records:
         for index, caption in tqdm(captions.items(), desc="generating", unit="prompt"):
             if all(os.path.exists(image_path(output, index, j)) for j in range(num_samples)):
                 continue
             start = time.perf_counter()
-            latents = generation_latents(pipe.unet, seed, num_samples)
             condition = prepare(index, caption, latents)
             for j, image in enumerate(generate_prompt_images(pipe, condition, latents, **settings)):
                 image.save(image_path(output, index, j))

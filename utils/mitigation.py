@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from utils import random_tokens, ren, wen
-from utils.generation import GUIDANCE_SCALE, PromptCondition, Prepare, caption_condition
+from utils.generation import GENERATION_STEPS, GUIDANCE_SCALE, PromptCondition, Prepare, caption_condition
 from utils.hooks import deactivate_neurons
 from utils.layers import NeuronSet, count_neurons, value_layers
 
@@ -42,7 +42,7 @@ class WenSettings:
     samples: int = wen.OPTIMIZATION_SAMPLES  # the first latents of the prompt's generation
 
 
-def with_adjusted_embedding(pipe, settings: WenSettings = WenSettings(), steps: int = 50) -> Prepare:
+def with_adjusted_embedding(pipe, settings: WenSettings = WenSettings(), steps: int = GENERATION_STEPS) -> Prepare:
     """Wen et al.: the caption's embedding adjusted on the prompt's first ``settings.samples``
     generation latents, then used for all of its images."""
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 from utils.hooks import edit_calls
 from utils.layers import modules_ending
-from utils.noise import initial_latents, latent_shape
+from utils.generation import generation_latents, stop_after
 from utils.statistics import encode_prompts
 
 FFN_OUTPUT_SUFFIX = "ff.net.2"  # wanda.py: every 'ff.net' Linear but the GEGLU 'proj' (16 in SD v1.x)
@@ -69,9 +68,7 @@ class InputNorms:
     squared unit-normalized inputs: squares[t][l] [d_in] (float64)."""
 
     squares: list[list[torch.Tensor]]
-    prompts: int = 0
     unet_sample_forwards: int = 0
-    seconds: float = 0.0
 
     def norms(self, call: int) -> list[torch.Tensor]:
         """||H_j|| of every layer at ``call``: per layer [d_in]."""
@@ -103,28 +100,21 @@ def input_norms(pipe, captions: list[str], calls: int = PRUNED_CALLS, seed: int 
             squares[call[0]][index[name]] += F.normalize(rows, dim=1).pow(2).sum(0).double().cpu()
         return args, kwargs
 
-    def stop(pipeline, step, _timestep, callback_kwargs):
-        if step + 1 >= calls:
-            pipeline._interrupt = True
-        return callback_kwargs
-
-    start = time.perf_counter()
-    latents = initial_latents(seed, 1, latent_shape(unet)).to(unet.device, unet.dtype)  # [1, 4, h, w]
+    latents = generation_latents(unet, seed, 1).to(unet.device, unet.dtype)  # [1, 4, h, w]
     negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
     with pndm_sampler(pipe), edit_calls({"unet": unet}, count_call), edit_calls(layers, accumulate):
         for caption in tqdm(captions, desc="wanda activations", unit="prompt"):
             call[0] = -1
             pipe(prompt_embeds=encode_prompts(pipe.tokenizer, pipe.text_encoder, [caption]),
                  negative_prompt_embeds=negative, latents=latents, num_inference_steps=steps,
-                 guidance_scale=guidance_scale, output_type="latent", callback_on_step_end=stop)
+                 guidance_scale=guidance_scale, output_type="latent", callback_on_step_end=stop_after(calls))
     batch = 2 if guidance_scale > 1 else 1
-    return InputNorms(squares, len(captions), len(captions) * calls * batch, time.perf_counter() - start)
+    return InputNorms(squares, len(captions) * calls * batch)
 
 
 def scale(norms: InputNorms, times: int) -> InputNorms:
     """``norms`` of one prompt as if it were run ``times`` times (identical runs add up)."""
-    return InputNorms([[s * times for s in call] for call in norms.squares], norms.prompts * times,
-                      norms.unet_sample_forwards, norms.seconds)
+    return InputNorms([[s * times for s in call] for call in norms.squares], norms.unet_sample_forwards)
 
 
 def memorized_weights(weight: torch.Tensor, norm: torch.Tensor, null_norm: torch.Tensor,

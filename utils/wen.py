@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+from utils.generation import GENERATION_STEPS, stop_after
 from utils.hooks import edit_outputs
 from utils.models import frozen
+from utils.noise import detection_timestep
 from utils.statistics import encode_prompts
 
 # Mitigation (inference_mem.py flags; README: --optim_target_loss 3 --optim_target_steps 0).
@@ -43,8 +45,8 @@ class Adjustment:
 
 
 def adjust_embedding(pipe, embedding: torch.Tensor, latents: torch.Tensor, *, timestep_index: int = TARGET_STEP,
-                     steps: int = 50, learning_rate: float = LEARNING_RATE, max_iterations: int = MAX_ITERATIONS,
-                     target_loss: float = TARGET_LOSS) -> Adjustment:
+                     steps: int = GENERATION_STEPS, learning_rate: float = LEARNING_RATE,
+                     max_iterations: int = MAX_ITERATIONS, target_loss: float = TARGET_LOSS) -> Adjustment:
     """Wen et al.'s mitigation: minimize || eps(x_T, t, e) - eps(x_T, t, e_empty) || over the
     prompt embedding e [1, 77, dim], one L2 norm over all latents [n, 4, h, w], at the
     ``timestep_index``-th timestep of a ``steps``-step schedule, with AdamW; stop once the loss
@@ -52,8 +54,7 @@ def adjust_embedding(pipe, embedding: torch.Tensor, latents: torch.Tensor, *, ti
     BOS position is not optimized (the authors zero its gradient). Optimized in float32
     (AdamW on float16 turns the zero BOS gradient into NaN)."""
     unet, scheduler = pipe.unet, pipe.scheduler
-    scheduler.set_timesteps(steps)
-    timestep = scheduler.timesteps[timestep_index]
+    timestep = detection_timestep(scheduler, steps, timestep_index)
     x = scheduler.scale_model_input(latents.to(unet.device, unet.dtype), timestep)
     n = len(x)
     with torch.no_grad():  # the empty prompt's prediction does not depend on e
@@ -79,8 +80,9 @@ def adjust_embedding(pipe, embedding: torch.Tensor, latents: torch.Tensor, *, ti
 
 
 @torch.no_grad()
-def noise_magnitude_scores(pipe, embedding: torch.Tensor, latents: torch.Tensor, *, steps: int = 50,
-                           guidance_scale: float = SCORE_GUIDANCE_SCALE, score_steps: int = SCORE_STEPS) -> torch.Tensor:
+def noise_magnitude_scores(pipe, embedding: torch.Tensor, latents: torch.Tensor, *, steps: int = GENERATION_STEPS,
+                           guidance_scale: float = SCORE_GUIDANCE_SCALE,
+                           score_steps: int = SCORE_STEPS) -> torch.Tensor:
     """Wen et al.'s detection score of each latent [n, 4, h, w]: || eps_c - eps_u || (unscaled)
     at each of the first ``score_steps`` steps of a guided ``steps``-step generation from the
     embedding [1, 77, dim], averaged over those steps: [n]. Higher means memorized."""
@@ -96,15 +98,10 @@ def noise_magnitude_scores(pipe, embedding: torch.Tensor, latents: torch.Tensor,
         unconditional, conditional = eps.float().chunk(2)
         norms.append((conditional - unconditional).flatten(1).norm(dim=1).cpu())
 
-    def stop_after_score_steps(pipeline, step, _timestep, callback_kwargs):
-        if step + 1 >= score_steps:
-            pipeline._interrupt = True  # diffusers' documented way to end the denoising loop early
-        return callback_kwargs
-
     n = len(latents)
     with edit_outputs({"unet": unet}, record):
         pipe(prompt_embeds=embedding.to(unet.device, unet.dtype).expand(n, -1, -1),
              negative_prompt_embeds=_unconditional(pipe, n).to(unet.dtype), latents=latents.to(unet.device, unet.dtype),
              num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent",
-             callback_on_step_end=stop_after_score_steps)
+             callback_on_step_end=stop_after(score_steps))
     return torch.stack(norms[:score_steps]).mean(0)  # [n]
