@@ -5,14 +5,7 @@ Activations come from the text embedding alone (SPEC §2): no U-Net pass is made
 
 import logging
 
-import torch
-
-from utils import cli
-from utils.files import read_prompts
-from utils.layers import value_layers
-from utils.models import load_pipeline, resolve_device
-from utils.distributed import Shard
-from utils.statistics import STATISTICS_BATCH_SIZE, activation_sums, save_statistics
+from utils import cli, defaults
 
 logger = logging.getLogger("1_compute_activations_statistics")
 
@@ -23,10 +16,19 @@ def main(argv=None) -> None:
                         help="hold-out prompt file (';'-separated, column Caption)")
     parser.add_argument("--output", default="statistics/statistics_additional_laion_prompts.pt",
                         help="statistics file to write; a version alias is appended (_v1_4), as the authors do")
-    parser.add_argument("--batch_size", type=int, default=STATISTICS_BATCH_SIZE, help="prompts per text-encoder batch")
+    parser.add_argument("--batch_size", type=cli.positive_int, default=defaults.STATISTICS_BATCH_SIZE,
+                        help="prompts per text-encoder batch")
     cli.add_model_args(parser)
     cli.add_run_args(parser, resumable=False)
     args = cli.parse(parser, argv)
+
+    import torch
+
+    from utils.distributed import Shard
+    from utils.files import read_prompts
+    from utils.layers import value_layers
+    from utils.models import load_pipeline, resolve_device
+    from utils.nemo.statistics import activation_sums, save_statistics
 
     prompts = read_prompts(args.prompts)["Caption"].tolist()
     pipe = load_pipeline(args.version, resolve_device(args.device))

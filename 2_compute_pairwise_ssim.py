@@ -12,16 +12,7 @@ memorized ones for detection (metrics.detection).
 import json
 import logging
 
-import torch
-from tqdm import tqdm
-
-from utils import cli, wen
-from utils.distributed import Shard
-from metrics.core import MEMORIZATION_TYPES
-from utils.files import RowWriter, merge_rows, read_csv, read_prompts, threshold_path
-from utils.noise import initial_latents, prompt_noise_difference
-from utils.score import pairwise_max_scores
-from utils.statistics import encode_prompts
+from utils import cli, defaults
 
 logger = logging.getLogger("2_compute_pairwise_ssim")
 SCORE_COLUMNS = ["Caption", "Memorization Score", "Sample Scores"]
@@ -29,6 +20,8 @@ SCORE_COLUMNS = ["Caption", "Memorization Score", "Sample Scores"]
 
 def memorization_threshold(scores) -> float:
     """tau_mem = mean + 1 std (unbiased) of the per-prompt scores (SPEC §3)."""
+    import torch
+
     scores = torch.as_tensor(list(scores), dtype=torch.float64)
     return (scores.mean() + scores.std()).item()
 
@@ -45,22 +38,35 @@ def main(argv=None) -> float | None:
     cli.add_detection_args(parser)
     group = parser.add_argument_group("--score wen (defaults: YuxinWenRick/diffusion_memorization detect_mem.py and "
                                       "examples/det_mem_viz.ipynb)")
-    group.add_argument("--wen_samples", type=int, default=wen.SCORE_SAMPLES, help="generations per prompt")
-    group.add_argument("--wen_guidance_scale", type=float, default=wen.SCORE_GUIDANCE_SCALE,
+    group.add_argument("--wen_samples", type=cli.positive_int, default=defaults.WEN_SCORE_SAMPLES,
+                       help="generations per prompt")
+    group.add_argument("--wen_guidance_scale", type=float, default=defaults.WEN_SCORE_GUIDANCE_SCALE,
                        help="guidance of the generations")
-    group.add_argument("--wen_score_steps", type=int, default=wen.SCORE_STEPS,
+    group.add_argument("--wen_score_steps", type=cli.positive_int, default=defaults.WEN_SCORE_STEPS,
                        help="the score averages the first N of the --num_inference_steps steps")
     cli.add_run_args(parser)
     args = cli.parse(parser, argv)
 
+    import torch
+    from tqdm import tqdm
+
+    from metrics.core import MEMORIZATION_TYPES
+    from utils.baselines import wen
+    from utils.diffusion import encode_prompts, initial_latents
+    from utils.distributed import Shard
+    from utils.files import RowWriter, merge_rows, read_csv, read_prompts, threshold_path
+    from utils.models import load_detection_model, resolve_device
+    from utils.nemo.noise import prompt_noise_difference
+    from utils.nemo.score import pairwise_max_scores
+
     frame = read_prompts(args.prompts)
     prompts = frame["Caption"].tolist()
     memorized = "type" in frame and frame["type"].isin(MEMORIZATION_TYPES).any()
-    pipe, layers, shape = cli.load_detection_model(args)
+    pipe, layers, shape = load_detection_model(args.version, resolve_device(args.device), args.ssim_kernel_size)
     samples = args.wen_samples if args.score == "wen" else args.samples_per_prompt
     latents = initial_latents(args.seed, samples, shape)  # [n, 4, h, w]
 
-    def sample_scores(prompt: str) -> torch.Tensor:
+    def sample_scores(prompt: str) -> "torch.Tensor":
         """Per-sample scores [n]; the prompt's score is their max (nemo) or mean (wen)."""
         if args.score == "wen":
             embedding = encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompt])

@@ -8,15 +8,7 @@ flushed as the prompt finishes; --resume continues a killed run.
 
 import logging
 
-from tqdm import tqdm
-
 from utils import cli
-from utils.distributed import Shard
-from utils.files import COST_COLUMNS, RESULT_COLUMNS, RowWriter, merge_rows, read_prompts
-from utils.layers import count_neurons
-from utils.localization import localize_prompt
-from utils.noise import prompt_noise_difference
-from utils.statistics import load_statistics, prompt_activations
 
 logger = logging.getLogger("3_detect_memorized_neurons")
 
@@ -36,8 +28,18 @@ def main(argv=None) -> None:
     args = cli.parse(parser, argv)
     settings = cli.localization_settings(args)
 
+    from tqdm import tqdm
+
+    from utils.distributed import Shard
+    from utils.files import COST_COLUMNS, RESULT_COLUMNS, RowWriter, merge_rows, read_prompts
+    from utils.layers import count_neurons
+    from utils.models import load_detection_model, resolve_device
+    from utils.nemo.localization import localize_prompt
+    from utils.nemo.noise import prompt_noise_difference
+    from utils.nemo.statistics import load_statistics, prompt_activations
+
     frame = read_prompts(args.dataset)
-    pipe, layers, shape = cli.load_detection_model(args)
+    pipe, layers, shape = load_detection_model(args.version, resolve_device(args.device), args.ssim_kernel_size)
     stats = load_statistics(args.statistics, layers)
     output = cli.versioned_path(args.output, args.version)
     totals = dict(seconds=0.0, forwards=0, sets=0)

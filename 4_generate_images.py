@@ -13,12 +13,7 @@ import logging
 import os
 import random
 
-from utils import cli, mitigation, random_tokens, ren, selection, wen
-from utils.distributed import Shard
-from utils.files import read_prompts, read_results, rows_of_type
-from utils.generation import GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES, generate_images
-from utils.layers import count_neurons, layer_widths, value_layers
-from utils.models import load_pipeline, resolve_device
+from utils import cli, defaults
 
 logger = logging.getLogger("4_generate_images")
 NEURON_MODES = ("initial_neurons", "refined_neurons", "block_random_neurons", "block_top_k_neurons_per_layer",
@@ -43,39 +38,42 @@ def add_mode_args(parser) -> None:
     group.add_argument("--ren", action="store_true", help="attention scaling (Ren et al., ECCV 2024); settings below")
     group.add_argument("--random_tokens", type=int, metavar="N",
                        help="N random vocabulary tokens added to each caption (Somepalli et al., NeurIPS 2023; "
-                            f"Table 1: {', '.join(map(str, random_tokens.TABLE1_TOKEN_COUNTS))})")
+                            f"Table 1: {', '.join(map(str, defaults.RANDOM_TOKEN_COUNTS))})")
 
     source = "YuxinWenRick/diffusion_memorization inference_mem.py"
     w = parser.add_argument_group(f"--wen settings (defaults: {source} and its README command)")
-    w.add_argument("--wen_learning_rate", type=float, default=wen.LEARNING_RATE, help="AdamW learning rate (--optim_lr)")
-    w.add_argument("--wen_max_iterations", type=int, default=wen.MAX_ITERATIONS,
+    w.add_argument("--wen_learning_rate", type=cli.positive_float, default=defaults.WEN_LEARNING_RATE,
+                   help="AdamW learning rate (--optim_lr)")
+    w.add_argument("--wen_max_iterations", type=cli.positive_int, default=defaults.WEN_MAX_ITERATIONS,
                    help="U-Net passes of the optimization at most (--optim_iters)")
-    w.add_argument("--wen_target_loss", type=float, default=wen.TARGET_LOSS,
+    w.add_argument("--wen_target_loss", type=cli.non_negative_float, default=defaults.WEN_TARGET_LOSS,
                    help="stop once || eps(e) - eps(empty) || over the latents is at or below this (README's "
                         "--optim_target_loss 3, for 4 SD latents of 4x64x64)")
-    w.add_argument("--wen_timestep_index", type=int, default=wen.TARGET_STEP,
+    w.add_argument("--wen_timestep_index", type=cli.non_negative_int, default=defaults.WEN_TARGET_STEP,
                    help="schedule index of the loss's timestep (--optim_target_steps)")
-    w.add_argument("--wen_samples", type=int, default=wen.OPTIMIZATION_SAMPLES,
+    w.add_argument("--wen_samples", type=cli.positive_int, default=defaults.WEN_OPTIMIZATION_SAMPLES,
                    help="the prompt's first N generation latents the loss is taken over (--num_images_per_prompt)")
     r = parser.add_argument_group("--ren settings (defaults: renjie3/MemAttn local_cmd_inference_time_mitigation.sh)")
-    r.add_argument("--ren_factor", type=float, default=ren.BOS_LOGIT_FACTOR,
+    r.add_argument("--ren_factor", type=float, default=defaults.REN_BOS_LOGIT_FACTOR,
                    help="factor of the BOS token's attention logit, conditional branch (--c1)")
     r.add_argument("--ren_no_mask", action="store_true",
                    help="do not mask the keys after the first end token (their command masks: --cross_attn_mask)")
     t = parser.add_argument_group("--random_tokens settings")
-    t.add_argument("--random_token_seed", type=int, default=random_tokens.RANDOM_TOKEN_SEED,
+    t.add_argument("--random_token_seed", type=int, default=defaults.RANDOM_TOKEN_SEED,
                    help="seed of the tokens and positions (each prompt draws with (seed, prompt index))")
 
 
 def neuron_sets_for(args, results, widths) -> list:
     """The neuron set of each row of ``results`` under the chosen neuron mode (None: nothing)."""
+    from utils.nemo import selection
+
     refined = list(results["Refined Neurons"])
     if args.initial_neurons:
         return list(results["Initial Neurons"])
     if args.refined_neurons:
         return refined
     if args.block_random_neurons:
-        rng = random.Random(selection.RANDOM_SEED)
+        rng = random.Random(defaults.RANDOM_NEURON_SEED)
         return [selection.random_like(neurons, widths, rng) for neurons in refined]
     for flag, pick in (("block_top_k_neurons_per_layer", selection.top_k_per_layer),
                        ("block_top_k_neurons", selection.top_k_overall),
@@ -86,6 +84,8 @@ def neuron_sets_for(args, results, widths) -> list:
 
 def preparation(args, pipe, neuron_sets: dict):
     """The ``Prepare`` of the chosen mode."""
+    from utils import mitigation
+
     if args.wen:
         settings = mitigation.WenSettings(args.wen_learning_rate, args.wen_max_iterations, args.wen_target_loss,
                                           args.wen_timestep_index, args.wen_samples)
@@ -109,12 +109,15 @@ def main(argv=None) -> None:
     parser.add_argument("--memorization_type", choices=("VM", "TM"), default=None,
                         help="only prompts of this type (column 'type' of --prompts if given, else of --dataset)")
     parser.add_argument("-o", "--output", default="generated_images", help="image folder")
-    parser.add_argument("-s", "--seed", type=int, default=GENERATION_SEED, help="seed of each prompt's latents")
-    parser.add_argument("-n", "--num_samples", type=int, default=NUM_SAMPLES, help="images per prompt")
-    parser.add_argument("--steps", type=int, default=GENERATION_STEPS, help="DDIM steps")
-    parser.add_argument("-g", "--guidance_scale", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance")
-    parser.add_argument("-b", "--batch_size", type=int, default=1, help="images per pipeline call")
-    parser.add_argument("-sf", "--scaling_factor", type=float, default=0.0, help="factor for deactivated neurons")
+    parser.add_argument("-s", "--seed", type=int, default=defaults.GENERATION_SEED, help="seed of each prompt's latents")
+    parser.add_argument("-n", "--num_samples", type=cli.positive_int, default=defaults.NUM_SAMPLES,
+                        help="images per prompt")
+    parser.add_argument("--steps", type=cli.positive_int, default=defaults.GENERATION_STEPS, help="DDIM steps")
+    parser.add_argument("-g", "--guidance_scale", type=cli.non_negative_float, default=defaults.GUIDANCE_SCALE,
+                        help="classifier-free guidance")
+    parser.add_argument("-b", "--batch_size", type=cli.positive_int, default=1, help="images per pipeline call")
+    parser.add_argument("-sf", "--scaling_factor", type=float, default=defaults.SCALING_FACTOR,
+                        help="factor for deactivated neurons")
     add_mode_args(parser)
     cli.add_model_args(parser)
     cli.add_run_args(parser, resumable=False)
@@ -122,6 +125,12 @@ def main(argv=None) -> None:
     neuron_mode = any(getattr(args, f) not in (None, False) for f in NEURON_MODES)
     if args.prompts and any(getattr(args, f) for f in PER_PROMPT_NEURON_MODES):
         parser.error("--prompts works with the baselines, no mitigation or the global top-k modes only")
+
+    from utils.distributed import Shard
+    from utils.files import read_prompts, read_results, rows_of_type
+    from utils.generation import generate_images
+    from utils.layers import count_neurons, layer_widths, value_layers
+    from utils.models import load_pipeline, resolve_device
 
     pipe = load_pipeline(args.version, resolve_device(args.device))
     widths = layer_widths(value_layers(pipe.unet))

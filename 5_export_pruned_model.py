@@ -7,13 +7,7 @@ loads the result like any checkpoint.
 
 import logging
 
-import torch
-
-from utils import cli, selection
-from utils.export import prune_value_neurons
-from utils.files import parse_neuron_set, read_results
-from utils.layers import count_neurons, layer_widths, value_layers
-from utils.models import load_pipeline, resolve_device
+from utils import cli
 
 logger = logging.getLogger("5_export_pruned_model")
 
@@ -24,11 +18,19 @@ def main(argv=None) -> None:
     source = parser.add_argument_group("neurons to remove (one)").add_mutually_exclusive_group(required=True)
     source.add_argument("--neurons", help="a neuron list such as '[[], [12], [], [], [], [], [3, 9]]'")
     source.add_argument("-f", "--result_file", help="results of script 3: remove the union of all refined neurons")
-    parser.add_argument("--top_k", type=int, default=None,
+    parser.add_argument("--top_k", type=cli.positive_int, default=None,
                         help="with --result_file: only the K most frequent refined neurons")
     cli.add_model_args(parser)
     parser.add_argument("--log_level", default="INFO", help="logging level")
     args = cli.parse(parser, argv)
+
+    import torch
+
+    from utils.files import parse_neuron_set, read_results
+    from utils.layers import count_neurons, layer_widths, value_layers
+    from utils.models import load_pipeline, resolve_device
+    from utils.nemo import selection
+    from utils.nemo.export import prune_value_neurons
 
     # fp32 on every device, so the saved weights are full precision
     pipe = load_pipeline(args.version, resolve_device(args.device), torch.float32)

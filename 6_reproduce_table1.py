@@ -19,33 +19,8 @@ SD v1.4 with SSCD and CLIP weights (the paper's columns):
 
 from __future__ import annotations
 
-import importlib
-import logging
-import os
-
-from metrics import locality, plots, table1
-from metrics.cli import write_json
-from metrics.copies import SSCD_COPY_THRESHOLD, embedded_references
-from metrics.embedders import CLIP_MODEL, SSCD_MODEL, CLIPEmbedder, image_embedder
-from metrics.images import original_images
-from utils import cli, dori, localization, score, selection, wanda
-from utils.files import read_csv, read_json, read_prompts, read_results
-from utils.generation import GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES
-from utils.layers import count_neurons
-from utils.models import resolve_device
-
-logger = logging.getLogger("6_reproduce_table1")
-SCRIPTS = {2: "2_compute_pairwise_ssim", 3: "3_detect_memorized_neurons", 4: "4_generate_images",
-           7: "7_prune_memorized_weights", 8: "8_attack_mitigation", 9: "9_adversarial_finetuning"}
-# Detectors compared (script 2 --score): NeMo's, and Wen's at the authors' aggregation (all 50
-# steps) and at the first step alone (their paper's cheapest variant).
-DETECTORS = {"NeMo (SSIM score)": ("nemo", ["--score", "nemo"]),
-             "Wen (noise magnitude, 50 steps)": ("wen", ["--score", "wen"]),
-             "Wen (noise magnitude, first step)": ("wen_first_step", ["--score", "wen", "--wen_score_steps", "1"])}
-
-
-def script(number: int):
-    return importlib.import_module(SCRIPTS[number])
+from utils import cli, defaults
+from metrics.rows import SETTINGS
 
 
 def add_args(parser) -> None:
@@ -54,16 +29,16 @@ def add_args(parser) -> None:
     parser.add_argument("-o", "--output", default="results/table1", help="folder for every file the run writes")
     parser.add_argument("--statistics", default="statistics/statistics_additional_laion_prompts_v1_4.pt",
                         help="activation statistics for script 3 (script 1, or the authors' file)")
-    parser.add_argument("--memorization_threshold", type=float, default=localization.MEMORIZATION_THRESHOLD,
+    parser.add_argument("--memorization_threshold", type=float, default=defaults.MEMORIZATION_THRESHOLD,
                         help="tau_mem for script 3 (script 2 on non-memorized prompts; paper: 0.428)")
-    parser.add_argument("--ssim_kernel_size", type=int, default=score.SSIM_KERNEL_SIZE,
+    parser.add_argument("--ssim_kernel_size", type=int, default=defaults.SSIM_KERNEL_SIZE,
                         help="MS-SSIM kernel of scripts 2 and 3 (11 for SD; 5 for the 24x24 test bed)")
     parser.add_argument("--originals", default=None,
                         help="training images, one per prompt row (0000.png or 0000_anything.jpg); without: no *_Orig")
     parser.add_argument("--references", default=None,
                         help="folder of images every generation is compared with for the nearest-copy columns "
                              "(e.g. all memorized training images); default: --originals")
-    parser.add_argument("--copy_threshold", type=float, default=SSCD_COPY_THRESHOLD,
+    parser.add_argument("--copy_threshold", type=float, default=defaults.SSCD_COPY_THRESHOLD,
                         help="similarity above which an image copies a reference (SSCD's usual 0.5)")
     parser.add_argument("--quality_prompts", default=None,
                         help="held-out prompt file: each setting that changes any prompt is generated on it too, "
@@ -71,21 +46,21 @@ def add_args(parser) -> None:
     parser.add_argument("--unmemorized_prompts", default=None,
                         help="non-memorized prompt file: with it, both detectors' AUROC / TPR@1%%FPR are reported")
     parser.add_argument("--settings", default=None,
-                        help=f"comma-separated subset of the rows ({'; '.join(s.name for s in table1.SETTINGS)}); "
+                        help=f"comma-separated subset of the rows ({'; '.join(s.name for s in SETTINGS)}); "
                              "default: all")
     gen = parser.add_argument_group("generation (script 4's defaults, SPEC §5)")
-    gen.add_argument("--steps", type=int, default=GENERATION_STEPS, help="DDIM steps")
-    gen.add_argument("-n", "--num_samples", type=int, default=NUM_SAMPLES, help="images per prompt")
-    gen.add_argument("-g", "--guidance_scale", type=float, default=GUIDANCE_SCALE, help="classifier-free guidance")
-    gen.add_argument("-s", "--seed", type=int, default=GENERATION_SEED, help="seed of each prompt's latents")
-    gen.add_argument("-b", "--batch_size", type=int, default=NUM_SAMPLES, help="images per pipeline call")
+    gen.add_argument("--steps", type=int, default=defaults.GENERATION_STEPS, help="DDIM steps")
+    gen.add_argument("-n", "--num_samples", type=int, default=defaults.NUM_SAMPLES, help="images per prompt")
+    gen.add_argument("-g", "--guidance_scale", type=float, default=defaults.GUIDANCE_SCALE, help="classifier-free guidance")
+    gen.add_argument("-s", "--seed", type=int, default=defaults.GENERATION_SEED, help="seed of each prompt's latents")
+    gen.add_argument("-b", "--batch_size", type=int, default=defaults.NUM_SAMPLES, help="images per pipeline call")
     gen.add_argument("--wen_target_loss", type=float, default=None,
                      help="Wen's target loss (default: script 4's, the authors' 3 for 4 SD latents)")
     pruning = parser.add_argument_group("Wanda rows (script 7; defaults: ruchikachavhan/concept-prune)")
-    pruning.add_argument("--wanda_sparsity", type=float, default=wanda.SPARSITY,
+    pruning.add_argument("--wanda_sparsity", type=float, default=defaults.WANDA_SPARSITY,
                          help="share of each ff.net.2 weight row pruned at most per call (skill_ratio)")
-    pruning.add_argument("--wanda_subset_size", type=int, default=wanda.SUBSET_SIZE, help="|P|, prompts pruned on")
-    pruning.add_argument("--wanda_subset_seed", type=int, default=wanda.SUBSET_SEED, help="seed of the draw of P")
+    pruning.add_argument("--wanda_subset_size", type=int, default=defaults.WANDA_SUBSET_SIZE, help="|P|, prompts pruned on")
+    pruning.add_argument("--wanda_subset_seed", type=int, default=defaults.WANDA_SUBSET_SEED, help="seed of the draw of P")
     attack = parser.add_argument_group("--dori: the attack on every mitigation and adversarial fine-tuning "
                                        "(scripts 8 and 9; defaults: the Dori paper)")
     attack.add_argument("--dori", action="store_true",
@@ -97,218 +72,28 @@ def add_args(parser) -> None:
                         help="memorized prompts attacked and erased (the paper reports VM)")
     attack.add_argument("--attack_similarity", choices=("sscd", "pixel_ssim"), default="sscd",
                         help="replication measure of script 8 (SSCD > 0.7: the paper's)")
-    attack.add_argument("--attack_steps", type=int, default=dori.ATTACK_STEPS, help="steps of every attack")
-    attack.add_argument("--finetune_epochs", type=int, default=dori.FINETUNE_EPOCHS, help="script 9's epochs")
-    attack.add_argument("--finetune_learning_rate", type=float, default=dori.FINETUNE_LEARNING_RATE,
+    attack.add_argument("--attack_steps", type=int, default=defaults.ATTACK_STEPS, help="steps of every attack")
+    attack.add_argument("--finetune_epochs", type=int, default=defaults.FINETUNE_EPOCHS, help="script 9's epochs")
+    attack.add_argument("--finetune_learning_rate", type=float, default=defaults.FINETUNE_LEARNING_RATE,
                         help="script 9's U-Net learning rate")
     metric = parser.add_argument_group("columns (SPEC §6)")
     metric.add_argument("--embedder", choices=("sscd", "pixel"), default="sscd",
                         help="SSCD (the paper's) or the weight-free pixel stand-in for *_Orig, *_Gen, D_*")
-    metric.add_argument("--sscd-model", default=SSCD_MODEL, help="sscd_disc_mixup TorchScript file")
-    metric.add_argument("--clip-model", default=CLIP_MODEL, help="CLIP ViT-B/32 for A_CLIP; 'none' to leave it out")
+    metric.add_argument("--sscd-model", default=defaults.SSCD_MODEL, help="sscd_disc_mixup TorchScript file")
+    metric.add_argument("--clip-model", default=defaults.CLIP_MODEL, help="CLIP ViT-B/32 for A_CLIP; 'none' to leave it out")
     cli.add_model_args(parser)
     parser.add_argument("--limit", type=int, default=None, help="only the first N memorized prompts")
     parser.add_argument("--log_level", default="WARNING", help="logging level")
-
-
-def chosen_settings(names: str | None, with_dori: bool) -> list[table1.Setting]:
-    if names is None:
-        return [s for s in table1.SETTINGS if with_dori or s.model != table1.FINETUNED]
-    wanted = [n.strip() for n in names.split(",")]
-    known = {s.name: s for s in table1.SETTINGS}
-    unknown = [n for n in wanted if n not in known]
-    if unknown:
-        raise ValueError(f"--settings: unknown row {unknown[0]!r}; rows are {list(known)}")
-    if table1.PLAIN not in wanted:
-        wanted.insert(0, table1.PLAIN)  # SSCD_Gen compares with it
-    return [known[n] for n in wanted]
-
-
-def pruned_model(args) -> tuple[str, dict]:
-    """Script 7's Wanda-pruned model of the prompt file (made once; made again when its
-    settings change); returns its folder and summary."""
-    folder = os.path.join(args.output, "wanda_model")
-    flags = ["-v", args.version, "-d", args.dataset, "-o", folder, "--sparsity", str(args.wanda_sparsity),
-             "--subset_size", str(args.wanda_subset_size), "--subset_seed", str(args.wanda_subset_seed)]
-    summary_path = os.path.join(folder, "wanda.json")
-    if os.path.exists(summary_path):
-        summary = read_json(summary_path, "Wanda summary")
-        made_with = summary["settings"]
-        if (made_with["version"], made_with["dataset"], made_with["sparsity"], made_with["subset_size"],
-                made_with["subset_seed"]) == (args.version, args.dataset, args.wanda_sparsity, args.wanda_subset_size,
-                                              args.wanda_subset_seed):
-            return folder, summary
-    return folder, script(7).main([*flags, *(["--device", args.device] if args.device else [])])
-
-
-def finetuned_model(args, results: str) -> tuple[str, dict]:
-    """Script 9's adversarially fine-tuned model (made once; again when its settings change)."""
-    folder = os.path.join(args.output, "finetuned_model")
-    summary_path = os.path.join(folder, "finetune.json")
-    wanted = dict(version=args.version, dataset=args.dataset, epochs=args.finetune_epochs,
-                  learning_rate=args.finetune_learning_rate, attack_steps=args.attack_steps,
-                  memorization_type=None if args.dori_type == "all" else args.dori_type)
-    if os.path.exists(summary_path):
-        summary = read_json(summary_path, "fine-tuning summary")
-        if all(summary["settings"].get(k) == v for k, v in wanted.items()):
-            return folder, summary
-    flags = ["-v", args.version, "-d", args.dataset, "--originals", args.originals, "-f", results,
-             "--utility_data", args.utility_data, "-o", folder, "--epochs", str(args.finetune_epochs),
-             "--learning_rate", str(args.finetune_learning_rate), "--attack_steps", str(args.attack_steps)]
-    flags += ["--memorization_type", args.dori_type] if args.dori_type != "all" else []
-    return folder, script(9).main([*flags, *(["--device", args.device] if args.device else [])])
-
-
-def run_attacks(args, results: str, models: dict[str, str]) -> dict:
-    """Script 8 against every mitigation: its success rate per memorization type."""
-    targets = {"none": (models[""], []), "NeMo": (models[""], ["--neurons_from", results])}
-    if table1.WANDA in models:
-        targets["Wanda"] = (models[table1.WANDA], [])
-    if table1.FINETUNED in models:
-        targets["adversarial fine-tuning"] = (models[table1.FINETUNED], [])
-    summaries = {}
-    for name, (model, extra) in targets.items():
-        flags = ["-v", model, "-d", args.dataset, "--originals", args.originals, "--resume",
-                 "-o", os.path.join(args.output, "attack", table1.folder_name(name)), "--similarity",
-                 args.attack_similarity, "--attack_steps", str(args.attack_steps), "-n", str(args.num_samples),
-                 "--steps", str(args.steps), "-g", str(args.guidance_scale), "-s", str(args.seed), *extra]
-        flags += ["--memorization_type", args.dori_type] if args.dori_type != "all" else []
-        flags += ["--sscd-model", args.sscd_model] if args.attack_similarity == "sscd" else []
-        summaries[name] = script(8).main([*flags, *(["--device", args.device] if args.device else [])])
-    return summaries
-
-
-def run_settings(args, results: str, settings: list[table1.Setting], neurons: dict[int, list],
-                 models: dict[str, str]) -> tuple[dict, dict]:
-    """Script 4 for every setting (and its quality run); returns the image folders by setting.
-    models: "" -> the given model, and the models scripts 7 and 9 made."""
-    device = ["--device", args.device] if args.device else []
-    generation = ["--steps", str(args.steps), "-n", str(args.num_samples), "-g", str(args.guidance_scale),
-                  "-s", str(args.seed), "-b", str(args.batch_size), *device]
-    if args.wen_target_loss is not None:
-        generation += ["--wen_target_loss", str(args.wen_target_loss)]
-    limit = ["--limit", str(args.limit)] if args.limit else []
-    all_refined = str(len(selection.neuron_frequencies(list(neurons.values()))))
-    folders, quality = {}, {}
-    for setting in settings:
-        model = ["-v", models[setting.model]]
-        folders[setting.name] = os.path.join(args.output, "images", table1.folder_name(setting.name))
-        script(4).main(["-f", results, "-d", args.dataset, "-o", folders[setting.name], *model, *generation, *limit,
-                        *setting.flags])
-        if args.quality_prompts and setting.on_held_out:
-            flags = [all_refined if f == table1.ALL_REFINED else f for f in setting.quality_flags]
-            quality[setting.name] = os.path.join(args.output, "quality", table1.folder_name(setting.name))
-            script(4).main(["-f", results, "--prompts", args.quality_prompts, "-o", quality[setting.name], *model,
-                            *generation, *flags])
-    return folders, quality
-
-
-def run_detection(args) -> dict:
-    """Both detectors on the memorized and the non-memorized prompts (script 2, resumed)."""
-    from metrics import detection
-
-    model = ["-v", args.version, "--ssim_kernel_size", str(args.ssim_kernel_size)]
-    model += ["--device", args.device] if args.device else []
-    figures = {}
-    for name, (stem, flags) in DETECTORS.items():
-        files = {}
-        for label, prompts in (("memorized", args.dataset), ("unmemorized", args.unmemorized_prompts)):
-            files[label] = os.path.join(args.output, "detection", f"{stem}_{label}.csv")
-            script(2).main(["--prompts", prompts, "--output", files[label], "--resume", *flags, *model])
-        figures[name] = detection.main(["-m", files["memorized"], "-u", files["unmemorized"], "-p", args.dataset,
-                                        "-o", os.path.join(args.output, "detection", f"{stem}.json")])["summary"]
-    return figures
-
-
-def reproduce(args, measures: table1.Measures, title: str) -> dict:
-    """Every step of the table; ``measures`` decide its columns."""
-    settings = chosen_settings(args.settings, args.dori)
-    if args.dori and not (args.originals and args.utility_data):
-        raise ValueError("--dori needs --originals (the images to attack and erase) and --utility_data")
-    for path in (args.dataset, args.quality_prompts, args.unmemorized_prompts):
-        if path:
-            read_prompts(path)  # every input is checked before hours of work, not after
-    if args.utility_data:
-        read_csv(args.utility_data, ("Caption", "Image"), "utility data file")
-    os.makedirs(args.output, exist_ok=True)
-    results = cli.versioned_path(os.path.join(args.output, "memorization_statistics.csv"), args.version)
-    script(3).main(["-v", args.version, "-d", args.dataset, "-o", os.path.join(args.output, "memorization_statistics.csv"),
-                    "--statistics", args.statistics, "--resume", "--memorization_threshold",
-                    str(args.memorization_threshold), "--ssim_kernel_size", str(args.ssim_kernel_size),
-                    *(["--limit", str(args.limit)] if args.limit else []),
-                    *(["--device", args.device] if args.device else [])])
-    frame = read_results(results, None)
-    refined = dict(enumerate(frame["Refined Neurons"]))
-    models, pruning, finetuning = {"": args.version}, None, None
-    if any(s.model == table1.WANDA for s in settings):
-        models[table1.WANDA], pruning = pruned_model(args)
-    if args.dori:
-        models[table1.FINETUNED], finetuning = finetuned_model(args, results)
-    folders, quality = run_settings(args, results, settings, refined, models)
-
-    prompts = read_prompts(args.dataset)
-    types = dict(enumerate(prompts["type"])) if "type" in prompts else {}
-    captions = dict(enumerate(prompts["Caption"]))
-    quality_captions = dict(enumerate(read_prompts(args.quality_prompts)["Caption"])) if args.quality_prompts else {}
-    originals = original_images(args.originals) if args.originals else {}
-    report = table1.build_table(folders, quality, originals, captions, quality_captions, types,
-                                {i: count_neurons(cell) for i, cell in refined.items()}, measures,
-                                set(pruning["rows"]) if pruning else set())
-    report["localization"] = {key: float(frame[column].median()) if column in frame else None
-                              for key, column in (("seconds", "Seconds"), ("forwards", "UNet Sample Forwards"))}
-    report["wanda"], report["finetuning"] = pruning, finetuning
-    text = table1.markdown(report, title) + "\n" + table1.cost_markdown(report["rows"], report["localization"], pruning,
-                                                                 finetuning)
-    if all(name in report["rows"] for name in (locality.NEMO, locality.PRUNED, locality.BOTH)):
-        agreement = locality.agreement_from(report, types, set(pruning["rows"]))
-        agreement["figure"] = locality.agreement_figure(agreement, os.path.join(args.output, "nemo_wanda_agreement.png"))
-        report["nemo_wanda_agreement"] = agreement
-        text += "\n" + table1.agreement_markdown(agreement)
-    report["figures"] = table1.write_grids(report, folders, originals, captions, types, measures, args.output)
-    report["figures"].append(plots.neurons_per_layer(
-        plots.neuron_counts(list(refined.values()), [types.get(i, "all") for i in refined])[1],
-        os.path.join(args.output, "neurons_per_layer.png")))
-    if args.unmemorized_prompts:
-        report["detection"] = run_detection(args)
-        text += "\n" + table1.detection_markdown(report["detection"])
-        scores = {label: plots.scores_of(plots.read_scores(os.path.join(args.output, "detection", f"nemo_{label}.csv")))
-                  for label in ("memorized", "unmemorized")}
-        kinds = [types.get(i, "memorized") for i in range(len(scores["memorized"]))]
-        series = {"non-memorized": scores["unmemorized"].numpy()}
-        series.update({kind: scores["memorized"].numpy()[[k == kind for k in kinds]] for kind in sorted(set(kinds))})
-        report["figures"].append(plots.score_distributions(series, args.memorization_threshold,
-                                                           os.path.join(args.output, "memorization_scores.png")))
-    if args.dori:
-        report["attack"] = run_attacks(args, results, models)
-        text += "\n" + table1.attack_markdown(report["attack"], args.dori_type)
-    text += "\nFigures: " + ", ".join(os.path.basename(f) for f in report["figures"]) + "\n"
-    write_json(os.path.join(args.output, "table1.json"), report)
-    with open(os.path.join(args.output, "table1.md"), "w") as f:
-        f.write(text)
-    print("\n" + text)
-    return report
 
 
 def main(argv=None) -> dict:
     parser = cli.parser_for(__doc__)
     add_args(parser)
     args = cli.parse(parser, argv)
-    device = resolve_device(args.device)
-    embedder = image_embedder(args.embedder, device, args.sscd_model, args.clip_model)
-    measures = table1.embedder_measures(embedder, None if args.clip_model == "none" else CLIPEmbedder(args.clip_model, device))
-    folder = args.references or args.originals
-    if folder:
-        paths = [os.path.join(folder, name) for name in sorted(os.listdir(folder))
-                 if name.lower().endswith((".png", ".jpg", ".jpeg", ".webp"))] if os.path.isdir(folder) else []
-        if not paths:
-            raise ValueError(f"reference folder {folder} has no images (.png, .jpg, .jpeg, .webp)")
-        measures.references = embedded_references(embedder, paths, [os.path.basename(p) for p in paths],
-                                                  args.copy_threshold)
-        originals = original_images(args.originals) if args.originals else {}
-        measures.own_reference = {prompt: os.path.basename(path) for prompt, path in originals.items()}
-        measures.notes.append(f"Nearest and Copy_* compare each image with the {len(paths)} images of {folder}, "
-                              f"a copy above {args.copy_threshold}")
-    return reproduce(args, measures, f"Table 1 ({args.version})")
+
+    from metrics import reproduce
+
+    return reproduce.reproduce(args, reproduce.paper_measures(args), f"Table 1 ({args.version})")
 
 
 if __name__ == "__main__":

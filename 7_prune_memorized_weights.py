@@ -13,12 +13,7 @@ import logging
 import os
 import time
 
-import torch
-
-from metrics.cli import write_json
-from utils import cli, wanda
-from utils.files import read_prompts
-from utils.models import load_pipeline, resolve_device
+from utils import cli, defaults
 
 logger = logging.getLogger("7_prune_memorized_weights")
 MASKS_NAME = "wanda_masks.pt"
@@ -32,20 +27,27 @@ def main(argv=None) -> dict:
     parser.add_argument("-d", "--dataset", default="prompts/memorized_laion_prompts.csv",
                         help="memorized prompt file (';' CSV, column Caption)")
     parser.add_argument("-o", "--output", required=True, help="folder of the pruned model")
-    parser.add_argument("--subset_size", type=int, default=wanda.SUBSET_SIZE,
+    parser.add_argument("--subset_size", type=cli.positive_int, default=defaults.WANDA_SUBSET_SIZE,
                         help="|P|, prompts the masks are computed from (datasets/memorize_*.txt hold 10)")
-    parser.add_argument("--subset_seed", type=int, default=wanda.SUBSET_SEED, help="seed of the draw of P")
-    parser.add_argument("--sparsity", type=float, default=wanda.SPARSITY,
+    parser.add_argument("--subset_seed", type=int, default=defaults.WANDA_SUBSET_SEED, help="seed of the draw of P")
+    parser.add_argument("--sparsity", type=cli.fraction, default=defaults.WANDA_SPARSITY,
                         help="share of each weight row in the top by score (skill_ratio)")
-    parser.add_argument("--calls", type=int, default=wanda.PRUNED_CALLS,
+    parser.add_argument("--calls", type=cli.positive_int, default=defaults.WANDA_PRUNED_CALLS,
                         help="masks of the first N U-Net calls are united (save_union_over_time.py --timesteps)")
-    parser.add_argument("--seed", type=int, default=wanda.COLLECTION_SEED, help="seed of every prompt's latents")
-    parser.add_argument("--steps", type=int, default=wanda.COLLECTION_STEPS, help="PNDM schedule length")
-    parser.add_argument("--guidance_scale", type=float, default=wanda.COLLECTION_GUIDANCE,
+    parser.add_argument("--seed", type=int, default=defaults.WANDA_COLLECTION_SEED, help="seed of every prompt's latents")
+    parser.add_argument("--steps", type=cli.positive_int, default=defaults.WANDA_COLLECTION_STEPS, help="PNDM schedule length")
+    parser.add_argument("--guidance_scale", type=cli.non_negative_float, default=defaults.WANDA_COLLECTION_GUIDANCE,
                         help="classifier-free guidance of the collection runs (both halves are collected)")
     cli.add_model_args(parser)
     parser.add_argument("--log_level", default="INFO", help="logging level")
     args = cli.parse(parser, argv)
+
+    import torch
+
+    from metrics.cli import write_json
+    from utils import wanda
+    from utils.files import read_prompts
+    from utils.models import load_pipeline, resolve_device
 
     prompts = read_prompts(args.dataset)
     rows = wanda.choose_subset(len(prompts), args.subset_size, args.subset_seed)

@@ -13,21 +13,7 @@ memorization type is printed and written to attack_summary.json.
 import logging
 import os
 
-import torch
-from tqdm import tqdm
-
-from metrics.cli import write_json
-from metrics.core import OVERALL
-from metrics.copies import add_replication_args, replication_threshold, similarity_to_original
-from metrics.images import load_images, original_images
-from utils import cli, dori
-from utils.distributed import Shard
-from utils.files import RowWriter, merge_rows, read_csv, read_prompts, read_results, rows_of_type
-from utils.generation import (GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES, PromptCondition,
-                              generate_prompt_images, generation_latents, image_path)
-from utils.layers import layer_widths, value_layers
-from utils.mitigation import with_neurons
-from utils.models import load_pipeline, resolve_device
+from utils import cli, defaults
 
 logger = logging.getLogger("8_attack_mitigation")
 COLUMNS = ["Caption", "type", "Similarity Before", "Similarity After", "Replicated Before", "Replicated After",
@@ -37,6 +23,8 @@ SUMMARY_NAME = "attack_summary.json"
 
 def summarize_attack(frame) -> dict:
     """Success rate (share of prompts replicated) before and after the attack, per type."""
+    from metrics.core import OVERALL
+
     groups = {OVERALL: frame}
     if "type" in frame:
         groups.update({kind: frame[frame["type"] == kind] for kind in sorted(set(frame["type"])) if kind})
@@ -60,21 +48,35 @@ def main(argv=None) -> dict:
     parser.add_argument("-o", "--output", default="results/attack", help="folder of attack.csv, embeddings and images")
     parser.add_argument("--memorization_type", choices=("VM", "TM"), default=None, help="only prompts of this type")
     attack = parser.add_argument_group("attack (Dori paper)")
-    attack.add_argument("--attack_steps", type=int, default=dori.ATTACK_STEPS, help="Adam steps")
-    attack.add_argument("--attack_learning_rate", type=float, default=dori.ATTACK_LEARNING_RATE, help="Adam learning rate")
-    attack.add_argument("--attack_batch", type=int, default=dori.ATTACK_BATCH, help="noise samples per step")
-    attack.add_argument("--attack_seed", type=int, default=dori.ATTACK_SEED,
+    attack.add_argument("--attack_steps", type=cli.positive_int, default=defaults.ATTACK_STEPS, help="Adam steps")
+    attack.add_argument("--attack_learning_rate", type=cli.positive_float, default=defaults.ATTACK_LEARNING_RATE, help="Adam learning rate")
+    attack.add_argument("--attack_batch", type=cli.positive_int, default=defaults.ATTACK_BATCH, help="noise samples per step")
+    attack.add_argument("--attack_seed", type=int, default=defaults.ATTACK_SEED,
                         help="seed of the attack's noise and timesteps (our choice)")
     generation = parser.add_argument_group("generation from the adversarial embedding (script 4's defaults)")
-    generation.add_argument("-n", "--num_samples", type=int, default=NUM_SAMPLES, help="images per prompt")
-    generation.add_argument("--steps", type=int, default=GENERATION_STEPS, help="DDIM steps")
-    generation.add_argument("-g", "--guidance_scale", type=float, default=GUIDANCE_SCALE, help="guidance")
-    generation.add_argument("-s", "--seed", type=int, default=GENERATION_SEED, help="seed of each prompt's latents")
-    add_replication_args(parser)
+    generation.add_argument("-n", "--num_samples", type=cli.positive_int, default=defaults.NUM_SAMPLES, help="images per prompt")
+    generation.add_argument("--steps", type=cli.positive_int, default=defaults.GENERATION_STEPS, help="DDIM steps")
+    generation.add_argument("-g", "--guidance_scale", type=cli.non_negative_float, default=defaults.GUIDANCE_SCALE, help="guidance")
+    generation.add_argument("-s", "--seed", type=int, default=defaults.GENERATION_SEED, help="seed of each prompt's latents")
+    cli.add_replication_args(parser)
     cli.add_model_args(parser)
     cli.add_run_args(parser)
     args = cli.parse(parser, argv)
-    threshold = replication_threshold(args)
+    threshold = cli.replication_threshold(args)
+
+    import torch
+    from tqdm import tqdm
+
+    from metrics.cli import write_json
+    from metrics.copies import similarity_to_original
+    from metrics.images import load_images, original_images
+    from utils import dori
+    from utils.distributed import Shard
+    from utils.files import RowWriter, merge_rows, read_csv, read_prompts, read_results, rows_of_type
+    from utils.generation import PromptCondition, generate_prompt_images, generation_latents, image_path
+    from utils.layers import layer_widths, value_layers
+    from utils.mitigation import with_neurons
+    from utils.models import load_pipeline, resolve_device
 
     frame = read_prompts(args.dataset)
     originals = original_images(args.originals)

@@ -9,49 +9,15 @@ model's utility. Writes a diffusers folder that every script loads with -v FOLDE
 finetune.json (settings, losses per update, time) beside it.
 """
 
-import functools
 import logging
 import os
 import random
 import time
 
-import torch
-
-from metrics.cli import write_json
-from metrics.images import load_images, original_images
-from utils import cli, dori
-from utils.files import read_csv, read_prompts, read_results, rows_of_type
-from utils.generation import generate_prompt_images, generation_latents
-from utils.layers import layer_widths, value_layers
-from utils.mitigation import with_neurons
-from utils.models import load_pipeline, resolve_device
-from utils.statistics import encode_prompts
+from utils import cli, defaults
 
 logger = logging.getLogger("9_adversarial_finetuning")
 SUMMARY_NAME = "finetune.json"
-
-
-def utility_sampler(pipe, path: str, batch: int):
-    """generator -> (latents [b, 4, h, w], embeddings [b, 77, dim]) of random pairs of the
-    ``Caption;Image`` file at ``path`` (image paths relative to the file)."""
-    frame = read_csv(path, ("Caption", "Image"), "utility data file")
-    if frame.empty:
-        raise ValueError(f"utility data file {path} has no rows")
-    folder = os.path.dirname(os.path.abspath(path))
-    paths = [os.path.join(folder, p) for p in frame["Image"]]
-
-    @functools.cache
-    @torch.no_grad()  # inputs of the loss, not trained: no text-encoder graph to keep
-    def pair(i: int) -> tuple[torch.Tensor, torch.Tensor]:  # read and encoded once: [1, 4, h, w], [1, 77, dim]
-        return (dori.image_latents(pipe, load_images([paths[i]])),
-                encode_prompts(pipe.tokenizer, pipe.text_encoder, [frame["Caption"][i]]))
-
-    def sample(generator: torch.Generator):
-        picks = torch.randint(0, len(frame), (batch,), generator=generator).tolist()
-        latents, embeddings = zip(*(pair(i) for i in picks))
-        return torch.cat(latents), torch.cat(embeddings)
-
-    return sample
 
 
 def main(argv=None) -> dict:
@@ -67,18 +33,29 @@ def main(argv=None) -> dict:
                         help="';' CSV with columns Caption and Image (paths relative to it): pairs of the utility loss")
     parser.add_argument("-o", "--output", required=True, help="folder of the fine-tuned model")
     parser.add_argument("--memorization_type", choices=("VM", "TM"), default=None, help="only prompts of this type")
-    parser.add_argument("--epochs", type=int, default=dori.FINETUNE_EPOCHS, help="passes over the memorized images")
-    parser.add_argument("--learning_rate", type=float, default=dori.FINETUNE_LEARNING_RATE,
+    parser.add_argument("--epochs", type=cli.positive_int, default=defaults.FINETUNE_EPOCHS, help="passes over the memorized images")
+    parser.add_argument("--learning_rate", type=cli.positive_float, default=defaults.FINETUNE_LEARNING_RATE,
                         help="AdamW learning rate of the U-Net (our choice)")
-    parser.add_argument("--utility_batch", type=int, default=dori.UTILITY_BATCH, help="pairs of the utility loss a step")
-    parser.add_argument("--attack_steps", type=int, default=dori.ATTACK_STEPS, help="attack steps before each update")
-    parser.add_argument("--attack_learning_rate", type=float, default=dori.ATTACK_LEARNING_RATE, help="attack's Adam")
-    parser.add_argument("--attack_batch", type=int, default=dori.ATTACK_BATCH, help="noise samples per attack step")
-    parser.add_argument("--seed", type=int, default=dori.ATTACK_SEED, help="seed of the noise, timesteps and pairs")
+    parser.add_argument("--utility_batch", type=cli.positive_int, default=defaults.UTILITY_BATCH, help="pairs of the utility loss a step")
+    parser.add_argument("--attack_steps", type=cli.positive_int, default=defaults.ATTACK_STEPS, help="attack steps before each update")
+    parser.add_argument("--attack_learning_rate", type=cli.positive_float, default=defaults.ATTACK_LEARNING_RATE, help="attack's Adam")
+    parser.add_argument("--attack_batch", type=cli.positive_int, default=defaults.ATTACK_BATCH, help="noise samples per attack step")
+    parser.add_argument("--seed", type=int, default=defaults.ATTACK_SEED, help="seed of the noise, timesteps and pairs")
     cli.add_model_args(parser)
-    parser.add_argument("--limit", type=int, default=None, help="only the first N memorized prompts")
+    parser.add_argument("--limit", type=cli.positive_int, default=None, help="only the first N memorized prompts")
     parser.add_argument("--log_level", default="INFO", help="logging level")
     args = cli.parse(parser, argv)
+
+    import torch
+
+    from metrics.cli import write_json
+    from metrics.images import load_images, original_images
+    from utils import dori
+    from utils.files import read_prompts, read_results, rows_of_type
+    from utils.generation import generate_prompt_images, generation_latents
+    from utils.layers import layer_widths, value_layers
+    from utils.mitigation import with_neurons
+    from utils.models import load_pipeline, resolve_device
 
     frame = read_prompts(args.dataset)
     originals = original_images(args.originals)
@@ -88,7 +65,7 @@ def main(argv=None) -> dict:
     # fp32 on every device: the weights are trained and saved at full precision
     pipe = load_pipeline(args.version, resolve_device(args.device), torch.float32)
     neurons = dict(enumerate(read_results(args.result_file, layer_widths(value_layers(pipe.unet)))["Refined Neurons"]))
-    utility = utility_sampler(pipe, args.utility_data, args.utility_batch)
+    utility = dori.utility_sampler(pipe, args.utility_data, args.utility_batch)
     prepare = with_neurons(pipe, neurons)
     first_latent = generation_latents(pipe.unet)[:1]  # script 4's first seed
     targets = []

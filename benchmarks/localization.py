@@ -30,11 +30,12 @@ import testbed
 from utils import cli
 from utils.files import read_prompts, read_threshold
 from utils.layers import count_neurons, value_layers
-from utils.localization import BlockedScorer, LocalizationSettings, localize_prompt
+from utils.nemo.localization import BlockedScorer, LocalizationSettings, localize_prompt
 from utils.models import load_pipeline, resolve_device
-from utils.noise import NoiseDifference, UNetCounter, initial_latents, latent_shape, prompt_noise_difference
-from utils.score import blocked_scores
-from utils.statistics import compute_statistics, prompt_activations
+from utils.diffusion import initial_latents, latent_shape
+from utils.nemo.noise import NoiseDifference, UNetCounter, prompt_noise_difference
+from utils.nemo.score import blocked_scores
+from utils.nemo.statistics import compute_statistics, prompt_activations
 
 BATCH_SIZES = (0, 4, 8, 16)
 # Paper §4.3 / SPEC §4: median neurons after the initial selection (VM, TM).

@@ -16,7 +16,8 @@ import torch
 from tqdm import tqdm
 
 from metrics.core import summarize
-from metrics.embedders import CLIP_MODEL, EMBEDDERS, SSCD_MODEL, image_embedder
+from metrics.embedders import EMBEDDERS, image_embedder
+from utils.defaults import CLIP_MODEL, SSCD_MODEL
 from utils.files import read_prompts
 from utils.models import resolve_device
 

@@ -16,14 +16,11 @@ import torch
 from PIL import Image
 
 from metrics.core import cosine_matrix
-from metrics.embedders import SSCD_MODEL, SSCDEmbedder
+from metrics.embedders import SSCDEmbedder
 from metrics.images import load_images
 from metrics.pixel_ssim import ssim_to_original
-from utils import dori
+from utils.defaults import SSCD_COPY_THRESHOLD
 
-# An image copies a reference when their similarity exceeds this: SSCD's usual copy threshold
-# (Somepalli et al. 2023 count SSCD > 0.5 as a copy; NeMo's App. C.1 uses 0.7 for VM).
-SSCD_COPY_THRESHOLD = 0.5
 
 
 @dataclass
@@ -80,21 +77,3 @@ def similarity_to_original(kind: str, device=None, sscd_model: str | None = None
         raise ValueError(f"unknown similarity {kind!r}; expected 'sscd' or 'pixel_ssim'")
     sscd = SSCDEmbedder(sscd_model, device)
     return lambda original, images: cosine_matrix(sscd([original]), sscd(images))[0].float()
-
-
-def add_replication_args(parser) -> None:
-    """The replication measure of the Dori attack (script 8, metrics.locality triggers)."""
-    group = parser.add_argument_group("replication")
-    group.add_argument("--similarity", choices=("sscd", "pixel_ssim"), default="sscd",
-                       help="sscd: the paper's; pixel_ssim: the weight-free stand-in of the test bed")
-    group.add_argument("--sscd-model", default=SSCD_MODEL, help="sscd_disc_mixup TorchScript file")
-    group.add_argument("--replication_threshold", type=float, default=None,
-                       help=f"similarity above which an image replicates (default: {dori.SSCD_REPLICATION_THRESHOLD} "
-                            f"for SSCD, the Dori paper's; {dori.PIXEL_REPLICATION_THRESHOLD} for pixel SSIM, ours)")
-
-
-def replication_threshold(args) -> float:
-    """--replication_threshold, else the default of the chosen --similarity."""
-    if args.replication_threshold is not None:
-        return args.replication_threshold
-    return dori.SSCD_REPLICATION_THRESHOLD if args.similarity == "sscd" else dori.PIXEL_REPLICATION_THRESHOLD

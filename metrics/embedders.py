@@ -15,16 +15,15 @@ from torchvision import transforms
 from torchvision.transforms.functional import to_tensor
 
 from metrics.images import load_images
+from utils.defaults import CLIP_MODEL, SSCD_MODEL
 
 logger = logging.getLogger(__name__)
 
 # SSCD (SPEC §6; Pizzi et al. 2022, as used by the authors' metric scripts).
-SSCD_MODEL = "sscd_disc_mixup.torchscript.pt"
 SSCD_URL = "https://dl.fbaipublicfiles.com/sscd-copy-detection/sscd_disc_mixup.torchscript.pt"
 SSCD_SIZE = 320  # resize to 320x320, no crop (SPEC §6)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # SSCD's input normalization (SPEC §6)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MODEL = "openai/clip-vit-base-patch32"  # CLIP ViT-B/32 for A_CLIP and CLIP-FID (SPEC §6)
 PIXEL_SIZE = 32  # side of the pixel stand-in's thumbnails
 EMBEDDERS = ("sscd", "pixel", "clip")
 

@@ -32,20 +32,22 @@ import numpy as np
 import torch
 
 from metrics.cli import write_json
-from metrics.copies import add_replication_args, replication_threshold, similarity_to_original
+from metrics.copies import similarity_to_original
 from metrics.core import summarize
 from metrics.images import load_images, original_images
 from metrics.plots import new_axis, save_figure
-from metrics.table1 import IN_P, PLAIN
+from metrics.rows import IN_P, PLAIN
 from utils import cli, dori, wanda
+from utils.defaults import (ATTACK_STEPS, MEMORIZATION_THRESHOLD, SSIM_KERNEL_SIZE, WANDA_PRUNED_CALLS, WANDA_SPARSITY,
+                            WANDA_SUBSET_SEED, WANDA_SUBSET_SIZE)
+from utils.diffusion import encode_prompts, latent_shape
 from utils.files import read_json, read_prompts
 from utils.generation import PromptCondition, generate_prompt_images, generation_latents
 from utils.layers import value_layers
-from utils.localization import MEMORIZATION_THRESHOLD, LocalizationSettings, localize_prompt
 from utils.models import load_pipeline, resolve_device
-from utils.noise import embedding_noise_difference, latent_shape
-from utils.score import SSIM_KERNEL_SIZE
-from utils.statistics import encode_prompts, load_statistics, prompt_activations, text_activations
+from utils.nemo.localization import LocalizationSettings, localize_prompt
+from utils.nemo.noise import embedding_noise_difference
+from utils.nemo.statistics import load_statistics, prompt_activations, text_activations
 
 SUBSETS = 3  # disjoint subsets of the memorized prompts compared pairwise (our choice; Chavhan et al. Fig. 2)
 # A prompt enters a ratio only when the method it divides by lowered S by at least this much.
@@ -75,10 +77,10 @@ def wanda_overlap(argv) -> dict:
     parser.add_argument("-d", "--dataset", required=True, help="memorized prompt file")
     parser.add_argument("--unmemorized", default=None, help="non-memorized prompt file for the reference level")
     parser.add_argument("--subsets", type=int, default=SUBSETS, help="disjoint prompt subsets per file")
-    parser.add_argument("--subset_size", type=int, default=wanda.SUBSET_SIZE, help="prompts per subset (m)")
-    parser.add_argument("--sparsity", type=float, default=wanda.SPARSITY, help="Wanda's share of each row")
-    parser.add_argument("--calls", type=int, default=wanda.PRUNED_CALLS, help="U-Net calls united")
-    parser.add_argument("--seed", type=int, default=wanda.SUBSET_SEED, help="seed of the subsets")
+    parser.add_argument("--subset_size", type=int, default=WANDA_SUBSET_SIZE, help="prompts per subset (m)")
+    parser.add_argument("--sparsity", type=float, default=WANDA_SPARSITY, help="Wanda's share of each row")
+    parser.add_argument("--calls", type=int, default=WANDA_PRUNED_CALLS, help="U-Net calls united")
+    parser.add_argument("--seed", type=int, default=WANDA_SUBSET_SEED, help="seed of the subsets")
     parser.add_argument("-o", "--output", default="results/locality", help="folder of wanda_overlap.json/.png")
     cli.add_model_args(parser)
     parser.add_argument("--log_level", default="WARNING", help="logging level")
@@ -202,8 +204,8 @@ def triggers(argv) -> dict:
     parser.add_argument("--starts", type=int, default=TRIGGER_STARTS,
                         help=f"random starts N(0, I) (the paper: 100; {TRIGGER_STARTS} here for the CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the starts")
-    parser.add_argument("--attack_steps", type=int, default=dori.ATTACK_STEPS, help="steps of each attack")
-    add_replication_args(parser)
+    parser.add_argument("--attack_steps", type=int, default=ATTACK_STEPS, help="steps of each attack")
+    cli.add_replication_args(parser)
     parser.add_argument("--statistics", default=None, help="activation statistics: with them, NeMo's neurons per trigger")
     parser.add_argument("--memorization_threshold", type=float, default=None, help="tau_mem for NeMo (with --statistics)")
     parser.add_argument("--ssim_kernel_size", type=int, default=SSIM_KERNEL_SIZE,
@@ -212,7 +214,7 @@ def triggers(argv) -> dict:
     cli.add_model_args(parser)
     parser.add_argument("--log_level", default="WARNING", help="logging level")
     args = cli.parse(parser, argv)
-    threshold = replication_threshold(args)
+    threshold = cli.replication_threshold(args)
 
     prompts = read_prompts(args.dataset)
     originals = original_images(args.originals)

@@ -38,10 +38,12 @@ from testbed.train_testbed import SEED, Sampler, to_tensor
 from utils import cli
 from utils.files import read_prompts, read_threshold
 from utils.layers import layer_widths, value_layers
-from utils.localization import LocalizationSettings
+from utils.nemo.localization import LocalizationSettings
 from utils.models import load_pipeline, resolve_device
-from utils.noise import detection_timestep, initial_latents, latent_shape, normalize_maps, prompt_noise_difference
-from utils.score import blocked_scores, pairwise_max_scores
+from utils.defaults import NUM_INFERENCE_STEPS, TIMESTEP_INDEX
+from utils.diffusion import initial_latents, latent_shape, schedule_timestep
+from utils.nemo.noise import normalize_maps, prompt_noise_difference
+from utils.nemo.score import blocked_scores, pairwise_max_scores
 
 # Monte Carlo samples of the training mixture (and of each TM template) for the ideal denoiser;
 # 4096 keep the posterior means' effective sample size in the tens on the test bed's seeds.
@@ -53,7 +55,7 @@ IDEAL_DRAW_SEED = 7  # a stream of draws of the training data's own, apart from 
 def first_step_coefficients(pipe) -> tuple[float, float, float]:
     """(a, c, k): alpha_bar at the detection timestep and the coefficients of an exact denoiser's
     first-step noise difference k x_T - c x0 (c = sqrt(a / (1 - a)), k = 1 / sqrt(1 - a) - 1)."""
-    a = pipe.scheduler.alphas_cumprod[detection_timestep(pipe.scheduler).cpu()].item()
+    a = pipe.scheduler.alphas_cumprod[schedule_timestep(pipe.scheduler, NUM_INFERENCE_STEPS, TIMESTEP_INDEX).cpu()].item()
     return a, (a / (1 - a)) ** 0.5, 1 / (1 - a) ** 0.5 - 1
 
 

@@ -26,7 +26,8 @@ import torch
 from torchvision.transforms.functional import to_tensor
 
 import testbed
-from metrics import table1
+from metrics import reproduce, table1
+from metrics.rows import PLAIN
 from metrics.copies import References
 from metrics.embedders import PixelEmbedder
 from metrics.images import load_images, original_images
@@ -34,11 +35,11 @@ from metrics.pixel_ssim import pixel_ssim_matrix, ssim_to_original
 from testbed.alignment import alignment
 from testbed.synthetic_data import write_ordinary_pairs
 from testbed.train_testbed import SEED
-from utils import cli, wanda
+from utils import cli
+from utils.defaults import GENERATION_STEPS, NUM_SAMPLES, WANDA_SUBSET_SIZE
 from utils.files import read_prompts, read_threshold, threshold_path
-from utils.generation import GENERATION_STEPS, NUM_SAMPLES
 
-reproduce = importlib.import_module("6_reproduce_table1")
+table_command = importlib.import_module("6_reproduce_table1")
 # Demo size: prompts that fit the README's ~10-minute budget on 2 CPU cores (BENCHMARKS.md);
 # the test bed has 12 memorized prompts of each type and 25 held-out ordinary prompts.
 DEMO_PROMPTS = {"VM": 4, "TM": 2}
@@ -60,7 +61,7 @@ PIXEL_COPY_THRESHOLD = 0.5
 
 def wanda_subset_size(prompts: int) -> int:
     """|P|: the authors' 10, or half the prompts of a smaller run, so some are left to test on."""
-    return min(wanda.SUBSET_SIZE, max(1, prompts // 2))
+    return min(WANDA_SUBSET_SIZE, max(1, prompts // 2))
 
 
 def memorized_references() -> References:
@@ -105,13 +106,13 @@ def subset(counts: dict[str, int], output: str) -> tuple[str, list[int]]:
 
 def checks(rows: dict) -> dict:
     """Per type, each mitigation's SSIM_Orig and D_Pix relative to all neurons active."""
-    plain = rows[table1.PLAIN]
+    plain = rows[PLAIN]
     result = {}
     for kind in ("VM", "TM"):
         if kind not in plain["SSIM_Orig"]:
             continue
         ratio = lambda name, column: rows[name][column][kind]["median"] / plain[column][kind]["median"]
-        result[kind] = {f"{name} {column} ratio": ratio(name, column) for name in rows if name != table1.PLAIN
+        result[kind] = {f"{name} {column} ratio": ratio(name, column) for name in rows if name != PLAIN
                         for column in ("SSIM_Orig", "D_Pix") if kind in rows[name][column]}
     return result
 
@@ -156,7 +157,7 @@ def main(argv=None) -> dict:
     held_out[: args.quality].to_csv(quality, sep=";")
     held_out[: args.unmemorized].to_csv(unmemorized, sep=";")
     table_parser = argparse.ArgumentParser()
-    reproduce.add_args(table_parser)
+    table_command.add_args(table_parser)
     threshold = read_threshold(threshold_path(scores))
     prompts, rows = subset({"VM": args.vm, "TM": args.tm}, out)
     table_args = table_parser.parse_args([

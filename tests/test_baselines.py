@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from utils import random_tokens, ren, wen
+from utils.baselines import random_tokens, ren, wen
 from utils.generation import generation_latents
-from utils.statistics import encode_prompts
+from utils.diffusion import encode_prompts
 
 
 def no_hooks(module):

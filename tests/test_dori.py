@@ -18,7 +18,7 @@ from utils.generation import PromptCondition, generate_prompt_images, generation
 from utils.hooks import deactivate_neurons
 from utils.layers import value_layers
 from utils.models import load_pipeline
-from utils.statistics import encode_prompts
+from utils.diffusion import encode_prompts
 
 finetune_script = importlib.import_module("9_adversarial_finetuning")
 

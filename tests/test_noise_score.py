@@ -2,15 +2,15 @@ import pytest
 import torch
 
 from utils.layers import value_layers
-from utils.noise import (UNetCounter, detection_timestep, initial_latents, normalize_maps,
-                         prompt_noise_difference)
-from utils.score import blocked_scores, check_ssim_size, memorization_score, ms_ssim, pairwise_max_scores
+from utils.diffusion import initial_latents, schedule_timestep
+from utils.nemo.noise import UNetCounter, normalize_maps, prompt_noise_difference
+from utils.nemo.score import blocked_scores, check_ssim_size, memorization_score, ms_ssim, pairwise_max_scores
 
 KERNEL = 5
 
 
 def test_sd_detection_timestep_is_961(tiny_pipe):
-    assert int(detection_timestep(tiny_pipe.scheduler, 50, 1)) == 961
+    assert int(schedule_timestep(tiny_pipe.scheduler, 50, 1)) == 961
 
 
 def test_initial_latents_are_one_seeded_cpu_draw():

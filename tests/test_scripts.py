@@ -16,6 +16,7 @@ from utils.files import read_results
 from utils.generation import RECORDS_NAME, read_records
 from utils.hooks import deactivate_neurons
 from utils.layers import value_layers
+from utils.nemo import localization
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 script = {n: importlib.import_module(name) for n, name in enumerate(
@@ -75,7 +76,7 @@ def test_script3_resume_after_a_crash_gives_the_same_file(tiny_model_dir, prompt
                                                           monkeypatch):
     full = localize(tiny_model_dir, prompt_files["memorized"], statistics, str(tmp_path / "full.csv"))
     crashed = str(tmp_path / "crashed.csv")
-    real, calls = script[3].localize_prompt, []
+    real, calls = localization.localize_prompt, []
 
     def crash_on_second(*args, **kwargs):
         calls.append(1)
@@ -83,11 +84,11 @@ def test_script3_resume_after_a_crash_gives_the_same_file(tiny_model_dir, prompt
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(script[3], "localize_prompt", crash_on_second)
+    monkeypatch.setattr(localization, "localize_prompt", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         localize(tiny_model_dir, prompt_files["memorized"], statistics, crashed)
     assert len(pd.read_csv(crashed, sep=";")) == 1
-    monkeypatch.setattr(script[3], "localize_prompt", real)
+    monkeypatch.setattr(localization, "localize_prompt", real)
     resumed = localize(tiny_model_dir, prompt_files["memorized"], statistics, crashed, "--resume")
     columns = [c for c in full.columns if c != "Seconds"]
     pd.testing.assert_frame_equal(full[columns], resumed[columns])

@@ -18,8 +18,9 @@ from utils.generation import generate_prompt_images, generation_latents, read_re
 from utils.mitigation import with_neurons
 from utils.layers import count_neurons, value_layers
 from utils.models import load_pipeline
-from utils.noise import initial_latents, latent_shape, normalize_maps, prompt_noise_difference
-from utils.score import memorization_score
+from utils.diffusion import initial_latents, latent_shape
+from utils.nemo.noise import normalize_maps, prompt_noise_difference
+from utils.nemo.score import memorization_score
 
 KERNEL = ["--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)]
 

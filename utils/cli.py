@@ -1,14 +1,17 @@
-"""Flag groups shared by the numbered scripts (names and defaults of the authors' scripts)."""
+"""Flag groups shared by the numbered scripts (names and defaults of the authors' scripts).
+
+Torch-free, like ``utils.defaults``: a script builds its parser and checks its flags before
+it imports torch, so ``--help`` and a bad flag answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 
-from utils import localization, noise, score
-from utils.layers import value_layers
-from utils.models import MODEL_VERSIONS, load_pipeline, resolve_device
-from utils.noise import latent_shape
+from utils import defaults
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -23,29 +26,66 @@ def parser_for(doc: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter, epilog=DEFAULTS_SOURCE)
 
 
-def add_model_args(parser: argparse.ArgumentParser, default_version: str = "v1-4") -> None:
+# Flag types: a count, step or size out of range is an error naming the flag, before any work.
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 1], got {value}")
+    return value
+
+
+def add_model_args(parser: argparse.ArgumentParser, default_version: str = defaults.DEFAULT_VERSION) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("-v", "--version", default=default_version,
-                       help=f"model: {', '.join(f'{k} ({v})' for k, v in MODEL_VERSIONS.items())}, "
+                       help=f"model: {', '.join(f'{k} ({v})' for k, v in defaults.MODEL_VERSIONS.items())}, "
                             "any hub id, or a local diffusers folder")
     group.add_argument("--device", default=None, help="torch device; default: cuda when available, else cpu")
 
 
-def add_detection_args(parser: argparse.ArgumentParser, seed: int = 1) -> None:
+def add_detection_args(parser: argparse.ArgumentParser, seed: int = defaults.DETECTION_SEED) -> None:
     """Noise-difference settings of SPEC §3."""
     group = parser.add_argument_group("noise differences (SPEC §3)")
     group.add_argument("-s", "--seed", type=int, default=seed, help="seed of the initial latents")
-    group.add_argument("--samples_per_prompt", type=int, default=noise.SAMPLES_PER_PROMPT,
+    group.add_argument("--samples_per_prompt", type=positive_int, default=defaults.SAMPLES_PER_PROMPT,
                        help="initial latents (seeds) per prompt")
-    group.add_argument("--num_inference_steps", type=int, default=noise.NUM_INFERENCE_STEPS,
+    group.add_argument("--num_inference_steps", type=positive_int, default=defaults.NUM_INFERENCE_STEPS,
                        help="DDIM schedule length; sets the detection timestep")
-    group.add_argument("--timestep_index", type=int, default=noise.TIMESTEP_INDEX,
+    group.add_argument("--timestep_index", type=non_negative_int, default=defaults.TIMESTEP_INDEX,
                        help="schedule index of the one noise prediction (authors: 1, i.e. t=961 for SD)")
-    group.add_argument("--guidance_scale", type=float, default=noise.DETECTION_GUIDANCE_SCALE,
+    group.add_argument("--guidance_scale", type=non_negative_float, default=defaults.DETECTION_GUIDANCE_SCALE,
                        help="classifier-free guidance of the noise prediction (0: conditional only)")
-    group.add_argument("-sf", "--scaling_factor", type=float, default=0.0,
+    group.add_argument("-sf", "--scaling_factor", type=float, default=defaults.SCALING_FACTOR,
                        help="factor applied to deactivated neurons")
-    group.add_argument("--ssim_kernel_size", type=int, default=score.SSIM_KERNEL_SIZE,
+    group.add_argument("--ssim_kernel_size", type=positive_int, default=defaults.SSIM_KERNEL_SIZE,
                        help="MS-SSIM kernel size (11 for SD's 64x64 latents; 5 for the 24x24 test bed)")
 
 
@@ -54,13 +94,13 @@ def add_run_args(parser: argparse.ArgumentParser, resumable: bool = True) -> Non
     if resumable:
         group.add_argument("--resume", "--continue_run", dest="resume", action="store_true",
                            help="keep the results of an earlier run with the same settings and continue after them")
-    group.add_argument("--limit", type=int, default=None, help="only the first N prompts (quick runs)")
+    group.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts (quick runs)")
     group.add_argument("--log_level", default="INFO", help="logging level")
 
 
 def add_localization_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("localization (SPEC §4)")
-    tau = localization.MEMORIZATION_THRESHOLD
+    tau = defaults.MEMORIZATION_THRESHOLD
     group.add_argument("--memorization_threshold", type=float, default=None,
                        help=f"set all three thresholds below at once (default: each its own, {tau})")
     group.add_argument("--pairwise_ssim_threshold", type=float, default=tau,
@@ -69,18 +109,22 @@ def add_localization_args(parser: argparse.ArgumentParser) -> None:
                        help="initial selection stops at a blocked score <= this")
     group.add_argument("--ssim_threshold_refinement", type=float, default=tau,
                        help="refinement drops neurons while the blocked score stays < this")
-    group.add_argument("--initial_theta", type=float, default=localization.INITIAL_THETA, help="first z-score cut")
-    group.add_argument("--theta_reduction_per_step", type=float, default=localization.THETA_REDUCTION_PER_STEP,
+    group.add_argument("--initial_theta", type=float, default=defaults.INITIAL_THETA, help="first z-score cut")
+    group.add_argument("--theta_reduction_per_step", type=positive_float, default=defaults.THETA_REDUCTION_PER_STEP,
                        help="theta decrease per failed step")
-    group.add_argument("--min_theta", type=float, default=localization.MIN_THETA, help="lowest theta")
+    group.add_argument("--min_theta", type=float, default=defaults.MIN_THETA, help="lowest theta")
     group.add_argument("--no_theta", action="store_true", help="select by top-k activations only")
-    group.add_argument("--initial_k", type=int, default=localization.INITIAL_K, help="first top-k per layer")
+    group.add_argument("--initial_k", type=non_negative_int, default=defaults.INITIAL_K, help="first top-k per layer")
     group.add_argument("--no_top_k", action="store_true", help="select by z-score only")
-    group.add_argument("--batch_candidates", "--batch-candidates", type=int, default=localization.BATCH_CANDIDATES,
+    group.add_argument("--batch_candidates", "--batch-candidates", type=non_negative_int,
+                       default=defaults.BATCH_CANDIDATES,
                        help="candidate sets scored per U-Net call; 0 = one at a time (same results)")
 
 
-def localization_settings(args: argparse.Namespace) -> localization.LocalizationSettings:
+def localization_settings(args: argparse.Namespace):
+    """Script 3's ``LocalizationSettings`` from its flags."""
+    from utils.nemo import localization
+
     if args.memorization_threshold is not None:
         args.pairwise_ssim_threshold = args.ssim_threshold_initial_selection = args.memorization_threshold
         args.ssim_threshold_refinement = args.memorization_threshold
@@ -91,10 +135,30 @@ def localization_settings(args: argparse.Namespace) -> localization.Localization
                                              schedule, args.batch_candidates)
 
 
+def add_replication_args(parser: argparse.ArgumentParser) -> None:
+    """The replication measure of the Dori attack (script 8, metrics.locality triggers)."""
+    group = parser.add_argument_group("replication")
+    group.add_argument("--similarity", choices=("sscd", "pixel_ssim"), default="sscd",
+                       help="sscd: the paper's; pixel_ssim: the weight-free stand-in of the test bed")
+    group.add_argument("--sscd-model", default=defaults.SSCD_MODEL, help="sscd_disc_mixup TorchScript file")
+    group.add_argument("--replication_threshold", type=float, default=None,
+                       help=f"similarity above which an image replicates (default: {defaults.SSCD_REPLICATION_THRESHOLD}"
+                            f" for SSCD, the Dori paper's; {defaults.PIXEL_REPLICATION_THRESHOLD} for pixel SSIM, ours)")
+
+
+def replication_threshold(args: argparse.Namespace) -> float:
+    """--replication_threshold, else the default of the chosen --similarity."""
+    if args.replication_threshold is not None:
+        return args.replication_threshold
+    if args.similarity == "sscd":
+        return defaults.SSCD_REPLICATION_THRESHOLD
+    return defaults.PIXEL_REPLICATION_THRESHOLD
+
+
 def versioned_path(path: str, version: str) -> str:
     """``results/x.csv`` -> ``results/x_v1_4.csv`` for a version alias (the authors' naming);
     other model sources leave the path as given."""
-    if version not in MODEL_VERSIONS:
+    if version not in defaults.MODEL_VERSIONS:
         return path
     stem, dot, extension = path.rpartition(".")
     return f"{stem}_{version.replace('-', '_')}.{extension}" if dot else f"{path}_{version.replace('-', '_')}"
@@ -120,9 +184,6 @@ def pending(shard, total: int, done: set[int], limit: int | None) -> list[int]:
 
 def run(main) -> None:
     """Run a script's ``main``; a bad input (ValueError) ends it with a one-line message."""
-    import os
-    import sys
-
     try:
         main()
     except ValueError as error:
@@ -134,12 +195,3 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "log_level", "INFO"))
     return args
-
-
-def load_detection_model(args: argparse.Namespace):
-    """(pipeline, value layers, latent shape) for scripts 2 and 3; the SSIM window is checked
-    against the latent size before any work is done."""
-    pipe = load_pipeline(args.version, resolve_device(args.device))
-    shape = latent_shape(pipe.unet)
-    score.check_ssim_size(shape[-1], args.ssim_kernel_size)
-    return pipe, value_layers(pipe.unet), shape

@@ -17,6 +17,8 @@ our own choice.
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,24 +29,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from metrics.images import load_images
+from utils.defaults import (ATTACK_BATCH, ATTACK_LEARNING_RATE, ATTACK_SEED, ATTACK_STEPS, FINETUNE_EPOCHS,
+                            FINETUNE_LEARNING_RATE)
+from utils.diffusion import encode_prompts
+from utils.files import read_csv
 from utils.models import frozen
-
-# The attack (paper, §3 / project page): Adam, learning rate 0.1, 50 steps, 8 noise samples a step.
-ATTACK_STEPS = 50
-ATTACK_LEARNING_RATE = 0.1
-ATTACK_BATCH = 8
-ATTACK_SEED = 0  # our choice: seeds the noise and timesteps the attack draws
-# Replication: SSCD above 0.7 to the training image (paper; NeMo App. C.1 for VM prompts).
-SSCD_REPLICATION_THRESHOLD = 0.7
-# The test bed's weight-free stand-in: pixel SSIM above 0.5 (our choice; its VM generations
-# score 0.57-0.69 to their training image, held-out images 0.55 between seeds).
-PIXEL_REPLICATION_THRESHOLD = 0.5
-# Adversarial fine-tuning (paper §4.4): 5 epochs over the memorized images, the adversarial
-# loss and the utility loss weighted 1:1. Learning rate and optimizer are not stated: AdamW at
-# 1e-5, a usual rate for fine-tuning SD, is our choice.
-FINETUNE_EPOCHS = 5
-FINETUNE_LEARNING_RATE = 1e-5
-UTILITY_BATCH = 4  # image-caption pairs of the utility loss per update (our choice)
 
 
 @torch.no_grad()
@@ -157,3 +147,26 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
             if progress:
                 progress(history[-1])
     return history
+
+
+def utility_sampler(pipe, path: str, batch: int):
+    """generator -> (latents [b, 4, h, w], embeddings [b, 77, dim]) of random pairs of the
+    ``Caption;Image`` file at ``path`` (image paths relative to the file)."""
+    frame = read_csv(path, ("Caption", "Image"), "utility data file")
+    if frame.empty:
+        raise ValueError(f"utility data file {path} has no rows")
+    folder = os.path.dirname(os.path.abspath(path))
+    paths = [os.path.join(folder, p) for p in frame["Image"]]
+
+    @functools.cache
+    @torch.no_grad()  # inputs of the loss, not trained: no text-encoder graph to keep
+    def pair(i: int) -> tuple[torch.Tensor, torch.Tensor]:  # read and encoded once: [1, 4, h, w], [1, 77, dim]
+        return (image_latents(pipe, load_images([paths[i]])),
+                encode_prompts(pipe.tokenizer, pipe.text_encoder, [frame["Caption"][i]]))
+
+    def sample(generator: torch.Generator):
+        picks = torch.randint(0, len(frame), (batch,), generator=generator).tolist()
+        latents, embeddings = zip(*(pair(i) for i in picks))
+        return torch.cat(latents), torch.cat(embeddings)
+
+    return sample

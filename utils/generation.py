@@ -18,17 +18,12 @@ from typing import Callable, ContextManager
 import torch
 from tqdm import tqdm
 
+from utils.defaults import GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES
+from utils.diffusion import encode_prompts, initial_latents, latent_shape
 from utils.files import drop_partial_line
-from utils.noise import initial_latents, latent_shape
-from utils.statistics import encode_prompts
 
 logger = logging.getLogger(__name__)
 
-# Authors' script 4 defaults (SPEC §5).
-GENERATION_SEED = 2
-NUM_SAMPLES = 10
-GENERATION_STEPS = 50
-GUIDANCE_SCALE = 7.0
 IMAGE_NAME = "img_{prompt:04d}_{sample:02d}.jpg"
 RECORDS_NAME = "prompt_records.jsonl"  # one line per generated prompt: what was done, its cost
 

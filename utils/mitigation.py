@@ -2,8 +2,8 @@
 
 Each function returns a ``Prepare`` (``utils.generation``): prompt index, caption and
 initial latents -> the prompt's ``PromptCondition``. The methods themselves live in their
-own modules (``utils.localization`` for NeMo's neurons, ``utils.wen``, ``utils.ren``,
-``utils.random_tokens``); this is where script 4 and the Table-1 command pick one.
+own modules (``utils.nemo`` for NeMo's neurons, ``utils.baselines.wen``, ``ren`` and
+``random_tokens``); this is where script 4 and the Table-1 command pick one.
 """
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ import functools
 import time
 from dataclasses import dataclass
 
-from utils import random_tokens, ren, wen
-from utils.generation import GENERATION_STEPS, GUIDANCE_SCALE, PromptCondition, Prepare, caption_condition
+from utils.baselines import random_tokens, ren, wen
+from utils.defaults import (GENERATION_STEPS, GUIDANCE_SCALE, RANDOM_TOKEN_SEED, REN_BOS_LOGIT_FACTOR,
+                            REN_MASK_PADDING, SCALING_FACTOR, WEN_LEARNING_RATE, WEN_MAX_ITERATIONS,
+                            WEN_OPTIMIZATION_SAMPLES, WEN_TARGET_LOSS, WEN_TARGET_STEP)
+from utils.generation import PromptCondition, Prepare, caption_condition
 from utils.hooks import deactivate_neurons
 from utils.layers import NeuronSet, count_neurons, value_layers
 
 
-def with_neurons(pipe, neuron_sets: dict[int, NeuronSet | None], factor: float = 0.0) -> Prepare:
+def with_neurons(pipe, neuron_sets: dict[int, NeuronSet | None], factor: float = SCALING_FACTOR) -> Prepare:
     """Each prompt with its neurons (``neuron_sets[prompt]``, None: none) scaled by ``factor``."""
     layers = value_layers(pipe.unet)
 
@@ -35,11 +38,11 @@ def with_neurons(pipe, neuron_sets: dict[int, NeuronSet | None], factor: float =
 
 @dataclass(frozen=True)
 class WenSettings:
-    learning_rate: float = wen.LEARNING_RATE
-    max_iterations: int = wen.MAX_ITERATIONS
-    target_loss: float = wen.TARGET_LOSS
-    timestep_index: int = wen.TARGET_STEP
-    samples: int = wen.OPTIMIZATION_SAMPLES  # the first latents of the prompt's generation
+    learning_rate: float = WEN_LEARNING_RATE
+    max_iterations: int = WEN_MAX_ITERATIONS
+    target_loss: float = WEN_TARGET_LOSS
+    timestep_index: int = WEN_TARGET_STEP
+    samples: int = WEN_OPTIMIZATION_SAMPLES  # the first latents of the prompt's generation
 
 
 def with_adjusted_embedding(pipe, settings: WenSettings = WenSettings(), steps: int = GENERATION_STEPS) -> Prepare:
@@ -62,7 +65,7 @@ def with_adjusted_embedding(pipe, settings: WenSettings = WenSettings(), steps: 
     return prepare
 
 
-def with_attention_scaling(pipe, factor: float = ren.BOS_LOGIT_FACTOR, mask_padding: bool = ren.MASK_PADDING,
+def with_attention_scaling(pipe, factor: float = REN_BOS_LOGIT_FACTOR, mask_padding: bool = REN_MASK_PADDING,
                            guidance_scale: float = GUIDANCE_SCALE) -> Prepare:
     """Ren et al.: the caption's BOS attention logit scaled, padding keys masked, at every step."""
 
@@ -77,7 +80,7 @@ def with_attention_scaling(pipe, factor: float = ren.BOS_LOGIT_FACTOR, mask_padd
     return prepare
 
 
-def with_random_tokens(pipe, count: int, seed: int = random_tokens.RANDOM_TOKEN_SEED) -> Prepare:
+def with_random_tokens(pipe, count: int, seed: int = RANDOM_TOKEN_SEED) -> Prepare:
     """Somepalli et al.: ``count`` random vocabulary tokens inserted into the caption."""
 
     def prepare(index: int, caption: str, _latents) -> PromptCondition:

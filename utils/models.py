@@ -10,13 +10,12 @@ from typing import Iterator
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+from utils.defaults import MODEL_VERSIONS
+from utils.diffusion import latent_shape
+from utils.layers import value_layers
+
 logger = logging.getLogger(__name__)
 
-# The authors' `-v/--version` values (their scripts) and the hub ids they stand for.
-MODEL_VERSIONS = {
-    "v1-4": "CompVis/stable-diffusion-v1-4",
-    "v1-5": "runwayml/stable-diffusion-v1-5",
-}
 
 
 class ModelNotFoundError(ValueError):
@@ -74,3 +73,14 @@ def frozen(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+def load_detection_model(version: str, device: torch.device, kernel_size: int):
+    """(pipeline, value layers, latent shape) for scripts 2 and 3; the SSIM window is checked
+    against the latent size before any work is done."""
+    from utils.nemo.score import check_ssim_size
+
+    pipe = load_pipeline(version, device)
+    shape = latent_shape(pipe.unet)
+    check_ssim_size(shape[-1], kernel_size)
+    return pipe, value_layers(pipe.unet), shape

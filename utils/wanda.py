@@ -22,19 +22,14 @@ import torch.nn.functional as F
 from diffusers import PNDMScheduler
 from tqdm import tqdm
 
+from utils.defaults import (WANDA_COLLECTION_GUIDANCE, WANDA_COLLECTION_SEED, WANDA_COLLECTION_STEPS,
+                            WANDA_PRUNED_CALLS, WANDA_SPARSITY, WANDA_SUBSET_SEED, WANDA_SUBSET_SIZE)
+from utils.diffusion import encode_prompts
+from utils.generation import generation_latents, stop_after
 from utils.hooks import edit_calls
 from utils.layers import modules_ending
-from utils.generation import generation_latents, stop_after
-from utils.statistics import encode_prompts
 
 FFN_OUTPUT_SUFFIX = "ff.net.2"  # wanda.py: every 'ff.net' Linear but the GEGLU 'proj' (16 in SD v1.x)
-SPARSITY = 0.01  # wanda_config.yaml skill_ratio: top 1% of each row
-PRUNED_CALLS = 10  # save_union_over_time.py --timesteps 10: union over the first 10 U-Net calls
-SUBSET_SIZE = 10  # datasets/memorize_{0..9}.txt: |P| = 10 prompts (paper §5.1, m = 10)
-SUBSET_SEED = 0  # which rows of the prompt file form P (the authors' files are fixed subsets)
-COLLECTION_SEED = 0  # wanda_config.yaml seed, set before every prompt and the empty prompt
-COLLECTION_STEPS = 50  # the pipeline's default, as the authors call it
-COLLECTION_GUIDANCE = 7.5  # the pipeline's default: both CFG halves reach the hook
 NULL_PROMPT = ""  # utils/prompts.py: the base prompt of the memorization targets
 
 
@@ -43,7 +38,7 @@ def ffn_layers(unet) -> dict[str, torch.nn.Linear]:
     return modules_ending(unet, FFN_OUTPUT_SUFFIX)
 
 
-def choose_subset(rows: int, size: int = SUBSET_SIZE, seed: int = SUBSET_SEED) -> list[int]:
+def choose_subset(rows: int, size: int = WANDA_SUBSET_SIZE, seed: int = WANDA_SUBSET_SEED) -> list[int]:
     """``size`` prompt rows of ``rows``, drawn without replacement with ``seed``, ascending."""
     if not 0 < size <= rows:
         raise ValueError(f"--subset_size {size} must be between 1 and the prompt file's {rows} rows")
@@ -76,8 +71,8 @@ class InputNorms:
 
 
 @torch.no_grad()
-def input_norms(pipe, captions: list[str], calls: int = PRUNED_CALLS, seed: int = COLLECTION_SEED,
-                steps: int = COLLECTION_STEPS, guidance_scale: float = COLLECTION_GUIDANCE) -> InputNorms:
+def input_norms(pipe, captions: list[str], calls: int = WANDA_PRUNED_CALLS, seed: int = WANDA_COLLECTION_SEED,
+                steps: int = WANDA_COLLECTION_STEPS, guidance_scale: float = WANDA_COLLECTION_GUIDANCE) -> InputNorms:
     """The FFN-output layers' input norms over ``captions`` at the first ``calls`` U-Net calls.
 
     Every prompt starts from the latents seeded with ``seed``; each input row (a latent token
@@ -118,7 +113,7 @@ def scale(norms: InputNorms, times: int) -> InputNorms:
 
 
 def memorized_weights(weight: torch.Tensor, norm: torch.Tensor, null_norm: torch.Tensor,
-                      sparsity: float = SPARSITY) -> torch.Tensor:
+                      sparsity: float = WANDA_SPARSITY) -> torch.Tensor:
     """Bool mask [d_out, d_in] of the weights [d_out, d_in] in the top ``sparsity`` of their row
     by |W_ij| * norm_j whose score also beats |W_ij| * null_norm_j (norms [d_in])."""
     k = int(sparsity * weight.shape[1])
@@ -143,7 +138,7 @@ class WandaMasks:
         return [m.float().mean().item() for m in self.union]
 
 
-def wanda_masks(unet, memorized: InputNorms, null: InputNorms, sparsity: float = SPARSITY) -> WandaMasks:
+def wanda_masks(unet, memorized: InputNorms, null: InputNorms, sparsity: float = WANDA_SPARSITY) -> WandaMasks:
     """Masks of every call of ``memorized`` and their union per layer."""
     layers = ffn_layers(unet)
     per_call = [[memorized_weights(layer.weight, norm, null_norm, sparsity)

@@ -13,8 +13,6 @@ import random
 # Ids drawn from [0, 49400): the authors' ``np.random.randint(49400)``, which for CLIP's
 # tokenizer (49,408 ids) leaves out the last ids, the start and end tokens among them.
 VOCABULARY_IDS = 49400
-TABLE1_TOKEN_COUNTS = (1, 4, 10)  # NeMo paper, Table 1
-RANDOM_TOKEN_SEED = 0  # seeds each prompt's draw with (seed, prompt index)
 
 
 def candidate_ids(tokenizer) -> list[int]:

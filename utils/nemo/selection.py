@@ -7,10 +7,6 @@ from collections import Counter
 
 from utils.layers import NeuronSet, distinct_neurons, empty_set
 
-MODES = ("none", "initial", "refined", "top_k_per_layer", "top_k", "top_k_sets", "random")
-RANDOM_SEED = 0  # for --block_random_neurons
-
-
 def neuron_frequencies(neuron_sets: list[NeuronSet]) -> Counter:
     """How many prompts deactivate each (layer, neuron)."""
     return Counter((l, n) for neurons in neuron_sets for l, layer in enumerate(distinct_neurons(neurons)) for n in layer)

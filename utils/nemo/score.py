@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
-# Authors' detection settings (SPEC §3): 11x11 window, three scales with equal weights.
-SSIM_KERNEL_SIZE = 11
-SSIM_BETAS = (0.33, 0.33, 0.33)
+from utils.defaults import SSIM_BETAS, SSIM_KERNEL_SIZE
+
 # torchmetrics' Gaussian window (sigma 1.5) is 11 wide whatever kernel_size says; it is
 # reflect-padded by 5 pixels at every scale, so the coarsest scale must be wider than 5.
 GAUSSIAN_PAD = 5

@@ -19,13 +19,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from utils.defaults import REN_BOS_LOGIT_FACTOR, REN_MASK_PADDING
 from utils.hooks import edit_calls, edit_outputs
 from utils.layers import modules_ending
 
-# renjie3/MemAttn text2img.py --c1 (default 1.0 there; 1.25 in their mitigation command).
-BOS_LOGIT_FACTOR = 1.25
-# Their mitigation command passes --cross_attn_mask: keys after the first end token are masked.
-MASK_PADDING = True
 CROSS_ATTENTION_SUFFIX = "attn2"  # diffusers' name of a transformer block's cross-attention
 
 
@@ -44,8 +41,8 @@ def prompt_length(tokenizer, caption: str) -> int:
 
 
 @contextmanager
-def scale_attention(unet: nn.Module, length: int, guided: bool, factor: float = BOS_LOGIT_FACTOR,
-                    mask_padding: bool = MASK_PADDING) -> Iterator[None]:
+def scale_attention(unet: nn.Module, length: int, guided: bool, factor: float = REN_BOS_LOGIT_FACTOR,
+                    mask_padding: bool = REN_MASK_PADDING) -> Iterator[None]:
     """Ren et al.'s attention scaling in force for every U-Net call inside the context.
 
     length: the prompt's ``prompt_length``; guided: whether each call's batch is

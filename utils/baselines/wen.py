@@ -14,24 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from utils.generation import GENERATION_STEPS, stop_after
+from utils.defaults import (GENERATION_STEPS, WEN_LEARNING_RATE, WEN_MAX_ITERATIONS, WEN_SCORE_GUIDANCE_SCALE,
+                            WEN_SCORE_STEPS, WEN_TARGET_LOSS, WEN_TARGET_STEP)
+from utils.diffusion import encode_prompts, schedule_timestep
+from utils.generation import stop_after
 from utils.hooks import edit_outputs
 from utils.models import frozen
-from utils.noise import detection_timestep
-from utils.statistics import encode_prompts
-
-# Mitigation (inference_mem.py flags; README: --optim_target_loss 3 --optim_target_steps 0).
-LEARNING_RATE = 0.05  # --optim_lr, AdamW with torch's other defaults (weight decay 0.01)
-MAX_ITERATIONS = 10  # --optim_iters: U-Net passes at most, each followed by an update unless the target is met
-TARGET_LOSS = 3.0  # --optim_target_loss: stop once the loss is at or below it
-TARGET_STEP = 0  # --optim_target_steps 0: the loss is taken at the schedule's first timestep
-OPTIMIZATION_SAMPLES = 4  # --num_images_per_prompt 4: the loss is one norm over this many latents
-# Detection score (detect_mem.py and det_mem_viz.ipynb): per-sample norm at every step of a
-# guided generation, averaged over the steps [0, 50) and the 4 generations.
-SCORE_SAMPLES = 4
-SCORE_GUIDANCE_SCALE = 7.5
-SCORE_STEPS = 50
-
 
 def _unconditional(pipe, n: int) -> torch.Tensor:
     return encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]).expand(n, -1, -1)  # [n, 77, dim]
@@ -44,9 +32,9 @@ class Adjustment:
     unet_sample_forwards: int  # latents through the U-Net (each also backpropagated, but the last)
 
 
-def adjust_embedding(pipe, embedding: torch.Tensor, latents: torch.Tensor, *, timestep_index: int = TARGET_STEP,
-                     steps: int = GENERATION_STEPS, learning_rate: float = LEARNING_RATE,
-                     max_iterations: int = MAX_ITERATIONS, target_loss: float = TARGET_LOSS) -> Adjustment:
+def adjust_embedding(pipe, embedding: torch.Tensor, latents: torch.Tensor, *, timestep_index: int = WEN_TARGET_STEP,
+                     steps: int = GENERATION_STEPS, learning_rate: float = WEN_LEARNING_RATE,
+                     max_iterations: int = WEN_MAX_ITERATIONS, target_loss: float = WEN_TARGET_LOSS) -> Adjustment:
     """Wen et al.'s mitigation: minimize || eps(x_T, t, e) - eps(x_T, t, e_empty) || over the
     prompt embedding e [1, 77, dim], one L2 norm over all latents [n, 4, h, w], at the
     ``timestep_index``-th timestep of a ``steps``-step schedule, with AdamW; stop once the loss
@@ -54,7 +42,7 @@ def adjust_embedding(pipe, embedding: torch.Tensor, latents: torch.Tensor, *, ti
     BOS position is not optimized (the authors zero its gradient). Optimized in float32
     (AdamW on float16 turns the zero BOS gradient into NaN)."""
     unet, scheduler = pipe.unet, pipe.scheduler
-    timestep = detection_timestep(scheduler, steps, timestep_index)
+    timestep = schedule_timestep(scheduler, steps, timestep_index)
     x = scheduler.scale_model_input(latents.to(unet.device, unet.dtype), timestep)
     n = len(x)
     with torch.no_grad():  # the empty prompt's prediction does not depend on e
@@ -81,8 +69,8 @@ def adjust_embedding(pipe, embedding: torch.Tensor, latents: torch.Tensor, *, ti
 
 @torch.no_grad()
 def noise_magnitude_scores(pipe, embedding: torch.Tensor, latents: torch.Tensor, *, steps: int = GENERATION_STEPS,
-                           guidance_scale: float = SCORE_GUIDANCE_SCALE,
-                           score_steps: int = SCORE_STEPS) -> torch.Tensor:
+                           guidance_scale: float = WEN_SCORE_GUIDANCE_SCALE,
+                           score_steps: int = WEN_SCORE_STEPS) -> torch.Tensor:
     """Wen et al.'s detection score of each latent [n, 4, h, w]: || eps_c - eps_u || (unscaled)
     at each of the first ``score_steps`` steps of a guided ``steps``-step generation from the
     embedding [1, 77, dim], averaged over those steps: [n]. Higher means memorized."""

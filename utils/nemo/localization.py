@@ -16,25 +16,16 @@ from typing import Callable
 
 import torch
 
+from utils.defaults import (BATCH_CANDIDATES, DETECTION_SEED, INITIAL_K, INITIAL_THETA, MEMORIZATION_THRESHOLD,
+                            MIN_THETA, SAMPLES_PER_PROMPT, THETA_REDUCTION_PER_STEP)
+from utils.diffusion import initial_latents
 from utils.layers import NeuronSet, count_neurons, empty_set
-from utils.noise import NoiseDifference, UNetCounter, initial_latents
-from utils.score import blocked_scores, pairwise_max_scores
+from utils.nemo.noise import NoiseDifference, UNetCounter
+from utils.nemo.score import blocked_scores, pairwise_max_scores
 
 logger = logging.getLogger(__name__)
 
 ScoreSets = Callable[[list[NeuronSet]], list[float]]
-
-# Authors' script 3 defaults (SPEC §4).
-MEMORIZATION_THRESHOLD = 0.428  # tau_mem, paper §4 / script 2 on LAION
-INITIAL_THETA = 5.0
-THETA_REDUCTION_PER_STEP = 0.25
-MIN_THETA = 1.0
-INITIAL_K = 0
-# Sets scored per U-Net call; 0 = the plain sequential walk. On the CPU the sequential walk
-# is fastest (speculated sets after a rejection are wasted and a bigger batch is no faster
-# per latent: BENCHMARKS.md); GPU figures are still to be measured.
-BATCH_CANDIDATES = 0
-
 
 @dataclass(frozen=True)
 class SelectionSchedule:
@@ -202,8 +193,8 @@ def refine(neurons: NeuronSet, score: float, score_sets: ScoreSets, threshold: f
 class LocalizationSettings:
     """Script 3's settings; defaults from the authors' script (SPEC §3-4)."""
 
-    seed: int = 1
-    samples_per_prompt: int = 10
+    seed: int = DETECTION_SEED
+    samples_per_prompt: int = SAMPLES_PER_PROMPT
     pairwise_ssim_threshold: float = MEMORIZATION_THRESHOLD
     ssim_threshold_initial_selection: float = MEMORIZATION_THRESHOLD
     ssim_threshold_refinement: float = MEMORIZATION_THRESHOLD

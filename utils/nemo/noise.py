@@ -7,28 +7,10 @@ from typing import Sequence
 
 import torch
 
+from utils.defaults import DETECTION_GUIDANCE_SCALE, NUM_INFERENCE_STEPS, SCALING_FACTOR, TIMESTEP_INDEX
+from utils.diffusion import encode_prompts, schedule_timestep
 from utils.hooks import deactivate_per_slice
 from utils.layers import NeuronSet
-from utils.statistics import encode_prompts
-
-# Detection defaults (SPEC §3; authors' script 3 flags).
-SAMPLES_PER_PROMPT = 10
-NUM_INFERENCE_STEPS = 50
-TIMESTEP_INDEX = 1  # the authors' loop returns at the schedule's second timestep (961 for SD)
-DETECTION_GUIDANCE_SCALE = 0.0  # conditional prediction only
-
-
-def initial_latents(seed: int, n: int, shape: Sequence[int]) -> torch.Tensor:
-    """x_T ~ N(0, I) [n, *shape] from a CPU generator seeded with ``seed``, in one draw."""
-    return torch.randn((n, *shape), generator=torch.Generator("cpu").manual_seed(seed))
-
-
-def detection_timestep(scheduler, num_inference_steps: int = NUM_INFERENCE_STEPS,
-                       index: int = TIMESTEP_INDEX) -> torch.Tensor:
-    scheduler.set_timesteps(num_inference_steps)
-    if not 0 <= index < len(scheduler.timesteps):
-        raise ValueError(f"--timestep_index {index} is outside the {len(scheduler.timesteps)}-step schedule")
-    return scheduler.timesteps[index]
 
 
 def normalize_maps(x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +39,7 @@ class NoiseDifference:
     scheduler: object
     uncond_embedding: torch.Tensor | None = None  # [1, 77, dim], needed when guidance_scale > 0
     guidance_scale: float = DETECTION_GUIDANCE_SCALE
-    scaling_factor: float = 0.0
+    scaling_factor: float = SCALING_FACTOR
     counter: UNetCounter | None = None
     normalized: bool = True  # False: the raw eps - x_T (diagnostics of the test bed)
 
@@ -98,11 +80,6 @@ class NoiseDifference:
         return delta.reshape(-1, *latents.shape).cpu()  # [sets, n, 4, h, w]
 
 
-def latent_shape(unet) -> tuple[int, int, int]:
-    """(channels, h, w) of the U-Net's latents; SD v1.4: (4, 64, 64)."""
-    size = unet.config.sample_size
-    return (unet.config.in_channels, size, size)
-
 
 def prompt_noise_difference(pipe, layers: dict, prompt: str, **settings) -> NoiseDifference:
     """A ``NoiseDifference`` bound to ``prompt``'s text embedding and the detection timestep."""
@@ -112,11 +89,11 @@ def prompt_noise_difference(pipe, layers: dict, prompt: str, **settings) -> Nois
 
 def embedding_noise_difference(pipe, layers: dict, embedding: torch.Tensor, *,
                                num_inference_steps: int = NUM_INFERENCE_STEPS, timestep_index: int = TIMESTEP_INDEX,
-                               guidance_scale: float = DETECTION_GUIDANCE_SCALE, scaling_factor: float = 0.0,
+                               guidance_scale: float = DETECTION_GUIDANCE_SCALE, scaling_factor: float = SCALING_FACTOR,
                                normalized: bool = True) -> NoiseDifference:
     """A ``NoiseDifference`` bound to a text embedding [1, 77, dim] (a prompt's, or one found
     by an attack) and the detection timestep."""
     uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]) if guidance_scale > 0 else None
-    timestep = detection_timestep(pipe.scheduler, num_inference_steps, timestep_index)
+    timestep = schedule_timestep(pipe.scheduler, num_inference_steps, timestep_index)
     return NoiseDifference(pipe.unet, layers, embedding, timestep, pipe.scheduler, uncond, guidance_scale,
                            scaling_factor, normalized=normalized)

@@ -10,20 +10,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from utils.defaults import STATISTICS_BATCH_SIZE
+from utils.diffusion import encode_prompts
+
 logger = logging.getLogger(__name__)
-
-# Prompts per text-encoder batch in script 1 (text only, so large batches are cheap).
-STATISTICS_BATCH_SIZE = 64
-
-
-@torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
-    """Last hidden state of the text encoder, padded to max_length: [n, 77, dim]."""
-    ids = tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    return text_encoder(ids.to(text_encoder.device))[0]
-
 
 @torch.no_grad()
 def text_activations(layers: dict[str, nn.Linear], embeddings: torch.Tensor) -> list[torch.Tensor]:

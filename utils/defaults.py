@@ -1,0 +1,113 @@
+"""Every default of the suite's flags, each with where it comes from.
+
+Torch-free on purpose: the scripts build their parsers from these, so ``--help`` and a bad
+flag answer before torch, diffusers or transformers are imported. The modules that
+implement a method import its defaults from here.
+"""
+
+# ---------------------------------------------------------------------------------------
+# Models
+# The authors' `-v/--version` values (their scripts) and the hub ids they stand for, plus
+# the SD 2 family (Stability AI's hub ids), which Dori and Chavhan et al. report on.
+MODEL_VERSIONS = {
+    "v1-4": "CompVis/stable-diffusion-v1-4",
+    # the authors map v1-5 to runwayml/stable-diffusion-v1-5, which the hub has removed; this
+    # is its official mirror, the same weights
+    "v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "v2-base": "stabilityai/stable-diffusion-2-base",  # 512 px, epsilon
+    "v2": "stabilityai/stable-diffusion-2",  # 768 px, v-prediction
+    "v2-1-base": "stabilityai/stable-diffusion-2-1-base",  # 512 px, epsilon
+    "v2-1": "stabilityai/stable-diffusion-2-1",  # 768 px, v-prediction
+}
+DEFAULT_VERSION = "v1-4"  # the authors' scripts
+# --dtype: auto is fp16 on CUDA (the paper's setting, SPEC §1) and fp32 elsewhere.
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+DEFAULT_DTYPE = "auto"
+
+# ---------------------------------------------------------------------------------------
+# NeMo (SPEC; the authors' scripts, ml-research/localizing_memorization_in_diffusion_models)
+STATISTICS_BATCH_SIZE = 64  # prompts per text-encoder batch in script 1 (ours: text only, cheap)
+# Noise differences (SPEC §3, authors' script 3 flags)
+SAMPLES_PER_PROMPT = 10
+NUM_INFERENCE_STEPS = 50
+TIMESTEP_INDEX = 1  # the authors' loop returns at the schedule's second timestep (961 for SD)
+DETECTION_GUIDANCE_SCALE = 0.0  # conditional prediction only (SPEC §3)
+DETECTION_SEED = 1  # authors' scripts 2 and 3: --seed 1
+# MS-SSIM (SPEC §3): 11x11 window, three scales with equal weights
+SSIM_KERNEL_SIZE = 11
+SSIM_BETAS = (0.33, 0.33, 0.33)
+# Localization (SPEC §4, authors' script 3)
+MEMORIZATION_THRESHOLD = 0.428  # tau_mem, paper §4 / script 2 on LAION
+INITIAL_THETA = 5.0
+THETA_REDUCTION_PER_STEP = 0.25
+MIN_THETA = 1.0
+INITIAL_K = 0
+# Sets scored per U-Net call; 0 = the plain sequential walk. On the CPU the sequential walk
+# is fastest (speculated sets after a rejection are wasted and a bigger batch is no faster
+# per latent: BENCHMARKS.md); GPU figures are still to be measured.
+BATCH_CANDIDATES = 0
+SCALING_FACTOR = 0.0  # authors' --scaling_factor: deactivated neurons are multiplied by it
+# Generation (SPEC §5, authors' script 4)
+GENERATION_SEED = 2
+NUM_SAMPLES = 10
+GENERATION_STEPS = 50
+GUIDANCE_SCALE = 7.0
+PROMPTS_PER_BATCH = 1  # authors' script 4 -b/--batch_size: prompts per pipeline call
+RANDOM_NEURON_SEED = 0  # ours: seeds the draw of random neurons
+
+# ---------------------------------------------------------------------------------------
+# Wen et al. (ICLR 2024), YuxinWenRick/diffusion_memorization
+# Mitigation (inference_mem.py flags; README: --optim_target_loss 3 --optim_target_steps 0).
+WEN_LEARNING_RATE = 0.05  # --optim_lr, AdamW with torch's other defaults (weight decay 0.01)
+WEN_MAX_ITERATIONS = 10  # --optim_iters: U-Net passes at most, each followed by an update unless the target is met
+WEN_TARGET_LOSS = 3.0  # --optim_target_loss: stop once the loss is at or below it
+WEN_TARGET_STEP = 0  # --optim_target_steps 0: the loss is taken at the schedule's first timestep
+WEN_OPTIMIZATION_SAMPLES = 4  # --num_images_per_prompt 4: the loss is one norm over this many latents
+# Detection score (detect_mem.py and det_mem_viz.ipynb): per-sample norm at every step of a
+# guided generation, averaged over the steps [0, 50) and the 4 generations.
+WEN_SCORE_SAMPLES = 4
+WEN_SCORE_GUIDANCE_SCALE = 7.5
+WEN_SCORE_STEPS = 50
+
+# Ren et al. (ECCV 2024), renjie3/MemAttn
+REN_BOS_LOGIT_FACTOR = 1.25  # text2img.py --c1 (1.0 there; 1.25 in local_cmd_inference_time_mitigation.sh)
+REN_MASK_PADDING = True  # the mitigation command passes --cross_attn_mask
+
+# Random tokens (Somepalli et al., NeurIPS 2023; somepago/DCR diff_inference.py)
+RANDOM_TOKEN_COUNTS = (1, 4, 10)  # NeMo paper, Table 1
+RANDOM_TOKEN_SEED = 0  # ours: seeds each prompt's draw with (seed, prompt index)
+
+# ---------------------------------------------------------------------------------------
+# Wanda (Chavhan et al.), ruchikachavhan/concept-prune
+WANDA_SPARSITY = 0.01  # wanda_config.yaml skill_ratio: top 1% of each row
+WANDA_PRUNED_CALLS = 10  # save_union_over_time.py --timesteps 10: union over the first 10 U-Net calls
+WANDA_SUBSET_SIZE = 10  # datasets/memorize_{0..9}.txt: |P| = 10 prompts (paper §5.1, m = 10)
+WANDA_SUBSET_SEED = 0  # ours: which rows of the prompt file form P (the authors' files are fixed subsets)
+WANDA_COLLECTION_SEED = 0  # wanda_config.yaml seed, set before every prompt and the empty prompt
+WANDA_COLLECTION_STEPS = 50  # the pipeline's default, as the authors call it
+WANDA_COLLECTION_GUIDANCE = 7.5  # the pipeline's default: both CFG halves reach the hook
+
+# ---------------------------------------------------------------------------------------
+# Dori (Kowalczuk et al.): the paper via its project page; sprintml/finding_dori unread here
+ATTACK_STEPS = 50  # paper §3: Adam, learning rate 0.1, 50 steps, 8 noise samples a step
+ATTACK_LEARNING_RATE = 0.1
+ATTACK_BATCH = 8
+ATTACK_SEED = 0  # ours: seeds the noise and timesteps the attack draws
+SSCD_REPLICATION_THRESHOLD = 0.7  # paper; NeMo App. C.1 for VM prompts
+# The test bed's weight-free stand-in (ours; its VM generations score 0.57-0.69 to their
+# training image, held-out images 0.55 between seeds).
+PIXEL_REPLICATION_THRESHOLD = 0.5
+# Adversarial fine-tuning (paper §4.4): 5 epochs over the memorized images, the adversarial
+# loss and the utility loss weighted 1:1. Learning rate and optimizer are not stated: AdamW at
+# 1e-5, a usual rate for fine-tuning SD, is our choice.
+FINETUNE_EPOCHS = 5
+FINETUNE_LEARNING_RATE = 1e-5
+UTILITY_BATCH = 4  # ours: image-caption pairs of the utility loss per update
+
+# ---------------------------------------------------------------------------------------
+# Metrics (SPEC §6)
+SSCD_MODEL = "sscd_disc_mixup.torchscript.pt"  # the NeMo authors' metric scripts
+CLIP_MODEL = "openai/clip-vit-base-patch32"  # CLIP ViT-B/32 for A_CLIP and CLIP-FID
+# An image copies a reference when their similarity exceeds this: SSCD's usual copy threshold
+# (Somepalli et al. 2023 count SSCD > 0.5 as a copy; NeMo's App. C.1 uses 0.7 for VM).
+SSCD_COPY_THRESHOLD = 0.5
