@@ -88,7 +88,7 @@ def test_training_data_matches_the_shipped_prompt_files_and_originals():
 
 
 def test_table1_demo_runs_every_row_end_to_end_reduced(tmp_path, capsys):
-    from metrics.table1 import FINETUNED, SETTINGS, WANDA
+    from metrics.rows import FINETUNED, SETTINGS, WANDA
     from testbed import table1
 
     report = table1.main(["--output", str(tmp_path), "--vm", "1", "--tm", "1", "--steps", "4", "--num_samples", "2",
