@@ -1,0 +1,46 @@
+"""Atomic outputs: nothing under a final name until it is complete."""
+
+import os
+
+import pytest
+
+from utils import outputs
+
+
+def test_file_appears_only_when_complete(tmp_path):
+    path = tmp_path / "sub" / "rows.csv"
+    with outputs.atomic_file(str(path)) as f:
+        f.write("a;b\n")
+        assert not path.exists()
+        assert os.path.exists(outputs.temporary_path(str(path)))
+    assert path.read_text() == "a;b\n"
+    assert os.listdir(path.parent) == ["rows.csv"]
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path):
+    path = tmp_path / "x.json"
+    outputs.write_json(str(path), {"a": 1})
+    with pytest.raises(RuntimeError):
+        with outputs.atomic_file(str(path)) as f:
+            f.write("{half")
+            raise RuntimeError("killed")
+    assert path.read_text() == '{\n "a": 1\n}\n'
+    assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_folder_replaced_whole(tmp_path):
+    path = tmp_path / "model"
+    for content in ("old", "new"):
+        with outputs.atomic_path(str(path)) as temporary:
+            os.makedirs(temporary)
+            (tmp_path / os.path.basename(temporary) / "weights").write_text(content)
+            assert not (path / "weights").exists() or (path / "weights").read_text() == "old"
+    assert (path / "weights").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_leftovers_removed(tmp_path):
+    (tmp_path / ".img.png.part").write_bytes(b"\x89PNG")
+    (tmp_path / "img.png").write_bytes(b"done")
+    assert outputs.remove_leftovers(str(tmp_path)) == [".img.png.part"]
+    assert os.listdir(tmp_path) == ["img.png"]
