@@ -32,7 +32,7 @@ from PIL import Image
 from metrics.images import load_images
 from utils.defaults import (ATTACK_BATCH, ATTACK_LEARNING_RATE, ATTACK_SEED, ATTACK_STEPS, FINETUNE_EPOCHS,
                             FINETUNE_LEARNING_RATE)
-from utils.diffusion import encode_prompts
+from utils.diffusion import denoising_target, encode_prompts
 from utils.files import read_csv
 from utils.models import frozen
 
@@ -53,14 +53,12 @@ def denoising_loss(pipe, latents: torch.Tensor, embeddings: torch.Tensor, genera
     """The ordinary denoising loss of latents [b, 4, h, w] with conditions [b, 77, dim]: a
     timestep and a noise per latent, drawn from ``generator`` (CPU)."""
     unet, scheduler = pipe.unet, pipe.scheduler
-    if scheduler.config.prediction_type != "epsilon":
-        raise ValueError(f"the denoising loss expects an epsilon-predicting model, got {scheduler.config.prediction_type}")
     b = len(latents)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator)
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
     noisy = scheduler.add_noise(latents, noise, timesteps.to(latents.device))
     prediction = unet(noisy, timesteps.to(unet.device), encoder_hidden_states=embeddings.to(unet.dtype)).sample
-    return F.mse_loss(prediction.float(), noise.float())
+    return F.mse_loss(prediction.float(), denoising_target(scheduler, noise, latents, timesteps).float())
 
 
 @dataclass

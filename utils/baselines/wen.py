@@ -16,9 +16,9 @@ import torch
 
 from utils.defaults import (GENERATION_STEPS, WEN_LEARNING_RATE, WEN_MAX_ITERATIONS, WEN_SCORE_GUIDANCE_SCALE,
                             WEN_SCORE_STEPS, WEN_TARGET_LOSS, WEN_TARGET_STEP)
-from utils.diffusion import encode_prompts, schedule_timestep
+from utils.diffusion import encode_prompts, predicted_noise, schedule_timestep
 from utils.generation import stop_after
-from utils.hooks import edit_outputs
+from utils.hooks import edit_calls, edit_outputs
 from utils.models import frozen
 
 def _unconditional(pipe, n: int) -> torch.Tensor:
@@ -43,18 +43,23 @@ def adjust_embedding(pipe, embedding: torch.Tensor, latents: torch.Tensor, *, ti
     (AdamW on float16 turns the zero BOS gradient into NaN)."""
     unet, scheduler = pipe.unet, pipe.scheduler
     timestep = schedule_timestep(scheduler, steps, timestep_index)
-    x = scheduler.scale_model_input(latents.to(unet.device, unet.dtype), timestep)
+    x_t = latents.to(unet.device, unet.dtype)
+    x = scheduler.scale_model_input(x_t, timestep)
     n = len(x)
+
+    def noise(embedding: torch.Tensor) -> torch.Tensor:  # eps(x_T, t, e) [n, 4, h, w], float32
+        output = unet(x, timestep, encoder_hidden_states=embedding.to(unet.dtype).expand(n, -1, -1)).sample
+        return predicted_noise(scheduler, output.float(), x_t, timestep)
+
     with torch.no_grad():  # the empty prompt's prediction does not depend on e
-        unconditional = unet(x, timestep, encoder_hidden_states=_unconditional(pipe, n).to(unet.dtype)).sample.float()
+        unconditional = noise(_unconditional(pipe, n))
     adjusted = embedding.detach().to(unet.device, torch.float32).clone().requires_grad_(True)
     bos = adjusted.detach()[:, :1].clone()
     optimizer = torch.optim.AdamW([adjusted], lr=learning_rate)
     losses = []
     with frozen(unet), torch.enable_grad():
         for _ in range(max_iterations):
-            conditional = unet(x, timestep, encoder_hidden_states=adjusted.to(unet.dtype).expand(n, -1, -1)).sample
-            loss = torch.linalg.vector_norm(conditional.float() - unconditional)
+            loss = torch.linalg.vector_norm(noise(adjusted) - unconditional)
             losses.append(loss.item())
             if loss.item() <= target_loss:
                 break
@@ -80,14 +85,20 @@ def noise_magnitude_scores(pipe, embedding: torch.Tensor, latents: torch.Tensor,
         raise ValueError(f"the score needs a guided generation (guidance scale > 1), got {guidance_scale}")
     unet = pipe.unet
     norms = []  # per step [n]
+    inputs = []  # the (x_t [2n, 4, h, w], t) of the U-Net call being run
+
+    def keep_input(args, kwargs, _name):
+        inputs[:] = [args[0] if args else kwargs["sample"], args[1] if len(args) > 1 else kwargs["timestep"]]
+        return args, kwargs
 
     def record(output, _name):
-        eps = output[0] if isinstance(output, tuple) else output.sample  # [2n, 4, h, w]: [uncond, cond]
-        unconditional, conditional = eps.float().chunk(2)
+        prediction = output[0] if isinstance(output, tuple) else output.sample  # [2n, 4, h, w]: [uncond, cond]
+        eps = predicted_noise(pipe.scheduler, prediction.float(), *inputs)
+        unconditional, conditional = eps.chunk(2)
         norms.append((conditional - unconditional).flatten(1).norm(dim=1).cpu())
 
     n = len(latents)
-    with edit_outputs({"unet": unet}, record):
+    with edit_calls({"unet": unet}, keep_input), edit_outputs({"unet": unet}, record):
         pipe(prompt_embeds=embedding.to(unet.device, unet.dtype).expand(n, -1, -1),
              negative_prompt_embeds=_unconditional(pipe, n).to(unet.dtype), latents=latents.to(unet.device, unet.dtype),
              num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent",

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from utils.defaults import DETECTION_GUIDANCE_SCALE, NUM_INFERENCE_STEPS, SCALING_FACTOR, TIMESTEP_INDEX
-from utils.diffusion import encode_prompts, schedule_timestep
+from utils.diffusion import encode_prompts, predicted_noise, schedule_timestep
 from utils.hooks import deactivate_per_slice
 from utils.layers import NeuronSet
 
@@ -66,7 +66,8 @@ class NoiseDifference:
             sets = sets + sets
         model_input = self.scheduler.scale_model_input(batch, self.timestep)
         with deactivate_per_slice(self.layers, sets, self.scaling_factor):
-            eps = self.unet(model_input, self.timestep, encoder_hidden_states=embedding).sample
+            output = self.unet(model_input, self.timestep, encoder_hidden_states=embedding).sample
+        eps = predicted_noise(self.scheduler, output, batch, self.timestep)
         if self.counter is not None:
             self.counter.calls += 1
             self.counter.sample_forwards += batch.shape[0]
