@@ -27,11 +27,11 @@ def main(argv=None) -> None:
     from utils.distributed import Shard
     from utils.files import read_prompts
     from utils.layers import value_layers
-    from utils.models import load_pipeline, resolve_device
+    from utils.models import load_pipeline_from_args
     from utils.nemo.statistics import activation_sums, save_statistics
 
     prompts = read_prompts(args.prompts)["Caption"].tolist()
-    pipe = load_pipeline(args.version, resolve_device(args.device))
+    pipe = load_pipeline_from_args(args)
     layers = value_layers(pipe.unet)
     shard = Shard.from_env()
     output = cli.versioned_path(args.output, args.version)

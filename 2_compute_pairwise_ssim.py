@@ -55,14 +55,14 @@ def main(argv=None) -> float | None:
     from utils.diffusion import encode_prompts, initial_latents
     from utils.distributed import Shard
     from utils.files import RowWriter, merge_rows, read_csv, read_prompts, threshold_path
-    from utils.models import load_detection_model, resolve_device
+    from utils.models import load_detection_model
     from utils.nemo.noise import prompt_noise_difference
     from utils.nemo.score import pairwise_max_scores
 
     frame = read_prompts(args.prompts)
     prompts = frame["Caption"].tolist()
     memorized = "type" in frame and frame["type"].isin(MEMORIZATION_TYPES).any()
-    pipe, layers, shape = load_detection_model(args.version, resolve_device(args.device), args.ssim_kernel_size)
+    pipe, layers, shape = load_detection_model(args)
     samples = args.wen_samples if args.score == "wen" else args.samples_per_prompt
     latents = initial_latents(args.seed, samples, shape)  # [n, 4, h, w]
 

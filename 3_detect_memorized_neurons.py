@@ -33,13 +33,13 @@ def main(argv=None) -> None:
     from utils.distributed import Shard
     from utils.files import COST_COLUMNS, RESULT_COLUMNS, RowWriter, merge_rows, read_prompts
     from utils.layers import count_neurons
-    from utils.models import load_detection_model, resolve_device
+    from utils.models import load_detection_model
     from utils.nemo.localization import localize_prompt
     from utils.nemo.noise import prompt_noise_difference
     from utils.nemo.statistics import load_statistics, prompt_activations
 
     frame = read_prompts(args.dataset)
-    pipe, layers, shape = load_detection_model(args.version, resolve_device(args.device), args.ssim_kernel_size)
+    pipe, layers, shape = load_detection_model(args)
     stats = load_statistics(args.statistics, layers)
     output = cli.versioned_path(args.output, args.version)
     totals = dict(seconds=0.0, forwards=0, sets=0)

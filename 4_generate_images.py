@@ -130,9 +130,9 @@ def main(argv=None) -> None:
     from utils.files import read_prompts, read_results, rows_of_type
     from utils.generation import generate_images
     from utils.layers import count_neurons, layer_widths, value_layers
-    from utils.models import load_pipeline, resolve_device
+    from utils.models import load_pipeline_from_args
 
-    pipe = load_pipeline(args.version, resolve_device(args.device))
+    pipe = load_pipeline_from_args(args)
     widths = layer_widths(value_layers(pipe.unet))
     results = read_results(args.result_file, widths) if neuron_mode or not args.prompts else None
     frame = read_prompts(args.prompts) if args.prompts else results

@@ -7,7 +7,7 @@ loads the result like any checkpoint.
 
 import logging
 
-from utils import cli
+from utils import cli, defaults
 
 logger = logging.getLogger("5_export_pruned_model")
 
@@ -20,20 +20,17 @@ def main(argv=None) -> None:
     source.add_argument("-f", "--result_file", help="results of script 3: remove the union of all refined neurons")
     parser.add_argument("--top_k", type=cli.positive_int, default=None,
                         help="with --result_file: only the K most frequent refined neurons")
-    cli.add_model_args(parser)
+    cli.add_model_args(parser, default_dtype=defaults.SAVED_DTYPE, dtype_help="precision the pruned folder is written in")
     parser.add_argument("--log_level", default="INFO", help="logging level")
     args = cli.parse(parser, argv)
 
-    import torch
-
     from utils.files import parse_neuron_set, read_results
     from utils.layers import count_neurons, layer_widths, value_layers
-    from utils.models import load_pipeline, resolve_device
+    from utils.models import load_pipeline_from_args
     from utils.nemo import selection
     from utils.nemo.export import prune_value_neurons
 
-    # fp32 on every device, so the saved weights are full precision
-    pipe = load_pipeline(args.version, resolve_device(args.device), torch.float32)
+    pipe = load_pipeline_from_args(args)
     widths = layer_widths(value_layers(pipe.unet))
     if args.neurons:
         neurons = parse_neuron_set(args.neurons, widths, "--neurons")

@@ -38,22 +38,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=cli.positive_int, default=defaults.WANDA_COLLECTION_STEPS, help="PNDM schedule length")
     parser.add_argument("--guidance_scale", type=cli.non_negative_float, default=defaults.WANDA_COLLECTION_GUIDANCE,
                         help="classifier-free guidance of the collection runs (both halves are collected)")
-    cli.add_model_args(parser)
+    cli.add_model_args(parser, default_dtype=defaults.SAVED_DTYPE,
+                       dtype_help="precision the activations are collected in and the pruned folder is written in")
     parser.add_argument("--log_level", default="INFO", help="logging level")
     args = cli.parse(parser, argv)
-
-    import torch
 
     from metrics.cli import write_json
     from utils import wanda
     from utils.files import read_prompts
-    from utils.models import load_pipeline, resolve_device
+    from utils.models import load_pipeline_from_args
 
     prompts = read_prompts(args.dataset)
     rows = wanda.choose_subset(len(prompts), args.subset_size, args.subset_seed)
     captions = [prompts["Caption"][i] for i in rows]
-    # fp32 on every device, so the saved weights are full precision (as script 5)
-    pipe = load_pipeline(args.version, resolve_device(args.device), torch.float32)
+    pipe = load_pipeline_from_args(args)
     start = time.perf_counter()
     settings = dict(seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale, calls=args.calls)
     memorized = wanda.input_norms(pipe, captions, **settings)

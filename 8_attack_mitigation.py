@@ -76,15 +76,15 @@ def main(argv=None) -> dict:
     from utils.generation import PromptCondition, generate_prompt_images, generation_latents, image_path
     from utils.layers import layer_widths, value_layers
     from utils.mitigation import with_neurons
-    from utils.models import load_pipeline, resolve_device
+    from utils.models import load_pipeline_from_args
 
     frame = read_prompts(args.dataset)
     originals = original_images(args.originals)
     rows = [i for i in rows_of_type(frame, args.memorization_type, args.dataset) if i in originals]
     if not rows:
         raise ValueError(f"no prompt of {args.dataset} has an original image in {args.originals}")
-    device = resolve_device(args.device)
-    pipe = load_pipeline(args.version, device)
+    pipe = load_pipeline_from_args(args)
+    device = pipe.device
     similarity = similarity_to_original(args.similarity, device, args.sscd_model)
     neurons = {}
     if args.neurons_from:

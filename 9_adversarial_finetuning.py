@@ -41,7 +41,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--attack_learning_rate", type=cli.positive_float, default=defaults.ATTACK_LEARNING_RATE, help="attack's Adam")
     parser.add_argument("--attack_batch", type=cli.positive_int, default=defaults.ATTACK_BATCH, help="noise samples per attack step")
     parser.add_argument("--seed", type=int, default=defaults.ATTACK_SEED, help="seed of the noise, timesteps and pairs")
-    cli.add_model_args(parser)
+    cli.add_model_args(parser, dtype_help="compute precision: the weights are trained and saved in float32, "
+                                          "float16/bfloat16 run under autocast (mixed precision)")
+    parser.add_argument("--gradient_checkpointing", action="store_true",
+                        help="recompute the U-Net's activations in the backward pass (less memory, more time)")
     parser.add_argument("--limit", type=cli.positive_int, default=None, help="only the first N memorized prompts")
     parser.add_argument("--log_level", default="INFO", help="logging level")
     args = cli.parse(parser, argv)
@@ -55,15 +58,18 @@ def main(argv=None) -> dict:
     from utils.generation import generate_prompt_images, generation_latents
     from utils.layers import layer_widths, value_layers
     from utils.mitigation import with_neurons
-    from utils.models import load_pipeline, resolve_device
+    from utils.models import load_pipeline, resolve_device, resolve_dtype
 
     frame = read_prompts(args.dataset)
     originals = original_images(args.originals)
     rows = [i for i in rows_of_type(frame, args.memorization_type, args.dataset) if i in originals][: args.limit]
     if not rows:
         raise ValueError(f"no prompt of {args.dataset} has an original image in {args.originals}")
-    # fp32 on every device: the weights are trained and saved at full precision
-    pipe = load_pipeline(args.version, resolve_device(args.device), torch.float32)
+    # fp32 weights on every device: they are trained and saved at full precision
+    device = resolve_device(args.device)
+    pipe = load_pipeline(args.version, device, torch.float32)
+    if args.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
     neurons = dict(enumerate(read_results(args.result_file, layer_widths(value_layers(pipe.unet)))["Refined Neurons"]))
     utility = dori.utility_sampler(pipe, args.utility_data, args.utility_batch)
     prepare = with_neurons(pipe, neurons)
@@ -79,6 +85,7 @@ def main(argv=None) -> dict:
     history = dori.adversarial_finetune(
         pipe, targets, utility, epochs=args.epochs, learning_rate=args.learning_rate, attack_steps=args.attack_steps,
         attack_learning_rate=args.attack_learning_rate, attack_batch=args.attack_batch, seed=args.seed,
+        compute_dtype=resolve_dtype(args.dtype, device),
         progress=lambda r: logger.info("epoch %d image %d: attack %.4f, adversarial %.4f, utility %.4f, %.1f s",
                                        r["epoch"], r["image"], r["attack_loss"], r["adversarial_loss"],
                                        r["utility_loss"], r["seconds"]))

@@ -44,7 +44,7 @@ from utils.diffusion import encode_prompts, latent_shape
 from utils.files import read_json, read_prompts
 from utils.generation import PromptCondition, generate_prompt_images, generation_latents
 from utils.layers import value_layers
-from utils.models import load_pipeline, resolve_device
+from utils.models import load_pipeline_from_args
 from utils.nemo.localization import LocalizationSettings, localize_prompt
 from utils.nemo.noise import embedding_noise_difference
 from utils.nemo.statistics import load_statistics, prompt_activations, text_activations
@@ -86,7 +86,7 @@ def wanda_overlap(argv) -> dict:
     parser.add_argument("--log_level", default="WARNING", help="logging level")
     args = cli.parse(parser, argv)
 
-    pipe = load_pipeline(args.version, resolve_device(args.device))
+    pipe = load_pipeline_from_args(args)
     null = wanda.input_norms(pipe, [wanda.NULL_PROMPT], calls=args.calls)
 
     def masks_of(path: str) -> list[wanda.WandaMasks]:
@@ -220,9 +220,8 @@ def triggers(argv) -> dict:
     originals = original_images(args.originals)
     if args.prompt not in originals:
         raise ValueError(f"prompt row {args.prompt} has no original image in {args.originals}")
-    device = resolve_device(args.device)
-    pipe = load_pipeline(args.version, device)
-    similarity = similarity_to_original(args.similarity, device, args.sscd_model)
+    pipe = load_pipeline_from_args(args)
+    similarity = similarity_to_original(args.similarity, pipe.device, args.sscd_model)
     layers = value_layers(pipe.unet)
     original = load_images([originals[args.prompt]])[0]
     target = dori.image_latents(pipe, [original])

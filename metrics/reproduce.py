@@ -47,6 +47,12 @@ def chosen_settings(names: str | None, with_dori: bool) -> list[Setting]:
     return [known[n] for n in wanted]
 
 
+def model_flags(args) -> list[str]:
+    """--device and --dtype of script 6, passed on to the scripts it runs (script 7 keeps its
+    own float32 default: its folder is written in it)."""
+    return [*(["--device", args.device] if args.device else []), "--dtype", args.dtype]
+
+
 def pruned_model(args) -> tuple[str, dict]:
     """Script 7's Wanda-pruned model of the prompt file (made once; made again when its
     settings change); returns its folder and summary."""
@@ -79,7 +85,7 @@ def finetuned_model(args, results: str) -> tuple[str, dict]:
              "--utility_data", args.utility_data, "-o", folder, "--epochs", str(args.finetune_epochs),
              "--learning_rate", str(args.finetune_learning_rate), "--attack_steps", str(args.attack_steps)]
     flags += ["--memorization_type", args.dori_type] if args.dori_type != "all" else []
-    return folder, script(9).main([*flags, *(["--device", args.device] if args.device else [])])
+    return folder, script(9).main([*flags, *model_flags(args)])
 
 
 def run_attacks(args, results: str, models: dict[str, str]) -> dict:
@@ -97,7 +103,7 @@ def run_attacks(args, results: str, models: dict[str, str]) -> dict:
                  "--steps", str(args.steps), "-g", str(args.guidance_scale), "-s", str(args.seed), *extra]
         flags += ["--memorization_type", args.dori_type] if args.dori_type != "all" else []
         flags += ["--sscd-model", args.sscd_model] if args.attack_similarity == "sscd" else []
-        summaries[name] = script(8).main([*flags, *(["--device", args.device] if args.device else [])])
+        summaries[name] = script(8).main([*flags, *model_flags(args)])
     return summaries
 
 
@@ -105,7 +111,7 @@ def run_settings(args, results: str, settings: list[Setting], neurons: dict[int,
                  models: dict[str, str]) -> tuple[dict, dict]:
     """Script 4 for every setting (and its quality run); returns the image folders by setting.
     models: "" -> the given model, and the models scripts 7 and 9 made."""
-    device = ["--device", args.device] if args.device else []
+    device = model_flags(args)
     generation = ["--steps", str(args.steps), "-n", str(args.num_samples), "-g", str(args.guidance_scale),
                   "-s", str(args.seed), "-b", str(args.batch_size), *device]
     if args.wen_target_loss is not None:
@@ -131,7 +137,7 @@ def run_detection(args) -> dict:
     from metrics import detection
 
     model = ["-v", args.version, "--ssim_kernel_size", str(args.ssim_kernel_size)]
-    model += ["--device", args.device] if args.device else []
+    model += model_flags(args)
     figures = {}
     for name, (stem, flags) in DETECTORS.items():
         files = {}
@@ -159,7 +165,7 @@ def reproduce(args, measures: table1.Measures, title: str) -> dict:
                     "--statistics", args.statistics, "--resume", "--memorization_threshold",
                     str(args.memorization_threshold), "--ssim_kernel_size", str(args.ssim_kernel_size),
                     *(["--limit", str(args.limit)] if args.limit else []),
-                    *(["--device", args.device] if args.device else [])])
+                    *model_flags(args)])
     frame = read_results(results, None)
     refined = dict(enumerate(frame["Refined Neurons"]))
     models, pruning, finetuning = {"": args.version}, None, None

@@ -63,12 +63,15 @@ def fraction(text: str) -> float:
     return value
 
 
-def add_model_args(parser: argparse.ArgumentParser, default_version: str = defaults.DEFAULT_VERSION) -> None:
+def add_model_args(parser: argparse.ArgumentParser, default_version: str = defaults.DEFAULT_VERSION,
+                   default_dtype: str = defaults.DEFAULT_DTYPE, dtype_help: str = "precision the model runs in") -> None:
     group = parser.add_argument_group("model")
     group.add_argument("-v", "--version", default=default_version,
                        help=f"model: {', '.join(f'{k} ({v})' for k, v in defaults.MODEL_VERSIONS.items())}, "
                             "any hub id, or a local diffusers folder")
     group.add_argument("--device", default=None, help="torch device; default: cuda when available, else cpu")
+    group.add_argument("--dtype", choices=defaults.DTYPES, default=default_dtype,
+                       help=f"{dtype_help}; auto: float16 on CUDA (the paper's setting), float32 elsewhere")
 
 
 def add_detection_args(parser: argparse.ArgumentParser, seed: int = defaults.DETECTION_SEED) -> None:

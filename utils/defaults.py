@@ -23,6 +23,8 @@ DEFAULT_VERSION = "v1-4"  # the authors' scripts
 # --dtype: auto is fp16 on CUDA (the paper's setting, SPEC §1) and fp32 elsewhere.
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 DEFAULT_DTYPE = "auto"
+# Scripts 5 and 7 write model folders: float32 by default (ours), so no precision is lost.
+SAVED_DTYPE = "float32"
 
 # ---------------------------------------------------------------------------------------
 # NeMo (SPEC; the authors' scripts, ml-research/localizing_memorization_in_diffusion_models)

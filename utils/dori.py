@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm import tqdm
 
 from metrics.images import load_images
 from utils.defaults import (ATTACK_BATCH, ATTACK_LEARNING_RATE, ATTACK_SEED, ATTACK_STEPS, FINETUNE_EPOCHS,
@@ -83,7 +84,7 @@ def attack(pipe, latent: torch.Tensor, initial: torch.Tensor, *, steps: int = AT
     targets = latent.to(unet.device, unet.dtype).expand(batch, -1, -1, -1)
     losses = []
     with frozen(unet), torch.enable_grad(), intervention():
-        for _ in range(steps):
+        for _ in tqdm(range(steps), desc="attack steps", unit="step", leave=False):
             loss = denoising_loss(pipe, targets, embedding.expand(batch, -1, -1), generator)
             optimizer.zero_grad()
             loss.backward()
@@ -111,8 +112,13 @@ class FinetuneTarget:
 def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[[torch.Generator], tuple],
                          *, epochs: int = FINETUNE_EPOCHS, learning_rate: float = FINETUNE_LEARNING_RATE,
                          attack_steps: int = ATTACK_STEPS, attack_learning_rate: float = ATTACK_LEARNING_RATE,
-                         attack_batch: int = ATTACK_BATCH, seed: int = ATTACK_SEED, progress=None) -> list[dict]:
+                         attack_batch: int = ATTACK_BATCH, seed: int = ATTACK_SEED, progress=None,
+                         compute_dtype: torch.dtype = torch.float32) -> list[dict]:
     """Adversarial fine-tuning of every U-Net weight, in place.
+
+    The weights stay in their own (float32) precision; a ``compute_dtype`` of float16 or
+    bfloat16 runs the attack and the losses under autocast (mixed precision), float16 with a
+    gradient scaler so that small gradients do not underflow.
 
     For each epoch and memorized image: attack the current model from the prompt's embedding,
     then take one optimizer step on L_adv + L_utility, where L_adv is the denoising loss of
@@ -122,28 +128,37 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
     """
     unet = pipe.unet
     optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate)
+    scaler = torch.amp.GradScaler(unet.device.type, enabled=compute_dtype == torch.float16)
+    mixed = functools.partial(torch.autocast, unet.device.type, dtype=compute_dtype,
+                              enabled=compute_dtype != unet.dtype)
     generator = torch.Generator("cpu").manual_seed(seed)
     history = []
+    updates = tqdm(total=epochs * len(targets), desc="fine-tuning updates", unit="update", leave=False)
     for epoch in range(epochs):
         for index, target in enumerate(targets):
             start = time.perf_counter()
             unet.eval()
-            found = attack(pipe, target.latent, target.embedding, steps=attack_steps, learning_rate=attack_learning_rate,
-                           batch=attack_batch, seed=seed + 1000 * epoch + index)
+            with mixed():
+                found = attack(pipe, target.latent, target.embedding, steps=attack_steps,
+                               learning_rate=attack_learning_rate, batch=attack_batch, seed=seed + 1000 * epoch + index)
             unet.train()
             with torch.enable_grad():
-                surrogate = target.surrogate.to(unet.device, unet.dtype).expand(attack_batch, -1, -1, -1)
-                adversarial = denoising_loss(pipe, surrogate, found.embedding.expand(attack_batch, -1, -1), generator)
-                latents, embeddings = utility(generator)
-                kept = denoising_loss(pipe, latents.to(unet.device, unet.dtype), embeddings, generator)
+                with mixed():
+                    surrogate = target.surrogate.to(unet.device, unet.dtype).expand(attack_batch, -1, -1, -1)
+                    adversarial = denoising_loss(pipe, surrogate, found.embedding.expand(attack_batch, -1, -1), generator)
+                    latents, embeddings = utility(generator)
+                    kept = denoising_loss(pipe, latents.to(unet.device, unet.dtype), embeddings, generator)
                 optimizer.zero_grad()
-                (adversarial + kept).backward()
-                optimizer.step()
+                scaler.scale(adversarial + kept).backward()
+                scaler.step(optimizer)
+                scaler.update()
             unet.eval()
+            updates.update()
             history.append(dict(epoch=epoch, image=index, attack_loss=found.losses[-1], adversarial_loss=adversarial.item(),
                                 utility_loss=kept.item(), seconds=round(time.perf_counter() - start, 3)))
             if progress:
                 progress(history[-1])
+    updates.close()
     return history
 
 

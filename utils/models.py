@@ -10,7 +10,7 @@ from typing import Iterator
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from utils.defaults import MODEL_VERSIONS
+from utils.defaults import DTYPES, MODEL_VERSIONS
 from utils.diffusion import latent_shape
 from utils.layers import value_layers
 
@@ -34,6 +34,15 @@ def resolve_device(name: str | None = None) -> torch.device:
 def default_dtype(device: torch.device) -> torch.dtype:
     """fp16 on CUDA (the paper's setting, SPEC §1), fp32 elsewhere."""
     return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """--dtype: auto (or None) is ``default_dtype(device)``; float16, bfloat16, float32 as named."""
+    if name in (None, "auto"):
+        return default_dtype(device)
+    if name not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return getattr(torch, name)
 
 
 def model_source(version: str) -> str:
@@ -61,6 +70,12 @@ def load_pipeline(version: str, device: torch.device, dtype: torch.dtype | None 
     return pipe.to(device)
 
 
+def load_pipeline_from_args(args) -> StableDiffusionPipeline:
+    """The pipeline of the flags of ``utils.cli.add_model_args`` (-v, --device, --dtype)."""
+    device = resolve_device(args.device)
+    return load_pipeline(args.version, device, resolve_dtype(args.dtype, device))
+
+
 @contextmanager
 def frozen(module: torch.nn.Module) -> Iterator[None]:
     """No parameter of ``module`` requires a gradient inside the context, so a loss can be
@@ -75,12 +90,13 @@ def frozen(module: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def load_detection_model(version: str, device: torch.device, kernel_size: int):
-    """(pipeline, value layers, latent shape) for scripts 2 and 3; the SSIM window is checked
-    against the latent size before any work is done."""
+def load_detection_model(args):
+    """(pipeline, value layers, latent shape) for scripts 2 and 3 from their flags; the SSIM
+    window (--ssim_kernel_size) is checked against the latent size before any work is done."""
     from utils.nemo.score import check_ssim_size
 
-    pipe = load_pipeline(version, device)
+    pipe = load_pipeline_from_args(args)
+    kernel_size = args.ssim_kernel_size
     shape = latent_shape(pipe.unet)
     check_ssim_size(shape[-1], kernel_size)
     return pipe, value_layers(pipe.unet), shape
