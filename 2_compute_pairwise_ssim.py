@@ -9,7 +9,6 @@ the output. Run it on non-memorized prompts to calibrate tau_mem (paper: 0.428),
 memorized ones for detection (metrics.detection).
 """
 
-import json
 import logging
 
 from utils import cli, defaults
@@ -54,13 +53,19 @@ def main(argv=None) -> float | None:
     from utils.baselines import wen
     from utils.diffusion import encode_prompts, initial_latents
     from utils.distributed import Shard
-    from utils.files import RowWriter, merge_rows, read_csv, read_prompts, threshold_path
+    from utils.files import RowWriter, merge_rows, numeric_columns, read_csv, read_prompts, threshold_path
     from utils.models import load_detection_model
     from utils.nemo.noise import prompt_noise_difference
     from utils.nemo.score import pairwise_max_scores
+    from utils.outputs import write_json
 
     frame = read_prompts(args.prompts)
     prompts = frame["Caption"].tolist()
+    shard = Shard.from_env()
+    if args.score == "nemo" and args.samples_per_prompt < 2:
+        raise ValueError(f"--samples_per_prompt {args.samples_per_prompt}: the pairwise score needs at least 2")
+    if min(len(prompts), args.limit or len(prompts)) < 2:
+        raise ValueError(f"{args.prompts} with --limit {args.limit}: mean + 1 std needs at least 2 prompts")
     memorized = "type" in frame and frame["type"].isin(MEMORIZATION_TYPES).any()
     pipe, layers, shape = load_detection_model(args)
     samples = args.wen_samples if args.score == "wen" else args.samples_per_prompt
@@ -76,8 +81,11 @@ def main(argv=None) -> float | None:
                                         timestep_index=args.timestep_index, guidance_scale=args.guidance_scale)
         return pairwise_max_scores(noise(latents)[0], args.ssim_kernel_size)
 
-    shard = Shard.from_env()
-    with RowWriter(shard.part(args.output), SCORE_COLUMNS, cli.run_settings(args), args.resume) as writer:
+    # every input is checked: only now is the output touched (an earlier run's is continued or refused)
+    threshold_file = threshold_path(args.output)
+    settings = cli.run_settings(args, inputs=("prompts",))
+    with RowWriter(shard.part(args.output), SCORE_COLUMNS, settings, args.overwrite,
+                   companions=(threshold_file,)) as writer:
         for i in tqdm(cli.pending(shard, len(prompts), writer.done, args.limit), desc="scoring", unit="prompt"):
             per_sample = sample_scores(prompts[i])
             score = per_sample.mean() if args.score == "wen" else per_sample.max()
@@ -85,13 +93,11 @@ def main(argv=None) -> float | None:
                           "Sample Scores": [round(s, 6) for s in per_sample.tolist()]})
     if not shard.finish(args.output, merge_rows):
         return None  # another process merges and reports
-    scores = read_csv(args.output, tuple(SCORE_COLUMNS), "score file")["Memorization Score"]
-    if len(scores) < 2:
-        raise ValueError(f"{args.output} holds {len(scores)} score(s); mean + 1 std needs at least 2 prompts")
+    frame = read_csv(args.output, tuple(SCORE_COLUMNS), "score file")
+    scores = numeric_columns(frame, ("Memorization Score",), args.output, "score file")["Memorization Score"]
     threshold = memorization_threshold(scores)
-    with open(threshold_path(args.output), "w") as f:
-        json.dump(dict(threshold=threshold, mean=float(scores.mean()), std=float(scores.std()),
-                       num_prompts=len(scores), memorized_prompts=bool(memorized)), f, indent=1)
+    write_json(threshold_file, dict(threshold=threshold, mean=float(scores.mean()), std=float(scores.std()),
+                                    num_prompts=len(scores), memorized_prompts=bool(memorized)))
     if memorized:  # a memorized file gives detection scores; its mean + 1 std is no tau_mem
         print(f"{args.score} scores of {len(scores)} memorized prompts: mean {scores.mean():.4f}, std "
               f"{scores.std():.4f}, median {scores.median():.4f} (detection: python -m metrics.detection)")

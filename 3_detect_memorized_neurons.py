@@ -39,12 +39,16 @@ def main(argv=None) -> None:
     from utils.nemo.statistics import load_statistics, prompt_activations
 
     frame = read_prompts(args.dataset)
+    if args.samples_per_prompt < 2:
+        raise ValueError(f"--samples_per_prompt {args.samples_per_prompt}: the pairwise score needs at least 2")
     pipe, layers, shape = load_detection_model(args)
     stats = load_statistics(args.statistics, layers)
     output = cli.versioned_path(args.output, args.version)
     totals = dict(seconds=0.0, forwards=0, sets=0)
     shard = Shard.from_env()
-    with RowWriter(shard.part(output), RESULT_COLUMNS + COST_COLUMNS, cli.run_settings(args), args.resume) as writer:
+    # every input is checked: only now is the output touched (an earlier run's is continued or refused)
+    settings = cli.run_settings(args, inputs=("dataset", "statistics"))
+    with RowWriter(shard.part(output), RESULT_COLUMNS + COST_COLUMNS, settings, args.overwrite) as writer:
         for i in tqdm(cli.pending(shard, len(frame), writer.done, args.limit), desc="localizing", unit="prompt"):
             prompt = frame["Caption"][i]
             noise = prompt_noise_difference(pipe, layers, prompt, num_inference_steps=args.num_inference_steps,

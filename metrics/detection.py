@@ -18,7 +18,7 @@ import torch
 from metrics import cli
 from metrics.core import OVERALL, detection_metrics
 from utils.cli import parse, parser_for, run
-from utils.files import read_csv, read_threshold, threshold_path
+from utils.files import numeric_columns, read_csv, read_threshold, threshold_path
 
 logger = logging.getLogger(__name__)
 JSON_NAME = "detection.json"
@@ -31,7 +31,7 @@ def read_scores(path: str) -> pd.DataFrame:
     frame = read_csv(path, ("Caption", SCORE_COLUMN), "score file")
     if frame.empty:
         raise ValueError(f"score file {path} has no rows")
-    return frame
+    return numeric_columns(frame, (SCORE_COLUMN,), path, "score file")
 
 
 def scores_of(frame: pd.DataFrame) -> torch.Tensor:

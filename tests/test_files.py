@@ -1,3 +1,6 @@
+import json
+import os
+
 import pandas as pd
 import pytest
 
@@ -25,7 +28,7 @@ def test_results_round_trip_in_the_authors_column_format(tmp_path):
         "Initial Neurons": [[i], [], [], [], [], [], [1279]], "Initial SSIM": 0.41,
         "Refined Neurons": [[], [], [], [], [], [], [1279]], "Refined SSIM": 0.3}) for i, c in enumerate(captions)]
     path = str(tmp_path / "r.csv")
-    with RowWriter(path, RESULT_COLUMNS, {}, resume=False) as writer:
+    with RowWriter(path, RESULT_COLUMNS, {}) as writer:
         for i, row in enumerate(rows):
             writer.write(i, row)
     frame = read_results(path, SD14_WIDTHS)
@@ -49,18 +52,57 @@ def test_malformed_neuron_lists_name_the_cell(cell):
         parse_neuron_set(cell, SD14_WIDTHS, "r.csv row 3 column 'Refined Neurons'")
 
 
-def test_resume_refuses_other_settings(tmp_path):
+def test_rows_take_the_final_name_only_when_the_run_ends(tmp_path):
     path = str(tmp_path / "r.csv")
-    with RowWriter(path, ["Caption"], {"seed": 1}, resume=False) as writer:
-        writer.write(0, {"Caption": "x"})
-    with open(path, "a") as f:
+    with pytest.raises(RuntimeError):
+        with RowWriter(path, ["Caption"], {"seed": 1}) as writer:
+            writer.write(0, {"Caption": "x"})
+            raise RuntimeError("killed")
+    assert not os.path.exists(path) and os.path.exists(path + ".partial")
+    with open(path + ".partial", "a") as f:
         f.write("1;half a ro")  # what a killed process leaves
-    with RowWriter(path, ["Caption"], {"seed": 1}, resume=True) as writer:
+    with RowWriter(path, ["Caption"], {"seed": 1}) as writer:  # same settings: continued
         assert writer.done == {0}
         writer.write(1, {"Caption": "y"})
-    assert read_csv(path)["Caption"].tolist() == ["x", "y"]
-    with pytest.raises(ValueError, match=r"--resume: .* other settings \(seed\)"):
-        RowWriter(path, ["Caption"], {"seed": 2}, resume=True)
+    assert read_csv(path)["Caption"].tolist() == ["x", "y"] and not os.path.exists(path + ".partial")
+    with RowWriter(path, ["Caption"], {"seed": 1}) as writer:  # a larger --limit continues the final file
+        assert writer.done == {0, 1}
+        writer.write(2, {"Caption": "z"})
+    assert read_csv(path)["Caption"].tolist() == ["x", "y", "z"]
+
+
+def test_other_settings_are_refused_untouched_and_overwrite_clears(tmp_path):
+    path = str(tmp_path / "r.csv")
+    companion = tmp_path / "r.csv.threshold.json"
+    with RowWriter(path, ["Caption"], {"seed": 1, "steps": 5}) as writer:
+        writer.write(0, {"Caption": "x"})
+    companion.write_text("{}")
+    before = open(path).read()
+    with pytest.raises(ValueError, match=r"other settings \(seed 1 -> 2\); pass another --output, or --overwrite"):
+        RowWriter(path, ["Caption"], {"seed": 2, "steps": 5}, companions=(str(companion),))
+    assert open(path).read() == before and companion.exists()
+    with RowWriter(path, ["Caption"], {"seed": 2, "steps": 5}, overwrite=True, companions=(str(companion),)) as writer:
+        assert writer.done == set()
+        writer.write(0, {"Caption": "new"})
+    assert read_csv(path)["Caption"].tolist() == ["new"] and not companion.exists()
+    assert json.load(open(path + ".settings.json")) == {"seed": 2, "steps": 5}
+
+
+def test_an_output_without_settings_record_is_refused(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text(";Caption\n0;x\n")
+    with pytest.raises(ValueError, match="without a settings record"):
+        RowWriter(str(path), ["Caption"], {})
+
+
+@pytest.mark.parametrize("cell", ["", "nan", "0.3x"])
+def test_score_cells_that_are_not_numbers_name_file_and_column(tmp_path, cell):
+    from metrics.detection import read_scores
+
+    path = tmp_path / "scores.csv"
+    path.write_text(f";Caption;Memorization Score\n0;a;0.2\n1;b;{cell}\n")
+    with pytest.raises(ValueError, match=r"scores.csv column 'Memorization Score' row 1"):
+        read_scores(str(path))
 
 
 def test_shards_are_disjoint_and_merge_into_the_single_process_file(tmp_path):
@@ -71,13 +113,13 @@ def test_shards_are_disjoint_and_merge_into_the_single_process_file(tmp_path):
     assert sorted(i for s in shards for i in s.indices(10)) == list(range(10))
     assert shards[1].indices(10, limit=6) == [1, 4]
     single = str(tmp_path / "single.csv")
-    with RowWriter(single, ["Caption"], {}, resume=False) as writer:
+    with RowWriter(single, ["Caption"], {}) as writer:
         for i in range(7):
             writer.write(i, {"Caption": f"p;{i}"})
     merged = str(tmp_path / "merged.csv")
     finished = []
     for shard in shards:
-        with RowWriter(shard.part(merged), ["Caption"], {}, resume=False) as writer:
+        with RowWriter(shard.part(merged), ["Caption"], {}) as writer:
             for i in shard.indices(7):
                 writer.write(i, {"Caption": f"p;{i}"})
         finished.append(shard.finish(merged, merge_rows))

@@ -92,13 +92,20 @@ def add_detection_args(parser: argparse.ArgumentParser, seed: int = defaults.DET
                        help="MS-SSIM kernel size (11 for SD's 64x64 latents; 5 for the 24x24 test bed)")
 
 
-def add_run_args(parser: argparse.ArgumentParser, resumable: bool = True) -> None:
-    group = parser.add_argument_group("run")
+def add_run_args(parser: argparse.ArgumentParser, resumable: bool = True, limit: bool = True,
+                 what: str = "prompts") -> None:
+    """--overwrite (ours), --resume/--continue_run (the authors' script 3), --limit and --log_level (ours)."""
+    group = parser.add_argument_group("run (a rerun with the same settings continues; README: Reruns)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="ours: replace an output made with other settings instead of refusing to touch it")
     if resumable:
         group.add_argument("--resume", "--continue_run", dest="resume", action="store_true",
-                           help="keep the results of an earlier run with the same settings and continue after them")
-    group.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts (quick runs)")
-    group.add_argument("--log_level", default="INFO", help="logging level")
+                           help="authors' --continue_run: keep the rows of an earlier run with the same settings and "
+                                "continue after them (a rerun does so anyway; other settings are refused)")
+    if limit:
+        group.add_argument("--limit", type=positive_int, default=None,
+                           help=f"ours: only the first N {what} (quick runs; a later run may raise it and continue)")
+    group.add_argument("--log_level", "--log-level", dest="log_level", default="INFO", help="ours: logging level")
 
 
 def add_localization_args(parser: argparse.ArgumentParser) -> None:
@@ -171,13 +178,32 @@ def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-# Flags that may change between a run and its --resume without changing its results.
-RESUME_FREE_FLAGS = ("resume", "limit", "log_level", "batch_candidates", "device")
+# Flags that may change between a run and its continuation without changing its results
+# (batch sizes: how many prompts share a call, not what each image or row is).
+NON_RESULT_FLAGS = ("resume", "overwrite", "limit", "log_level", "device", "batch_candidates", "batch_size")
 
 
-def run_settings(args: argparse.Namespace) -> dict:
-    """The flags a resumed run must share with the run it continues."""
-    return {k: v for k, v in sorted(vars(args).items()) if k not in RESUME_FREE_FLAGS}
+def file_digest(path: str) -> str:
+    """sha256 of a file's bytes: an input that changes under the same name changes the settings."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_settings(args: argparse.Namespace, inputs: tuple[str, ...] = (), **extra) -> dict:
+    """The settings an output records: every flag but ``NON_RESULT_FLAGS``, the sha256 of the
+    input files named by the flags ``inputs`` (``<flag>_sha256``), and ``extra``."""
+    settings = {k: v for k, v in vars(args).items() if k not in NON_RESULT_FLAGS}
+    for flag in inputs:
+        path = getattr(args, flag)
+        if path and os.path.isfile(path):
+            settings[f"{flag}_sha256"] = file_digest(path)
+    settings.update(extra)
+    return dict(sorted(settings.items()))
 
 
 def pending(shard, total: int, done: set[int], limit: int | None) -> list[int]:

@@ -6,9 +6,12 @@ import ast
 import csv
 import json
 import os
+import shutil
 
 import pandas as pd
 
+from utils.faults import crash_point
+from utils.outputs import atomic_file, claim_output
 from utils.layers import NeuronSet, validate_neuron_set
 
 CSV_SEPARATOR = ";"  # the authors' prompt and results files
@@ -39,6 +42,19 @@ def read_csv(path: str, required: tuple[str, ...] = (PROMPT_COLUMN,), what: str 
     if missing:
         raise ValueError(f"{what} {path} has no column {missing[0]!r} (columns: {list(frame.columns)[:8]})")
     return frame.reset_index(drop=True)
+
+
+def numeric_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: str, what: str) -> pd.DataFrame:
+    """``frame`` with ``columns`` as floats; an empty, NaN or non-numeric cell is a one-line
+    ValueError naming the file, the column and the row."""
+    for column in columns:
+        values = pd.to_numeric(frame[column].replace("", float("nan")), errors="coerce").astype(float)
+        bad = [i for i, v in enumerate(values) if v != v]
+        if bad:
+            raise ValueError(f"{what} {path} column {column!r} row {bad[0]}: {frame[column][bad[0]]!r} is not a number "
+                             f"({len(bad)} such cell(s)); expected a finished run's numbers")
+        frame[column] = values
+    return frame
 
 
 def read_prompts(path: str) -> pd.DataFrame:
@@ -95,42 +111,42 @@ def read_results(path: str, widths: list[int] | None) -> pd.DataFrame:
     frame = read_csv(path, tuple(RESULT_COLUMNS), what="results file")
     if frame.empty:
         raise ValueError(f"results file {path} has no rows")
+    numeric_columns(frame, ("Initial SSIM", "Refined SSIM"), path, "results file")
     for column in ("Initial Neurons", "Refined Neurons"):
         frame[column] = [parse_neuron_set(cell, widths, f"{path} row {i} column {column!r}")
                          for i, cell in enumerate(frame[column])]
     return frame
 
 
-class RowWriter:
-    """Appends rows to a ``;`` CSV, flushed one by one, so a killed run loses no finished row.
+PARTIAL_SUFFIX = ".partial"  # the rows of an unfinished run, renamed to the final name at its end
 
-    The first column is the row's prompt index. ``settings`` are kept in
-    ``<path>.settings.json``; with ``resume`` the rows already written are kept (``done``
-    holds their indices) and different settings are refused.
+
+class RowWriter:
+    """Writes rows of a ``;`` CSV to ``<path>.partial``, flushed one by one so a killed run loses
+    no finished row, and renames it to ``path`` when the run ends without an error.
+
+    The first column is the row's prompt index. ``settings`` are recorded in
+    ``<path>.settings.json`` (``utils.outputs.claim_output``): an earlier run with the same
+    settings is continued (``done`` holds the indices of its rows, final or partial), one with
+    other settings refused with a one-line error, unless ``overwrite`` clears it (and
+    ``companions``, files made from it). Construct it after every input is checked.
     """
 
-    def __init__(self, path: str, columns: list[str], settings: dict, resume: bool):
-        self.path, self.columns = path, columns
-        settings_path = path + ".settings.json"
+    def __init__(self, path: str, columns: list[str], settings: dict, overwrite: bool = False,
+                 companions: tuple[str, ...] = ()):
+        self.path, self.partial, self.columns = path, path + PARTIAL_SUFFIX, columns
+        claim_output(path, settings, overwrite, companions=(self.partial, *companions))
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.done: set[int] = set()
-        if resume and os.path.exists(path):
-            previous = read_json(settings_path, "settings file") if os.path.exists(settings_path) else None
-            if previous != json.loads(json.dumps(settings)):
-                changed = sorted(k for k in settings if previous is None or previous.get(k) != settings[k])
-                raise ValueError(f"--resume: {path} was written with other settings ({', '.join(changed)}); "
-                                 "use the same flags or a new --output")
-            drop_partial_line(path)
-            with open(path, newline="") as f:
-                self.done = {int(row[0]) for row in list(csv.reader(f, delimiter=CSV_SEPARATOR))[1:]}
-            self.file = open(path, "a", newline="")
-            self.writer = csv.writer(self.file, delimiter=CSV_SEPARATOR)
-        else:
-            self.file = open(path, "w", newline="")
-            self.writer = csv.writer(self.file, delimiter=CSV_SEPARATOR)
+        if os.path.exists(self.partial):
+            drop_partial_line(self.partial)  # a row a kill cut off
+        elif os.path.exists(path):
+            shutil.copyfile(path, self.partial)  # continued (e.g. a larger --limit): the old rows stay final
+        self.file = open(self.partial, "a", newline="")
+        self.writer = csv.writer(self.file, delimiter=CSV_SEPARATOR)
+        if self.file.tell() == 0:
             self._write([""] + columns)
-            with open(settings_path, "w") as f:
-                json.dump(settings, f, indent=1)
+        with open(self.partial, newline="") as f:
+            self.done: set[int] = {int(row[0]) for row in list(csv.reader(f, delimiter=CSV_SEPARATOR))[1:]}
 
     def _write(self, cells: list) -> None:
         self.writer.writerow(cells)
@@ -139,15 +155,20 @@ class RowWriter:
 
     def write(self, index: int, row: dict) -> None:
         self._write([index] + [row[c] for c in self.columns])
+        self.done.add(index)
+        crash_point("row_written")
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
+        """Close; ``complete``: the run ended, so the rows take the final name."""
         self.file.close()
+        if complete:
+            os.replace(self.partial, self.path)
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, error_type, *_):
+        self.close(complete=error_type is None)
 
 
 def drop_partial_line(path: str) -> None:
@@ -166,7 +187,7 @@ def merge_rows(parts: list[str], path: str) -> None:
             lines = list(csv.reader(f, delimiter=CSV_SEPARATOR))
         header = lines[0]
         rows += lines[1:]
-    with open(path, "w", newline="") as f:
+    with atomic_file(path, newline="") as f:
         writer = csv.writer(f, delimiter=CSV_SEPARATOR)
         writer.writerow(header)
         writer.writerows(sorted(rows, key=lambda row: int(row[0])))

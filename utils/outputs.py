@@ -15,6 +15,8 @@ import json
 import os
 import shutil
 
+from utils.faults import crash_point
+
 PART_PREFIX, PART_SUFFIX = ".", ".part"
 
 
@@ -46,6 +48,7 @@ def atomic_path(path: str):
         if os.path.isfile(temporary):
             with open(temporary, "rb") as f:
                 os.fsync(f.fileno())
+        crash_point("file_written")
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
         os.replace(temporary, path)
@@ -101,3 +104,87 @@ def remove_leftovers(folder: str) -> list[str]:
     for name in removed:
         _discard(os.path.join(folder, name))
     return removed
+
+
+# Settings records: what an output was made with, beside it, so a rerun continues it or refuses.
+SETTINGS_SUFFIX = ".settings.json"  # beside a file output
+FOLDER_SETTINGS_NAME = "settings.json"  # inside a folder output
+
+
+def settings_path(output: str, folder: bool = False) -> str:
+    """Where the settings record of ``output`` lives (``<file>.settings.json``, ``<folder>/settings.json``)."""
+    return os.path.join(output, FOLDER_SETTINGS_NAME) if folder else output + SETTINGS_SUFFIX
+
+
+def read_settings(output: str, folder: bool = False) -> dict | None:
+    """The settings record of ``output``; None when there is none."""
+    path = settings_path(output, folder)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"settings record {path} is not valid JSON; remove it or pass --overwrite") from None
+
+
+def write_settings(output: str, settings: dict, folder: bool = False) -> None:
+    write_json(settings_path(output, folder), settings)
+
+
+def differing_settings(recorded: dict, settings: dict) -> list[str]:
+    """The names of the settings whose values differ (a setting only one side has counts)."""
+    settings = json.loads(json.dumps(settings))  # tuples as lists, as they are recorded
+    absent = object()
+    return sorted(k for k in set(recorded) | set(settings) if recorded.get(k, absent) != settings.get(k, absent))
+
+
+def _shown(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def claim_output(output: str, settings: dict, overwrite: bool, *, folder: bool = False,
+                 companions: tuple[str, ...] = (), record: bool = True) -> bool:
+    """Make ``output`` (a file or folder) this run's: returns True when it, or what a killed run
+    left of it, exists with the same ``settings`` (continue it), False when there is nothing yet.
+
+    Other settings are a one-line ValueError naming them and the way out; ``overwrite`` clears
+    the output, its settings record and its ``companions`` (files made with it) instead. The
+    settings record is written (for a folder, inside it, creating it) before any result, unless
+    ``record`` is False (an output made whole at once, e.g. a model folder, records them itself).
+    """
+    record_path = settings_path(output, folder)
+    exists = [p for p in (output, record_path, *companions) if os.path.lexists(p)]
+    if overwrite:
+        for path in exists:
+            _discard(path)
+        exists = []
+    if exists:
+        recorded = read_settings(output, folder)
+        if recorded is None:
+            raise ValueError(f"{output} exists without a settings record ({record_path}), so it cannot be continued; "
+                             "pass another --output, or --overwrite to replace it")
+        changed = differing_settings(recorded, settings)
+        if changed:
+            shown = ", ".join(f"{k} {_shown(recorded.get(k))} -> {_shown(settings.get(k))}"
+                              for k in changed[:4]) + (", ..." if len(changed) > 4 else "")
+            raise ValueError(f"{output} was made with other settings ({shown}); pass another --output, "
+                             "or --overwrite to replace it")
+        return True
+    if record:
+        if folder:
+            os.makedirs(output, exist_ok=True)
+        write_settings(output, settings, folder)
+    return False
+
+
+def save_model_folder(output: str, pipe, settings: dict, extra_files: dict | None = None) -> None:
+    """A diffusers folder written whole: ``pipe.save_pretrained``, its settings record and
+    ``extra_files`` (name -> write(path)) into a temporary that is renamed once complete."""
+    with atomic_path(output) as temporary:
+        pipe.save_pretrained(temporary)
+        for name, write in (extra_files or {}).items():
+            write(os.path.join(temporary, name))
+        with open(settings_path(temporary, folder=True), "w", encoding="utf-8") as f:
+            json.dump(settings, f, indent=1)
