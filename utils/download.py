@@ -256,13 +256,10 @@ def fetch_image(row: int, url: str, folder: str, session: requests.Session, sett
 
 def prompt_urls(prompts: str) -> dict[int, str]:
     """The ``URL`` column of a prompt file by row (rows without one map to "")."""
-    from utils.files import read_prompts
+    from utils.files import read_csv
 
-    frame = read_prompts(prompts)
-    if "URL" not in frame:
-        raise ValueError(f"prompt file {prompts} has no 'URL' column; expected the authors' "
-                         "';'-separated format with Caption;URL")
-    return {int(row): "" if not isinstance(url, str) else url.strip() for row, url in frame["URL"].items()}
+    frame = read_csv(prompts, required=("URL",))
+    return {row: str(url).strip() for row, url in frame["URL"].items()}
 
 
 def fetch_images(urls: dict[int, str], folder: str, settings: Settings) -> dict:
