@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUN := PYTHONPATH=. $(PY)
 
-.PHONY: demo test testbed benchmark
+.PHONY: demo test testbed benchmark assets
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,9 @@ testbed: $(VENV)/installed
 
 benchmark: $(VENV)/installed
 	$(RUN) -m benchmarks.localization
+
+# Fetch and verify what the README's SD v1.4 commands read (prompts/, statistics/, weights/,
+# original_images/); `make assets ASSETS="sscd_disc_large"` picks others (0_fetch_assets.py --list).
+ASSETS ?= sd14
+assets: $(VENV)/installed
+	$(RUN) 0_fetch_assets.py $(ASSETS)

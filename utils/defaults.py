@@ -113,3 +113,28 @@ CLIP_MODEL = "openai/clip-vit-base-patch32"  # CLIP ViT-B/32 for A_CLIP and CLIP
 # An image copies a reference when their similarity exceeds this: SSCD's usual copy threshold
 # (Somepalli et al. 2023 count SSCD > 0.5 as a copy; NeMo's App. C.1 uses 0.7 for VM).
 SSCD_COPY_THRESHOLD = 0.5
+
+# ---------------------------------------------------------------------------------------
+# Assets (issue 22: 0_fetch_assets.py). The authors' files are pinned to the commit of
+# ml-research/localizing_memorization_in_diffusion_models that added them (its initial
+# commit, c8de0c6, 2024-06-03; unchanged up to f952ede, the newest seen).
+UPSTREAM_COMMIT = "c8de0c620ec511cdb9e937905d1503cd9758910b"
+# The two SSCD TorchScript checkpoints (facebookresearch/sscd-copy-detection README) and the
+# copy threshold of each: the SSCD similarity above which an image counts as a copy.
+SSCD_CHECKPOINTS = ("sscd_disc_mixup", "sscd_disc_large")
+SSCD_COPY_THRESHOLDS = {
+    # Somepalli et al. 2023 count SSCD > 0.5 as a copy; NeMo's metric scripts use this model
+    "sscd_disc_mixup": 0.5,
+    # Wen et al. 2024, Chavhan et al. and MemBench use this model but publish no copy
+    # threshold of their own for it; ours: the same 0.5, stated in every table
+    "sscd_disc_large": 0.5,
+}
+WEIGHTS_FOLDER = "weights"  # where 0_fetch_assets.py puts the SSCD checkpoints (ours)
+ORIGINALS_FOLDER = "original_images"  # --originals of the README's commands
+ORIGINALS_FROM = "prompts/memorized_laion_prompts.csv"  # the prompt file whose URLs are the originals
+# Fetching (ours): img2dataset's defaults are 10 s timeout, 0 retries, 16+ threads per process;
+# for a few hundred LAION hosts a longer timeout and a few retries lose fewer live links.
+FETCH_WORKERS = 16
+FETCH_TIMEOUT = 20.0  # seconds to connect and between two reads
+FETCH_RETRIES = 3  # further tries after a timeout, a dropped connection, a 5xx or a 429
+FETCH_BACKOFF = 1.0  # seconds before the first retry, doubled each time
