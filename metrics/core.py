@@ -125,3 +125,17 @@ def detection_metrics(memorized: torch.Tensor, unmemorized: torch.Tensor, thresh
                 accuracy_at_threshold=accuracy_at(memorized, unmemorized, threshold),
                 tpr_at_1_fpr=tpr_at_fpr(memorized, unmemorized),
                 memorized=len(memorized), unmemorized=len(unmemorized))
+
+
+def kernel_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """KID (Bińkowski et al. 2018): the unbiased squared MMD between features ``a`` [n, d] and
+    ``b`` [m, d] with the cubic polynomial kernel k(x, y) = (x . y / d + 1)^3, over all pairs
+    (no random subsets, so the figure is deterministic). About 0 for samples of one
+    distribution; it can be slightly negative."""
+    if len(a) < 2 or len(b) < 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"KID needs at least 2 feature rows of one width on each side, got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    a, b = a.double(), b.double()
+    kernel = lambda x, y: (x @ y.T / a.shape[1] + 1) ** 3
+    within = lambda x: (kernel(x, x).sum() - kernel(x, x).diagonal().sum()) / (len(x) * (len(x) - 1))
+    return (within(a) + within(b) - 2 * kernel(a, b).mean()).item()

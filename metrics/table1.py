@@ -49,6 +49,9 @@ class Measures:
     notes: list[str] = field(default_factory=list)
     references: References | None = None  # nearest copies among all of them (metrics/copies.py)
     own_reference: dict[int, str] = field(default_factory=dict)  # prompt -> its own original's name
+    # image quality of the held-out images: (all images, the caption of each) -> one figure (lower is better)
+    quality_name: str | None = None
+    image_quality: Callable[[list[Image.Image], list[str]], float] | None = None
 
 
 def embedder_measures(embedder, clip=None) -> Measures:
@@ -132,6 +135,15 @@ def quality_score(folder: str, captions: dict[int, str], measures: Measures) -> 
     return summarize(values, {}) if values else None
 
 
+def image_quality_score(folder: str, captions: dict[int, str], measures: Measures) -> dict:
+    """``measures.image_quality`` of every image of the held-out prompts of ``folder`` at once."""
+    images, image_captions = [], []
+    for prompt, prompt_images in _prompt_images(folder):
+        images += prompt_images
+        image_captions += [captions[prompt]] * len(prompt_images)
+    return {OVERALL: dict(mean=measures.image_quality(images, image_captions), n=len(images))}
+
+
 def setting_cost(folder: str) -> dict:
     """Median per prompt of the seconds and mitigation U-Net sample-forwards script 4 recorded."""
     records = list(read_records(folder).values())
@@ -171,13 +183,18 @@ def build_table(folders: dict[str, str], quality_folders: dict[str, str], origin
             rows[name] = row
         if setting.name in quality_folders and measures.align:
             rows[setting.name]["quality"] = quality_score(quality_folders[setting.name], quality_captions, measures)
+        if setting.name in quality_folders and measures.image_quality:
+            rows[setting.name]["image_quality"] = image_quality_score(quality_folders[setting.name], quality_captions,
+                                                                      measures)
     columns = ["neurons", measures.orig_name, measures.gen_name, measures.div_name]
     if measures.align and measures.align_memorized:
         columns.append(measures.align_name)
     if measures.references:
         columns += [NEAREST, COPY_ANY, COPY_OTHER]
     quality = f"{measures.align_name} (held-out prompts)" if quality_folders and measures.align else None
-    return dict(columns=columns, rows=rows, notes=list(measures.notes), quality_column=quality)
+    image_quality = f"{measures.quality_name} (held-out prompts)" if quality_folders and measures.image_quality else None
+    return dict(columns=columns, rows=rows, notes=list(measures.notes), quality_column=quality,
+                image_quality_column=image_quality)
 
 
 def _cell(groups: dict | None, kinds: tuple[str, ...], spec: str = ".2f") -> str:
@@ -192,12 +209,15 @@ def _cell(groups: dict | None, kinds: tuple[str, ...], spec: str = ".2f") -> str
 def markdown(table: dict, title: str) -> str:
     """Table 1 as Markdown: median over prompts, VM / TM."""
     kinds = ("VM", "TM")
-    columns = table["columns"] + ([table["quality_column"]] if table["quality_column"] else [])
+    extra = [table["quality_column"], table.get("image_quality_column")]
+    columns = table["columns"] + [c for c in extra if c]
     lines = [f"### {title}", "", "| setting | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in table["rows"].items():
         cells = [_cell(row.get(c), kinds, "g" if c == "neurons" else ".2f") for c in table["columns"]]
         if table["quality_column"]:
             cells.append(_cell(row.get("quality"), kinds))
+        if table.get("image_quality_column"):
+            cells.append(_cell(row.get("image_quality"), kinds))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Median over prompts, VM / TM; Copy_* are shares of all images." +
               "".join(f" {note}." for note in table["notes"])]

@@ -71,6 +71,15 @@ def ordinary_caption(combo: tuple[str, str, str]) -> str:
     return f"a {color} {shape} on {background} background"
 
 
+def ordinary_combination(caption: str) -> tuple[str, str, str] | None:
+    """The (colour, shape, background) an ordinary caption names; None for any other caption."""
+    words = caption.split()
+    if len(words) != 6 or words[0] != "a" or words[3] != "on" or words[5] != "background":
+        return None
+    combo = (words[1], words[2], words[4])
+    return combo if combo[0] in COLORS and combo[1] in SHAPES and combo[2] in BACKGROUNDS else None
+
+
 def render_ordinary(combo: tuple[str, str, str], rng: np.random.Generator) -> np.ndarray:
     color, shape, background = combo
     image = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)

@@ -22,7 +22,9 @@ import json
 import os
 import shutil
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 import testbed
@@ -31,9 +33,10 @@ from metrics.rows import PLAIN
 from metrics.copies import References
 from metrics.embedders import PixelEmbedder
 from metrics.images import load_images, original_images
+from metrics.pixel_quality import pixel_kid
 from metrics.pixel_ssim import pixel_ssim_matrix, ssim_to_original
 from testbed.alignment import alignment
-from testbed.synthetic_data import write_ordinary_pairs
+from testbed.synthetic_data import ordinary_combination, render_ordinary, write_ordinary_pairs
 from testbed.train_testbed import SEED
 from utils import cli
 from utils.defaults import GENERATION_STEPS, NUM_SAMPLES, WANDA_SUBSET_SIZE
@@ -57,6 +60,23 @@ UTILITY_PAIRS = 64  # rendered ordinary training pairs of the utility loss, draw
 # An image copies a training image when their pixel SSIM exceeds this (issue 16's measure:
 # held-out ordinary images score 0.55 between seeds only through their flat background).
 PIXEL_COPY_THRESHOLD = 0.5
+REFERENCE_SEED = SEED + 4  # ours: draws the shapes' places and sizes of KID_pix's reference renders
+
+
+def reference_renders(captions: list[str], seed: int = REFERENCE_SEED) -> list[Image.Image]:
+    """One freshly rendered image per caption (an ordinary caption's colour, shape and background
+    at a random place and size): the reference set of KID_pix."""
+    rng = np.random.default_rng(seed)
+    combos = [ordinary_combination(caption) for caption in captions]
+    if None in combos:
+        raise ValueError(f"KID_pix needs ordinary captions ('a red circle on gray background'), got "
+                         f"{captions[combos.index(None)]!r}")
+    return [Image.fromarray(render_ordinary(combo, rng)) for combo in combos]
+
+
+def kid_to_renders(images: list[Image.Image], captions: list[str]) -> float:
+    """KID_pix of held-out images against renders of their captions, one per image."""
+    return pixel_kid(images, reference_renders(captions))
 
 
 def wanda_subset_size(prompts: int) -> int:
@@ -79,12 +99,15 @@ def testbed_measures(rows: list[int]) -> table1.Measures:
     return table1.Measures(
         "SSIM_Orig", "Pix_Gen", "D_Pix", pixels,
         lambda original, images, _embeddings: ssim_to_original(original, images).median().item(),
-        align_name="A_color", align=alignment, align_memorized=False,
+        align_name="A_color", align=alignment, align_memorized=False, quality_name="KID_pix",
+        image_quality=kid_to_renders,
         notes=["Weight-free stand-ins: SSIM_Orig is pixel SSIM to the training image (median over a prompt's "
                "images); Pix_Gen and D_Pix use 32x32 pixel thumbnails for SSCD_Gen and D_SSCD; A_color is the "
                "share of images of held-out ordinary prompts whose shape and background colours are the caption's "
                f"(for A_CLIP); Nearest and Copy_* compare each image with all 24 memorized training images by "
-               f"pixel SSIM, a copy above {PIXEL_COPY_THRESHOLD}"],
+               f"pixel SSIM, a copy above {PIXEL_COPY_THRESHOLD}; KID_pix (x 100, lower is better) compares every "
+               "held-out image with a fresh render of its caption on thumbnail pixels and colour histograms "
+               "(metrics/pixel_quality.py)"],
         references=memorized_references(), own_reference={i: f"{row:04d}" for i, row in enumerate(rows)})
 
 
