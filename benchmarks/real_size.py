@@ -4,7 +4,7 @@ U-Net speed, each script's peak memory, script 3's projected time per prompt.
 * seconds per U-Net forward of 10 latents (64x64, SD v1.4's U-Net), fp32 and fp16;
 * the peak resident memory of the reduced real-shape pass's commands (scripts 1-5, 7-9 and
   the metric commands; script 9 with and without --gradient_checkpointing), each run as a
-  child process and measured with os.wait4's ru_maxrss (on CUDA, also torch's peak);
+  child process and measured with os.wait4's ru_maxrss (host memory; GPU memory is not measured);
 * script 3's projected seconds per prompt for the paper's median candidate counts, from
   the U-Net time.
 
