@@ -248,7 +248,7 @@ def seeded_weights(build, seed: int, dtype):
             value = torch.zeros(param.shape)
         else:
             value = torch.ones(param.shape)
-        set_module_tensor_to_device(model, name, "cpu", value=value.to(dtype))
+        set_module_tensor_to_device(model, name, "cpu", value=value.to(dtype), dtype=dtype)
     return model.eval()
 
 
