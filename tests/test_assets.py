@@ -241,3 +241,31 @@ def test_killed_run_and_rerun_equal_an_uninterrupted_run(tmp_path):
 def test_sscd_model_flag_takes_a_checkpoint_name_or_a_path():
     assert sscd_checkpoint("sscd_disc_large", "/r") == ("sscd_disc_large", "/r/weights/sscd_disc_large.torchscript.pt")
     assert sscd_checkpoint("/w/sscd_disc_mixup.torchscript.pt") == ("sscd_disc_mixup", "/w/sscd_disc_mixup.torchscript.pt")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_tables_name_the_sscd_checkpoint_and_its_copy_threshold(tmp_path, monkeypatch):
+    import argparse
+
+    import torch
+
+    from metrics.embedders import SSCDEmbedder
+    from metrics.reproduce import paper_measures
+
+    monkeypatch.chdir(tmp_path)  # a checkpoint name is looked up in ./weights/
+    with pytest.raises(ValueError, match="python 0_fetch_assets.py sscd_disc_large"):
+        SSCDEmbedder("sscd_disc_large", torch.device("cpu"))
+    stand_in = torch.jit.script(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten()))
+    references = tmp_path / "references"
+    references.mkdir()
+    Image.open(io.BytesIO(encoded(0))).save(references / "0000.png")
+    for name, threshold in [("sscd_disc_large", "0.5"), ("my_sscd", None)]:
+        stand_in.save(str(tmp_path / f"{name}.torchscript.pt"))
+        args = argparse.Namespace(device="cpu", embedder="sscd", sscd_model=str(tmp_path / f"{name}.torchscript.pt"),
+                                  clip_model="none", references=str(references), originals=None, copy_threshold=None)
+        if threshold is None:  # a checkpoint without a documented threshold needs one
+            with pytest.raises(ValueError, match="no default copy threshold for SSCD checkpoint 'my_sscd'"):
+                paper_measures(args)
+            continue
+        notes = " ".join(paper_measures(args).notes)
+        assert f"SSCD checkpoint {name}" in notes and f"a copy above {threshold}" in notes
