@@ -14,7 +14,7 @@ layer) into --output; a rerun reuses every finished step.
 
 SD v1.4 with SSCD and CLIP weights (the paper's columns):
     python 6_reproduce_table1.py -d prompts/memorized_laion_prompts.csv --originals original_images \\
-        --unmemorized_prompts prompts/unmemorized_laion_prompts.csv --sscd-model sscd_disc_mixup.torchscript.pt
+        --unmemorized_prompts prompts/unmemorized_laion_prompts.csv --sscd-model sscd_disc_mixup
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ def add_args(parser) -> None:
     parser.add_argument("--references", default=None,
                         help="folder of images every generation is compared with for the nearest-copy columns "
                              "(e.g. all memorized training images); default: --originals")
-    parser.add_argument("--copy_threshold", type=float, default=defaults.SSCD_COPY_THRESHOLD,
-                        help="similarity above which an image copies a reference (SSCD's usual 0.5)")
+    parser.add_argument("--copy_threshold", type=float, default=None,
+                        help="similarity above which an image copies a reference; default: the SSCD checkpoint's "
+                             f"({', '.join(f'{k} {v}' for k, v in defaults.SSCD_COPY_THRESHOLDS.items())}; sources in "
+                             f"utils/defaults.py), {defaults.SSCD_COPY_THRESHOLD} with --embedder pixel")
     parser.add_argument("--quality_prompts", default=None,
                         help="held-out prompt file: each setting that changes any prompt is generated on it too, "
                              "for the alignment of the quality column")
@@ -79,7 +81,7 @@ def add_args(parser) -> None:
     metric = parser.add_argument_group("columns (SPEC §6)")
     metric.add_argument("--embedder", choices=("sscd", "pixel"), default="sscd",
                         help="SSCD (the paper's) or the weight-free pixel stand-in for *_Orig, *_Gen, D_*")
-    metric.add_argument("--sscd-model", default=defaults.SSCD_MODEL, help="sscd_disc_mixup TorchScript file")
+    cli.add_sscd_model_arg(metric)
     metric.add_argument("--clip-model", default=defaults.CLIP_MODEL, help="CLIP ViT-B/32 for A_CLIP; 'none' to leave it out")
     cli.add_model_args(parser)
     parser.add_argument("--limit", type=int, default=None, help="only the first N memorized prompts")

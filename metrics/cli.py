@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from metrics.core import summarize
 from metrics.embedders import EMBEDDERS, image_embedder
-from utils.defaults import CLIP_MODEL, SSCD_MODEL
+from utils.cli import add_sscd_model_arg
+from utils.defaults import CLIP_MODEL
 from utils.files import read_prompts
 from utils.models import resolve_device
 
@@ -38,8 +39,7 @@ def add_embedder_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--embedder", choices=EMBEDDERS, default="sscd",
                        help="sscd: the paper's copy detector; pixel: weight-free stand-in for the built-in "
                             "test bed and the tests; clip: CLIP image embeddings")
-    group.add_argument("--sscd-model", default=SSCD_MODEL,
-                       help="sscd_disc_mixup TorchScript file (facebookresearch/sscd-copy-detection)")
+    add_sscd_model_arg(group)
     add_clip_args(group)
     add_device_args(group)
 

@@ -33,8 +33,8 @@ def main(argv=None) -> dict:
     embedder = cli.embedder_from(args)
     per_prompt = cli.per_prompt_scores(images, lambda prompt, paths: dict(
         median=diversity_score(embed_files(embedder, paths))))
-    return cli.report(f"D_SSCD ({embedder.name} embedder), {len(images)} prompts", per_prompt, types,
-                      cli.default_output(args, JSON_NAME), metric="diversity", embedder=embedder.name,
+    return cli.report(f"D_SSCD ({embedder.label} embedder), {len(images)} prompts", per_prompt, types,
+                      cli.default_output(args, JSON_NAME), metric="diversity", embedder=embedder.label,
                       images=args.images)
 
 

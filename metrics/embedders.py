@@ -15,12 +15,12 @@ from torchvision import transforms
 from torchvision.transforms.functional import to_tensor
 
 from metrics.images import load_images
-from utils.defaults import CLIP_MODEL, SSCD_MODEL
+from utils.assets import SSCD_BASE, sscd_checkpoint
+from utils.defaults import CLIP_MODEL, SSCD_CHECKPOINTS, SSCD_MODEL
 
 logger = logging.getLogger(__name__)
 
 # SSCD (SPEC §6; Pizzi et al. 2022, as used by the authors' metric scripts).
-SSCD_URL = "https://dl.fbaipublicfiles.com/sscd-copy-detection/sscd_disc_mixup.torchscript.pt"
 SSCD_SIZE = 320  # resize to 320x320, no crop (SPEC §6)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # SSCD's input normalization (SPEC §6)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,14 +29,19 @@ EMBEDDERS = ("sscd", "pixel", "clip")
 
 
 class SSCDEmbedder:
-    """The ``sscd_disc_mixup`` TorchScript model: [n, 3, 320, 320] normalized images -> [n, 512]."""
+    """An SSCD TorchScript model: [n, 3, 320, 320] normalized images -> [n, 512] (``sscd_disc_mixup``)
+    or [n, 1024] (``sscd_disc_large``). ``model``: a checkpoint name (its file in weights/) or a path."""
 
     name = "sscd"
 
-    def __init__(self, path: str, device: torch.device):
+    def __init__(self, model: str, device: torch.device):
+        self.checkpoint, path = sscd_checkpoint(model)
+        self.label = f"sscd ({self.checkpoint})"
         if not os.path.isfile(path):
-            raise ValueError(f"SSCD model {path} not found; download {SSCD_MODEL} from the SSCD repo "
-                             f"(facebookresearch/sscd-copy-detection): {SSCD_URL}, and pass it with --sscd-model")
+            fetch = (f"fetch it with `python 0_fetch_assets.py {self.checkpoint}`" if self.checkpoint in SSCD_CHECKPOINTS
+                     else f"download a checkpoint from {SSCD_BASE} (e.g. {SSCD_MODEL}.torchscript.pt)")
+            raise ValueError(f"SSCD model {path} not found; {fetch} (facebookresearch/sscd-copy-detection), "
+                             "or pass a TorchScript file with --sscd-model")
         try:
             self.model = torch.jit.load(path, map_location=device).eval()
         except RuntimeError as error:
@@ -59,7 +64,7 @@ class PixelEmbedder:
     32x32 RGB, flattened, centred (its mean subtracted) and L2-normalized, so the cosine
     similarity of two images is the correlation of their thumbnails. Not a copy detector."""
 
-    name = "pixel"
+    name = label = "pixel"
 
     def __init__(self, size: int = PIXEL_SIZE):
         self.size = size
@@ -77,6 +82,7 @@ class CLIPEmbedder:
     name = "clip"
 
     def __init__(self, source: str, device: torch.device):
+        self.label = f"clip ({source})"
         from transformers import CLIPModel, CLIPProcessor
 
         try:

@@ -15,6 +15,8 @@ from metrics.embedders import CLIPEmbedder, image_embedder
 from metrics.images import original_images
 from metrics.rows import ALL_REFINED, FINETUNED, PLAIN, SETTINGS, WANDA, Setting, folder_name
 from utils import cli
+from utils.assets import sscd_copy_threshold
+from utils.defaults import SSCD_COPY_THRESHOLD
 from utils.files import read_csv, read_json, read_prompts, read_results
 from utils.layers import count_neurons
 from utils.models import resolve_device
@@ -229,10 +231,12 @@ def paper_measures(args) -> table1.Measures:
                  if name.lower().endswith((".png", ".jpg", ".jpeg", ".webp"))] if os.path.isdir(folder) else []
         if not paths:
             raise ValueError(f"reference folder {folder} has no images (.png, .jpg, .jpeg, .webp)")
-        measures.references = embedded_references(embedder, paths, [os.path.basename(p) for p in paths],
-                                                  args.copy_threshold)
+        threshold = args.copy_threshold
+        if threshold is None:
+            threshold = sscd_copy_threshold(embedder.checkpoint) if embedder.name == "sscd" else SSCD_COPY_THRESHOLD
+        measures.references = embedded_references(embedder, paths, [os.path.basename(p) for p in paths], threshold)
         originals = original_images(args.originals) if args.originals else {}
         measures.own_reference = {prompt: os.path.basename(path) for prompt, path in originals.items()}
         measures.notes.append(f"Nearest and Copy_* compare each image with the {len(paths)} images of {folder}, "
-                              f"a copy above {args.copy_threshold}")
+                              f"a copy above {threshold}")
     return measures

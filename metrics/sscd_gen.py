@@ -33,8 +33,8 @@ def main(argv=None) -> dict:
     embedder = cli.embedder_from(args)
     per_prompt = cli.per_prompt_scores(pairs, lambda prompt, paths: dict(median=sscd_gen_score(
         embed_files(embedder, [a for a, _ in paths]), embed_files(embedder, [b for _, b in paths]))))
-    return cli.report(f"SSCD_Gen ({embedder.name} embedder), {len(pairs)} prompts", per_prompt, types,
-                      cli.default_output(args, JSON_NAME), metric="sscd_gen", embedder=embedder.name,
+    return cli.report(f"SSCD_Gen ({embedder.label} embedder), {len(pairs)} prompts", per_prompt, types,
+                      cli.default_output(args, JSON_NAME), metric="sscd_gen", embedder=embedder.label,
                       images=args.images, reference=args.reference)
 
 

@@ -39,10 +39,10 @@ def main(argv=None) -> dict:
     embedder = cli.embedder_from(args)
     per_prompt = cli.per_prompt_scores(scored, lambda prompt, paths: sscd_orig_scores(
         embed_files(embedder, [originals[prompt]])[0], embed_files(embedder, paths)))
-    title = (f"SSCD_Orig ({embedder.name} embedder), {len(scored)} prompts, "
+    title = (f"SSCD_Orig ({embedder.label} embedder), {len(scored)} prompts, "
              f"{len(missing)} without an original image skipped")
     return cli.report(title, per_prompt, types, cli.default_output(args, JSON_NAME), metric="sscd_orig",
-                      embedder=embedder.name, images=args.images, originals=args.originals,
+                      embedder=embedder.label, images=args.images, originals=args.originals,
                       skipped_prompts=missing)
 
 

@@ -63,7 +63,9 @@ def embedder_measures(embedder, clip=None) -> Measures:
     if clip is not None:
         measures.align_name = "A_CLIP"
         measures.align = lambda images, caption: alignment_score(clip.embed_texts([caption])[0], clip(images))
-    if embedder.name != "sscd":
+    if embedder.name == "sscd":
+        measures.notes.append(f"SSCD_*: SSCD checkpoint {embedder.checkpoint}")
+    else:
         measures.notes.append(f"{prefix}_*: the {embedder.name} embedder stands in for SSCD (no SSCD weights)")
     return measures
 

@@ -22,18 +22,11 @@ from metrics.images import original_images
 from tests.conftest import upstream_file
 from utils.assets import CATALOGUE, SD14, TRAINING_IMAGES, Asset, mirror_url, select, sscd_checkpoint
 from utils.download import DEAD_LINKS, MANIFEST, Settings, fetch_file, fetch_images, prompt_urls, read_manifest
-from utils.loopback import Loopback, Route
+from utils.loopback import Loopback, Route, random_image
 
 fetch_assets = importlib.import_module("0_fetch_assets")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = Settings(workers=4, timeout=0.5, retries=1, backoff=0.0)
-
-
-def encoded(seed: int, fmt: str = "PNG", size: int = 24) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=fmt)
-    return buffer.getvalue()
 
 
 def leftovers(folder) -> list[str]:
@@ -130,14 +123,14 @@ def test_script_fetches_authors_files_and_records_sscd_hash(tmp_path, capsys):
 def image_routes() -> tuple[dict[str, Route], dict[str, str]]:
     """Routes for every case and the status each row must end with."""
     routes = {
-        "/a.png": Route(encoded(0), content_type="image/png"),
-        "/b.jpg": Route(encoded(1, "JPEG"), content_type="image/jpeg"),
+        "/a.png": Route(random_image(0), content_type="image/png"),
+        "/b.jpg": Route(random_image(1, fmt="JPEG"), content_type="image/jpeg"),
         "/gone.jpg": Route(b"gone", 404, "text/plain"),
-        "/slow.jpg": Route(encoded(2), content_type="image/jpeg", delay=2.0),
-        "/cut.png": Route(encoded(3), content_type="image/png", sent=100),
+        "/slow.jpg": Route(random_image(2), content_type="image/jpeg", delay=2.0),
+        "/cut.png": Route(random_image(3), content_type="image/png", sent=100),
         "/moved.png": Route(b"", 301, "text/plain", headers={"Location": "/a.png"}),
         "/error_page.jpg": Route(b"<html><body>Image not available</body></html>", 200, "text/html; charset=utf-8"),
-        "/busy.png": Route(encoded(4), content_type="image/png", fail_first=1),
+        "/busy.png": Route(random_image(4), content_type="image/png", fail_first=1),
         "/broken.png": Route(b"\x89PNG not really", content_type="image/png"),
     }
     expected = {"/a.png": "ok", "/b.jpg": "ok", "/gone.jpg": "http_error", "/slow.jpg": "timeout",
@@ -172,7 +165,7 @@ def test_training_images_every_case(tmp_path):
     source = {"/a.png": 0, "/moved.png": 0, "/busy.png": 4}
     for path, seed in source.items():
         assert np.array_equal(pixels(os.path.join(folder, f"{paths.index(path):04d}.png")),
-                              pixels(io.BytesIO(encoded(seed))))
+                              pixels(io.BytesIO(random_image(seed))))
     assert summary["saved"] == len(ok) and summary["dead"] == len(paths) - len(ok)
     assert json.loads(open(os.path.join(folder, DEAD_LINKS)).read()) == summary
     assert {d["row"] for d in summary["dead_rows"]} == set(range(len(paths))) - set(ok)
@@ -180,7 +173,7 @@ def test_training_images_every_case(tmp_path):
 
 
 def test_training_images_rerun_fetches_only_what_is_missing_or_fails_its_check(tmp_path):
-    routes = {f"/{i}.png": Route(encoded(i), content_type="image/png") for i in range(4)}
+    routes = {f"/{i}.png": Route(random_image(i), content_type="image/png") for i in range(4)}
     routes["/3.png"] = Route(b"", 404, "text/plain")
     folder = str(tmp_path / "originals")
     with Loopback(routes) as server:
@@ -193,7 +186,7 @@ def test_training_images_rerun_fetches_only_what_is_missing_or_fails_its_check(t
         fetch_images(urls, folder, FAST)
     assert server.hits == {"/0.png": 1, "/1.png": 2, "/2.png": 2, "/3.png": 2}
     for i in range(3):
-        assert np.array_equal(pixels(os.path.join(folder, f"{i:04d}.png")), pixels(io.BytesIO(encoded(i))))
+        assert np.array_equal(pixels(os.path.join(folder, f"{i:04d}.png")), pixels(io.BytesIO(random_image(i))))
 
 
 def test_prompt_file_without_url_column_is_refused(tmp_path):
@@ -210,7 +203,7 @@ def snapshot(folder) -> dict[str, bytes]:
 def test_killed_run_and_rerun_equal_an_uninterrupted_run(tmp_path):
     """A real subprocess killed with SIGKILL while images trickle in; the rerun completes it."""
     count = 12
-    routes = {f"/{i}.png": Route(encoded(i, size=32), content_type="image/png", trickle=0.02) for i in range(count)}
+    routes = {f"/{i}.png": Route(random_image(i, size=32), content_type="image/png", trickle=0.02) for i in range(count)}
     routes["/dead.png"] = Route(b"", 404, "text/plain")
     with Loopback(routes) as server:
         urls = [server.url(f"/{i}.png") for i in range(count)] + [server.url("/dead.png")]
@@ -229,7 +222,7 @@ def test_killed_run_and_rerun_equal_an_uninterrupted_run(tmp_path):
         for name in os.listdir(killed):  # whatever has a final name is whole
             if name.endswith(".png"):
                 row = int(name[:4])
-                assert np.array_equal(pixels(killed / name), pixels(io.BytesIO(encoded(row, size=32))))
+                assert np.array_equal(pixels(killed / name), pixels(io.BytesIO(random_image(row, size=32))))
         assert len([n for n in os.listdir(killed) if n.endswith(".png")]) < count
         settings = Settings(workers=4, timeout=5, retries=0, backoff=0)
         fetch_images(prompt_urls(prompts), str(killed), settings)
@@ -241,3 +234,31 @@ def test_killed_run_and_rerun_equal_an_uninterrupted_run(tmp_path):
 def test_sscd_model_flag_takes_a_checkpoint_name_or_a_path():
     assert sscd_checkpoint("sscd_disc_large", "/r") == ("sscd_disc_large", "/r/weights/sscd_disc_large.torchscript.pt")
     assert sscd_checkpoint("/w/sscd_disc_mixup.torchscript.pt") == ("sscd_disc_mixup", "/w/sscd_disc_mixup.torchscript.pt")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_tables_name_the_sscd_checkpoint_and_its_copy_threshold(tmp_path, monkeypatch):
+    import argparse
+
+    import torch
+
+    from metrics.embedders import SSCDEmbedder
+    from metrics.reproduce import paper_measures
+
+    monkeypatch.chdir(tmp_path)  # a checkpoint name is looked up in ./weights/
+    with pytest.raises(ValueError, match="python 0_fetch_assets.py sscd_disc_large"):
+        SSCDEmbedder("sscd_disc_large", torch.device("cpu"))
+    stand_in = torch.jit.script(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten()))
+    references = tmp_path / "references"
+    references.mkdir()
+    Image.open(io.BytesIO(random_image(0))).save(references / "0000.png")
+    for name, threshold in [("sscd_disc_large", "0.5"), ("my_sscd", None)]:
+        stand_in.save(str(tmp_path / f"{name}.torchscript.pt"))
+        args = argparse.Namespace(device="cpu", embedder="sscd", sscd_model=str(tmp_path / f"{name}.torchscript.pt"),
+                                  clip_model="none", references=str(references), originals=None, copy_threshold=None)
+        if threshold is None:  # a checkpoint without a documented threshold needs one
+            with pytest.raises(ValueError, match="no default copy threshold for SSCD checkpoint 'my_sscd'"):
+                paper_measures(args)
+            continue
+        notes = " ".join(paper_measures(args).notes)
+        assert f"SSCD checkpoint {name}" in notes and f"a copy above {threshold}" in notes

@@ -145,12 +145,19 @@ def localization_settings(args: argparse.Namespace):
                                              schedule, args.batch_candidates)
 
 
+def add_sscd_model_arg(group) -> None:
+    """--sscd-model: a checkpoint name (its file in weights/, fetched by 0_fetch_assets.py) or a TorchScript path."""
+    group.add_argument("--sscd-model", default=defaults.SSCD_MODEL,
+                       help=f"SSCD checkpoint: {' or '.join(defaults.SSCD_CHECKPOINTS)} (weights/, fetched by "
+                            "0_fetch_assets.py; the first is NeMo's, the second Wen et al.'s) or a TorchScript file")
+
+
 def add_replication_args(parser: argparse.ArgumentParser) -> None:
     """The replication measure of the Dori attack (script 8, metrics.locality triggers)."""
     group = parser.add_argument_group("replication")
     group.add_argument("--similarity", choices=("sscd", "pixel_ssim"), default="sscd",
                        help="sscd: the paper's; pixel_ssim: the weight-free stand-in of the test bed")
-    group.add_argument("--sscd-model", default=defaults.SSCD_MODEL, help="sscd_disc_mixup TorchScript file")
+    add_sscd_model_arg(group)
     group.add_argument("--replication_threshold", type=float, default=None,
                        help=f"similarity above which an image replicates (default: {defaults.SSCD_REPLICATION_THRESHOLD}"
                             f" for SSCD, the Dori paper's; {defaults.PIXEL_REPLICATION_THRESHOLD} for pixel SSIM, ours)")

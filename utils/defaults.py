@@ -108,11 +108,8 @@ UTILITY_BATCH = 4  # ours: image-caption pairs of the utility loss per update
 
 # ---------------------------------------------------------------------------------------
 # Metrics (SPEC §6)
-SSCD_MODEL = "sscd_disc_mixup.torchscript.pt"  # the NeMo authors' metric scripts
+SSCD_MODEL = "sscd_disc_mixup"  # the NeMo authors' metric scripts (weights/sscd_disc_mixup.torchscript.pt)
 CLIP_MODEL = "openai/clip-vit-base-patch32"  # CLIP ViT-B/32 for A_CLIP and CLIP-FID
-# An image copies a reference when their similarity exceeds this: SSCD's usual copy threshold
-# (Somepalli et al. 2023 count SSCD > 0.5 as a copy; NeMo's App. C.1 uses 0.7 for VM).
-SSCD_COPY_THRESHOLD = 0.5
 
 # ---------------------------------------------------------------------------------------
 # Assets (issue 22: 0_fetch_assets.py). The authors' files are pinned to the commit of
@@ -129,6 +126,9 @@ SSCD_COPY_THRESHOLDS = {
     # threshold of their own for it; ours: the same 0.5, stated in every table
     "sscd_disc_large": 0.5,
 }
+# The default checkpoint's, also used for the stand-in embedders (NeMo's App. C.1 uses 0.7 to
+# tell VM from TM prompts: SSCD_REPLICATION_THRESHOLD)
+SSCD_COPY_THRESHOLD = SSCD_COPY_THRESHOLDS["sscd_disc_mixup"]
 WEIGHTS_FOLDER = "weights"  # where 0_fetch_assets.py puts the SSCD checkpoints (ours)
 ORIGINALS_FOLDER = "original_images"  # --originals of the README's commands
 ORIGINALS_FROM = "prompts/memorized_laion_prompts.csv"  # the prompt file whose URLs are the originals

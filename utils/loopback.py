@@ -8,6 +8,7 @@ slowly, a first answer that fails).
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,17 @@ class Route:
 TRICKLE_CHUNK = 256
 
 
+def random_image(seed: int, size: int = 24, fmt: str = "PNG") -> bytes:
+    """An encoded [size, size, 3] image of seeded uniform noise (PNG or JPEG bytes)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # up to 32 parallel clients connect at once
@@ -46,6 +58,7 @@ class Loopback:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as real servers
+            disable_nagle_algorithm = True  # else headers and body wait out a 40 ms delayed ACK
 
             def do_GET(self):
                 with server.lock:
