@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUN := PYTHONPATH=. $(PY)
 
-.PHONY: demo test testbed benchmark assets
+.PHONY: demo test testbed planted benchmark assets
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,14 @@ test: $(VENV)/installed
 # Retrain the built-in test bed from scratch (about 45 min on 2 CPU cores).
 testbed: $(VENV)/installed
 	$(RUN) -m testbed.train_testbed --output testbed
+
+# The planted test bed: the test bed fine-tuned so that 8 prompts replicate through known
+# neurons (testbed/planted/ground_truth.json), then its statistics (script 1) and tau_mem (script 2).
+PLANTED := testbed/planted
+planted: $(VENV)/installed
+	$(RUN) -m testbed.train_planted --output $(PLANTED) --threads 1
+	$(RUN) 1_compute_activations_statistics.py -v $(PLANTED)/model --prompts $(PLANTED)/prompts/additional_prompts.csv --output $(PLANTED)/statistics.pt
+	$(RUN) 2_compute_pairwise_ssim.py -v $(PLANTED)/model --prompts $(PLANTED)/prompts/unmemorized_prompts.csv --output $(PLANTED)/scores_unmemorized.csv --ssim_kernel_size 5
 
 benchmark: $(VENV)/installed
 	$(RUN) -m benchmarks.localization

@@ -1,11 +1,14 @@
 """The test bed's Table 1: every row of the paper's table, and Wanda's pruned model, on the
-built-in model (`make demo`).
+built-in model (`make demo`), the natural test bed or (--bed planted) the planted one.
 
 Runs script 1 (statistics) and script 2 (tau_mem) on the test bed's prompt files, then
 ``6_reproduce_table1.py`` on its memorized prompts: NeMo's localization, Wanda's pruned model,
 script 4 for every setting, each global setting also on held-out ordinary prompts, nearest
 copies among all 24 memorized training images, both detectors, and with --dori adversarial
 fine-tuning and the attack on every mitigation.
+On the planted bed (testbed/train_planted.py) also its criteria (its known neurons off, and as
+many random ones) and the localization table: recall and precision of the ground truth for
+NeMo's initial and refined neurons, set sizes, and whether each set stops the replication.
 SSCD and CLIP need weights this repository cannot ship, so the columns are weight-free
 stand-ins: pixel SSIM to the training image (SSIM_Orig, median over a prompt's images), the
 pixel embedder of metrics/ (Pix_Gen, D_Pix for SSCD_Gen and D_SSCD) and, for prompt
@@ -21,6 +24,7 @@ import importlib
 import json
 import os
 import shutil
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,11 +32,11 @@ from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 import testbed
-from metrics import reproduce, table1
-from metrics.rows import PLAIN
+from metrics import ground_truth, reproduce, table1
+from metrics.rows import PLAIN, folder_name
 from metrics.copies import References
 from metrics.embedders import PixelEmbedder
-from metrics.images import load_images, original_images
+from metrics.images import generated_images, load_images, original_images
 from metrics.pixel_quality import pixel_kid
 from metrics.pixel_ssim import pixel_ssim_matrix, ssim_to_original
 from testbed.alignment import alignment
@@ -40,12 +44,39 @@ from testbed.synthetic_data import ordinary_combination, render_ordinary, write_
 from testbed.train_testbed import SEED
 from utils import cli
 from utils.defaults import GENERATION_STEPS, NUM_SAMPLES, WANDA_SUBSET_SIZE
-from utils.files import read_prompts, read_threshold, threshold_path
+from utils.files import read_prompts, read_results, read_threshold, threshold_path
 
 table_command = importlib.import_module("6_reproduce_table1")
-# Demo size: prompts that fit the README's ~10-minute budget on 2 CPU cores (BENCHMARKS.md);
-# the test bed has 12 memorized prompts of each type and 25 held-out ordinary prompts.
-DEMO_PROMPTS = {"VM": 4, "TM": 2}
+
+
+@dataclass(frozen=True)
+class Bed:
+    """A built-in model and its files."""
+
+    model: str
+    memorized: str
+    unmemorized: str
+    additional: str
+    originals: str
+    ground_truth: str | None = None  # the planted bed's known neurons
+    demo_prompts: tuple = ()  # (type, count) of the demo
+
+
+def planted_path(*parts: str) -> str:
+    return os.path.join(testbed.PLANTED_DIR, *parts)
+
+
+# Demo size: prompts of both beds that fit the demo's 15-minute budget on 2 CPU cores
+# (BENCHMARKS.md); the natural test bed has 12 memorized prompts of each type and 25 held-out
+# ordinary prompts, the planted one 6 VM and 2 TM planted prompts and 17 held-out prompts.
+BEDS = {
+    "natural": Bed(testbed.MODEL_DIR, testbed.MEMORIZED_PROMPTS, testbed.UNMEMORIZED_PROMPTS, testbed.ADDITIONAL_PROMPTS,
+                   testbed.ORIGINALS_DIR, demo_prompts=(("VM", 2), ("TM", 1))),
+    "planted": Bed(planted_path("model"), *(planted_path("prompts", f"{kind}_prompts.csv")
+                                            for kind in ("memorized", "unmemorized", "additional")),
+                   planted_path("originals"), planted_path("ground_truth.json"), demo_prompts=(("VM", 3), ("TM", 1))),
+}
+PLANTED_OFF, PLANTED_RANDOM = "planted neurons", "random neurons (planted count)"
 DEMO_QUALITY_PROMPTS = 4
 # Wanda's share of each weight row: the authors' 1% prunes nothing on the test bed's ff.net.2
 # rows of 32 and 64 inputs (int(0.01 * 64) = 0); 5% is the smallest round share that prunes at
@@ -84,16 +115,16 @@ def wanda_subset_size(prompts: int) -> int:
     return min(WANDA_SUBSET_SIZE, max(1, prompts // 2))
 
 
-def memorized_references() -> References:
-    """Every memorized training image of the test bed (24), compared by pixel SSIM; named by
-    their row in the full memorized prompt file."""
-    paths = original_images(testbed.ORIGINALS_DIR)
+def memorized_references(originals: str) -> References:
+    """Every memorized training image of a bed, compared by pixel SSIM; named by their row in
+    the full memorized prompt file."""
+    paths = original_images(originals)
     names = [f"{row:04d}" for row in sorted(paths)]
     pixels = torch.stack([to_tensor(image) for image in load_images([paths[row] for row in sorted(paths)])])
     return References(names, lambda images: pixel_ssim_matrix(images, pixels), PIXEL_COPY_THRESHOLD)
 
 
-def testbed_measures(rows: list[int]) -> table1.Measures:
+def testbed_measures(rows: list[int], originals: str) -> table1.Measures:
     """The weight-free columns; ``rows``: the full-file row of each prompt of the run."""
     pixels = PixelEmbedder()
     return table1.Measures(
@@ -104,24 +135,24 @@ def testbed_measures(rows: list[int]) -> table1.Measures:
         notes=["Weight-free stand-ins: SSIM_Orig is pixel SSIM to the training image (median over a prompt's "
                "images); Pix_Gen and D_Pix use 32x32 pixel thumbnails for SSCD_Gen and D_SSCD; A_color is the "
                "share of images of held-out ordinary prompts whose shape and background colours are the caption's "
-               f"(for A_CLIP); Nearest and Copy_* compare each image with all 24 memorized training images by "
+               f"(for A_CLIP); Nearest and Copy_* compare each image with all the bed's memorized training images by "
                f"pixel SSIM, a copy above {PIXEL_COPY_THRESHOLD}; KID_pix (x 100, lower is better) compares every "
                "held-out image with a fresh render of its caption on thumbnail pixels and colour histograms "
                "(metrics/pixel_quality.py)"],
-        references=memorized_references(), own_reference={i: f"{row:04d}" for i, row in enumerate(rows)})
+        references=memorized_references(originals), own_reference={i: f"{row:04d}" for i, row in enumerate(rows)})
 
 
-def subset(counts: dict[str, int], output: str) -> tuple[str, list[int]]:
+def subset(counts: dict[str, int], output: str, bed: Bed) -> tuple[str, list[int]]:
     """The first ``counts[type]`` memorized prompts of each type as a prompt file, with their
     training images renumbered by row in ``output/originals``; returns the prompt file and
     each prompt's row in the full file."""
-    prompts = read_prompts(testbed.MEMORIZED_PROMPTS)
+    prompts = read_prompts(bed.memorized)
     rows = [i for kind, n in counts.items() for i in prompts.index[prompts["type"] == kind][:n]]
     path = os.path.join(output, "memorized_prompts.csv")
     prompts.loc[rows].reset_index(drop=True).to_csv(path, sep=";")
     folder = os.path.join(output, "originals")
     os.makedirs(folder, exist_ok=True)
-    originals = original_images(testbed.ORIGINALS_DIR)
+    originals = original_images(bed.originals)
     for new, row in enumerate(rows):
         shutil.copyfile(originals[row], os.path.join(folder, f"{new:04d}.png"))
     return path, rows
@@ -140,23 +171,76 @@ def checks(rows: dict) -> dict:
     return result
 
 
+def folder_ssim(folder: str, originals: dict[int, str], measures: table1.Measures) -> dict[int, float]:
+    """Per prompt the SSIM_Orig of a folder of generated images."""
+    return {prompt: measures.orig(load_images([originals[prompt]])[0], load_images(paths), None)
+            for prompt, paths in generated_images(folder).items()}
+
+
+def planted_checks(report: dict, bed: Bed, rows: list[int], out: str, generation: list[str],
+                   measures: table1.Measures) -> dict:
+    """The planted bed's criteria and localization table.
+
+    Script 4 deactivates the ground truth (written as a results file of script 3), as many
+    random neurons per layer, and NeMo's initial neurons; the localization table compares
+    NeMo's sets with the ground truth and says which sets stop the replication.
+    """
+    truth = ground_truth.read_ground_truth(bed.ground_truth)
+    run_truth = ground_truth.GroundTruth(truth.layers, truth.widths, *(
+        {new: mapping[row] for new, row in enumerate(rows)} for mapping in (truth.neurons, truth.captions, truth.types)))
+    truth_file = os.path.join(out, "ground_truth_neurons.csv")
+    ground_truth.results_frame(run_truth).to_csv(truth_file, sep=";")
+    nemo_file = os.path.join(out, "memorization_statistics.csv")
+    folders = {PLANTED_OFF: (truth_file, "--refined_neurons"), PLANTED_RANDOM: (truth_file, "--block_random_neurons"),
+               "NeMo initial": (nemo_file, "--initial_neurons")}
+    originals = original_images(os.path.join(out, "originals"))
+    ssim = {"plain": report["rows"][PLAIN]["per_prompt"]["SSIM_Orig"],
+            "NeMo refined": report["rows"]["NeMo"]["per_prompt"]["SSIM_Orig"]}
+    for name, (results, flag) in folders.items():
+        folder = os.path.join(out, "images", folder_name(name))
+        reproduce.script(4).main(["-f", results, "-d", os.path.join(out, "memorized_prompts.csv"), "-o", folder,
+                                      *generation, flag])
+        ssim[name] = folder_ssim(folder, originals, measures)
+    nemo = read_results(nemo_file, truth.widths)
+    sets = {"NeMo initial": dict(enumerate(nemo["Initial Neurons"])), "NeMo refined": dict(enumerate(nemo["Refined Neurons"])),
+            PLANTED_OFF: run_truth.neurons}
+    localization = ground_truth.localization_rows(sets, run_truth, ssim)
+    ratio = lambda name, kind: (
+        float(torch.tensor([ssim[name][p] for p in ssim[name] if run_truth.types[p] == kind]).median()) /
+        float(torch.tensor([ssim["plain"][p] for p in ssim[name] if run_truth.types[p] == kind]).median()))
+    kinds = sorted(set(run_truth.types.values()))
+    criteria = {kind: {f"{name} SSIM_Orig ratio": ratio(name, kind) for name in (PLANTED_OFF, PLANTED_RANDOM)}
+                for kind in kinds}
+    text = ("\n## Planted bed: criteria and localization\n\n"
+            + "\n".join(f"{kind}: " + ", ".join(f"{k} {v:.2f}" for k, v in c.items()) for kind, c in criteria.items())
+            + "\n\n" + ground_truth.markdown(localization))
+    with open(os.path.join(out, "table1.md"), "a") as f:
+        f.write(text)
+    print(text)
+    return dict(criteria=criteria, ssim=ssim, localization=localization, summary=ground_truth.summary(localization))
+
+
 def main(argv=None) -> dict:
     parser = cli.parser_for(__doc__)
     parser.epilog = ("Prompt counts are ours, sized for the demo, and so are the test bed's Wanda sparsity (5%) and "
                      "fine-tuning rate (1e-4; BENCHMARKS.md); every other default is script 6's, whose --help names "
                      "its sources.")
-    parser.add_argument("--model", default=testbed.MODEL_DIR, help="diffusers folder of the test bed")
+    parser.add_argument("--bed", choices=sorted(BEDS), default="natural",
+                        help="natural: the test bed (testbed/model); planted: its fine-tuned copy whose planted prompts "
+                             "replicate through known neurons (testbed/planted), with the localization table")
+    parser.add_argument("--model", default=None, help="diffusers folder of the bed's model (default: the bed's)")
     parser.add_argument("--output", default="demo_output", help="folder for every file the run writes")
     parser.add_argument("--steps", type=int, default=GENERATION_STEPS, help="DDIM steps of the generations (paper: 50)")
     parser.add_argument("--num_samples", type=int, default=NUM_SAMPLES, help="images per prompt (paper: 10)")
-    for kind, n in DEMO_PROMPTS.items():
-        parser.add_argument(f"--{kind.lower()}", type=int, default=n,
-                            help=f"how many {kind} prompts, of the test bed's 12 (default sized to fit the demo in "
-                                 "about 11 minutes on 2 CPU cores)")
+    for kind in ("VM", "TM"):
+        parser.add_argument(f"--{kind.lower()}", type=int, default=None,
+                            help=f"how many {kind} prompts (default: the bed's demo count, " + ", ".join(
+                                f"{name} {dict(bed.demo_prompts)[kind]}" for name, bed in BEDS.items())
+                            + "; sized to fit both demos in 15 minutes on 2 CPU cores)")
     parser.add_argument("--quality", type=int, default=DEMO_QUALITY_PROMPTS,
-                        help="held-out ordinary prompts for the A_color column, of the test bed's 25 (sized for the demo)")
+                        help="held-out ordinary prompts for the A_color column (sized for the demo)")
     parser.add_argument("--unmemorized", type=int, default=None,
-                        help="held-out prompts the detectors are compared on (default: all 25)")
+                        help="held-out prompts the detectors are compared on (default: all of the bed's)")
     parser.add_argument("--settings", default=None, help="comma-separated subset of the rows (default: all)")
     parser.add_argument("--dori", action="store_true",
                         help="also adversarial fine-tuning and the Dori attack on every mitigation (scripts 8, 9; "
@@ -165,31 +249,34 @@ def main(argv=None) -> dict:
     parser.add_argument("--attack_steps", type=int, default=None, help="steps of every attack (default: the paper's 50)")
     parser.add_argument("--log_level", default="WARNING", help="logging level")
     args = cli.parse(parser, argv)
+    bed = BEDS[args.bed]
+    counts = {kind: getattr(args, kind.lower()) if getattr(args, kind.lower()) is not None else n
+              for kind, n in bed.demo_prompts}
     out = args.output
     os.makedirs(out, exist_ok=True)
-    model = ["-v", args.model]
+    model = ["-v", args.model or bed.model]
     statistics = os.path.join(out, "statistics.pt")
     if not os.path.exists(statistics):
         importlib.import_module("1_compute_activations_statistics").main(
-            ["--prompts", testbed.ADDITIONAL_PROMPTS, "--output", statistics, *model])
+            ["--prompts", bed.additional, "--output", statistics, *model])
     scores = os.path.join(out, "scores_unmemorized.csv")
-    reproduce.script(2).main(["--prompts", testbed.UNMEMORIZED_PROMPTS, "--output", scores, "--resume", *model,
+    reproduce.script(2).main(["--prompts", bed.unmemorized, "--output", scores, "--resume", *model,
                               "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)])
-    held_out = read_prompts(testbed.UNMEMORIZED_PROMPTS)
+    held_out = read_prompts(bed.unmemorized)
     quality, unmemorized = os.path.join(out, "quality_prompts.csv"), os.path.join(out, "unmemorized_prompts.csv")
     held_out[: args.quality].to_csv(quality, sep=";")
     held_out[: args.unmemorized].to_csv(unmemorized, sep=";")
     table_parser = argparse.ArgumentParser()
     table_command.add_args(table_parser)
     threshold = read_threshold(threshold_path(scores))
-    prompts, rows = subset({"VM": args.vm, "TM": args.tm}, out)
+    prompts, rows = subset(counts, out, bed)
     table_args = table_parser.parse_args([
         "-d", prompts, "-o", out, "--statistics", statistics,
         "--memorization_threshold", str(threshold), "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE),
         "--originals", os.path.join(out, "originals"), "--quality_prompts", quality,
         "--unmemorized_prompts", unmemorized, "--steps", str(args.steps),
         "-n", str(args.num_samples), "-b", str(args.num_samples), "--wanda_sparsity", str(WANDA_SPARSITY),
-        "--wanda_subset_size", str(wanda_subset_size(args.vm + args.tm)), *model,
+        "--wanda_subset_size", str(wanda_subset_size(sum(counts.values()))), *model,
         *(["--settings", args.settings] if args.settings else []),
         *(["--dori", "--utility_data", write_ordinary_pairs(os.path.join(out, "utility_pairs"), UTILITY_PAIRS,
                                                             SEED, SEED + 3),
@@ -197,8 +284,12 @@ def main(argv=None) -> dict:
           if args.dori else []),
         *(["--finetune_epochs", str(args.finetune_epochs)] if args.finetune_epochs else []),
         *(["--attack_steps", str(args.attack_steps)] if args.attack_steps else [])])
-    report = reproduce.reproduce(table_args, testbed_measures(rows), f"Test-bed Table 1 (tau_mem = {threshold:.3f})")
+    measures = testbed_measures(rows, bed.originals)
+    report = reproduce.reproduce(table_args, measures, f"{args.bed.capitalize()} test-bed Table 1 (tau_mem = {threshold:.3f})")
     report["checks"] = checks(report["rows"])
+    if bed.ground_truth:
+        report["planted"] = planted_checks(report, bed, rows, out, [
+            *model, "--steps", str(args.steps), "-n", str(args.num_samples), "-b", str(args.num_samples)], measures)
     for kind, ratios in report["checks"].items():
         print(f"{kind}: " + ", ".join(f"{name} {value:.2f}" for name, value in ratios.items()))
     with open(os.path.join(out, "table1.json"), "w") as f:

@@ -1,0 +1,111 @@
+"""The planted test bed (testbed/train_planted.py) and its ground truth (metrics/ground_truth.py)."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import testbed
+from metrics import ground_truth
+from metrics.pixel_ssim import ssim_to_original
+from testbed import synthetic_data as data
+from testbed import train_planted
+from testbed.train_testbed import SEED
+from utils.files import read_prompts, read_results
+
+TRUTH = os.path.join(testbed.PLANTED_DIR, "ground_truth.json")
+MODEL = os.path.join(testbed.PLANTED_DIR, "model")
+
+
+def test_recall_and_precision_count_each_neuron_once():
+    truth = [[1], [], [5, 7]]
+    assert ground_truth.recall_precision([[1, 1], [3], []], truth) == (1 / 3, 1 / 2)
+    assert ground_truth.recall_precision([[1], [], [7, 5]], truth) == (1.0, 1.0)
+    recall, precision = ground_truth.recall_precision([[], [], []], truth)
+    assert recall == 0 and math.isnan(precision)
+    # the same index in another layer is another neuron
+    assert ground_truth.recall_precision([[5], [], []], truth) == (0.0, 0.0)
+
+
+def test_localization_rows_and_summary():
+    truth = ground_truth.GroundTruth(["a", "b"], [4, 4], {0: [[1], [2]], 1: [[3], []]}, {0: "x", 1: "y"},
+                                     {0: "VM", 1: "TM"})
+    sets = {"m": {0: [[1], []], 1: [[3, 0], []]}}
+    ssim = {"plain": {0: 0.8, 1: 0.8}, "m": {0: 0.5, 1: 0.3}}
+    rows = ground_truth.localization_rows(sets, truth, ssim)
+    assert [(r["recall"], r["precision"], r["size"], r["stops"]) for r in rows] == [(0.5, 1.0, 1, False),
+                                                                                  (1.0, 0.5, 2, True)]
+    summary = ground_truth.summary(rows)["m"]
+    assert summary["all_found"] == 0.5 and summary["stops"] == 0.5 and summary["size"] == 1.5
+    assert ground_truth.localization_rows({"m": {0: [[1], []]}}, truth)[0]["stops"] is None
+    assert "| m | 1 | TM | 1.00 | 0.50 | 2 | yes |" in ground_truth.markdown(rows)
+
+
+def test_construction_is_seeded_and_neurons_are_distinct():
+    widths = [16, 16, 32, 32, 32, 32, 32]
+    sets = train_planted.choose_neurons(widths)
+    assert sets == train_planted.choose_neurons(widths) != train_planted.choose_neurons(widths, seed=1)
+    pairs = [(l, n) for s in sets for l, layer in enumerate(s) for n in layer]
+    assert len(pairs) == len(set(pairs))  # no neuron shared by two prompts
+    prompts = train_planted.planted_prompts()
+    for prompt, neurons in zip(prompts, sets):
+        assert [len(layer) for layer in neurons].count(1) == train_planted.NEURONS_PER_PROMPT[prompt["type"]]
+    trained = {data.ordinary_caption(c) for c in data.split_ordinary(SEED)[0]}
+    captions = [p["caption"] for p in prompts]
+    assert not set(captions) & trained  # the test bed never saw a planted caption
+    assert not set(captions) & set(train_planted.unmemorized_captions())
+
+
+def test_shipped_ground_truth_matches_the_model_and_prompt_files():
+    from diffusers import UNet2DConditionModel
+
+    from utils.layers import layer_widths, value_layers
+
+    unet = UNet2DConditionModel.from_pretrained(MODEL, subfolder="unet")
+    layers = value_layers(unet)
+    truth = ground_truth.read_ground_truth(TRUTH, layer_widths(layers))
+    assert truth.layers == list(layers)
+    prompts = read_prompts(os.path.join(testbed.PLANTED_DIR, "prompts", "memorized_prompts.csv"))
+    assert [truth.captions[i] for i in sorted(truth.captions)] == list(prompts["Caption"])
+    assert [truth.types[i] for i in sorted(truth.types)] == list(prompts["type"])
+    with pytest.raises(ValueError, match="widths"):
+        ground_truth.read_ground_truth(TRUTH, [w + 1 for w in layer_widths(layers)])
+
+
+def test_ground_truth_as_results_file_reads_back(tmp_path):
+    truth = ground_truth.read_ground_truth(TRUTH)
+    path = tmp_path / "truth.csv"
+    ground_truth.results_frame(truth).to_csv(path, sep=";")
+    frame = read_results(str(path), truth.widths)
+    assert list(frame["Refined Neurons"]) == [truth.neurons[i] for i in sorted(truth.neurons)]
+
+
+def test_bad_ground_truth_file_is_a_value_error(tmp_path):
+    path = tmp_path / "truth.json"
+    path.write_text(json.dumps({"layers": []}))
+    with pytest.raises(ValueError, match="ground truth"):
+        ground_truth.read_ground_truth(str(path))
+
+
+def test_deactivating_the_planted_neurons_lowers_replication():
+    """One VM prompt, 2 images of 10 DDIM steps: SSIM to its image falls with its neurons off."""
+    from diffusers import StableDiffusionPipeline
+    from PIL import Image
+
+    from utils.generation import caption_condition, generate_prompt_images, generation_latents
+    from utils.generation import PromptCondition
+    from utils.hooks import deactivate_neurons
+    from utils.layers import value_layers
+
+    pipe = StableDiffusionPipeline.from_pretrained(MODEL, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    truth = ground_truth.read_ground_truth(TRUTH)
+    original = Image.open(os.path.join(testbed.PLANTED_DIR, "originals", "0000.png"))
+    plain = caption_condition(pipe, truth.captions[0])
+    off = PromptCondition(plain.embedding, lambda: deactivate_neurons(value_layers(pipe.unet), truth.neurons[0]))
+    latents = generation_latents(pipe.unet, num_samples=2)
+    ssim = {name: ssim_to_original(original, generate_prompt_images(pipe, condition, latents, steps=10)).median().item()
+            for name, condition in (("plain", plain), ("off", off))}
+    assert ssim["off"] < ssim["plain"] - 0.1, ssim
