@@ -31,7 +31,7 @@ from PIL import Image
 
 from metrics.images import load_images
 from utils.defaults import (ATTACK_BATCH, ATTACK_LEARNING_RATE, ATTACK_SEED, ATTACK_STEPS, FINETUNE_EPOCHS,
-                            FINETUNE_LEARNING_RATE)
+                            FINETUNE_LEARNING_RATE, UTILITY_EMPTY_CAPTION_SHARE, UTILITY_WEIGHT)
 from utils.diffusion import encode_prompts
 from utils.files import read_csv
 from utils.models import frozen
@@ -113,12 +113,13 @@ class FinetuneTarget:
 def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[[torch.Generator], tuple],
                          *, epochs: int = FINETUNE_EPOCHS, learning_rate: float = FINETUNE_LEARNING_RATE,
                          attack_steps: int = ATTACK_STEPS, attack_learning_rate: float = ATTACK_LEARNING_RATE,
-                         attack_batch: int = ATTACK_BATCH, seed: int = ATTACK_SEED, progress=None) -> list[dict]:
+                         attack_batch: int = ATTACK_BATCH, seed: int = ATTACK_SEED, utility_weight: float = UTILITY_WEIGHT,
+                         progress=None) -> list[dict]:
     """Adversarial fine-tuning of every U-Net weight, in place.
 
     For each epoch and memorized image: attack the current model from the prompt's embedding,
-    then take one optimizer step on L_adv + L_utility, where L_adv is the denoising loss of
-    the surrogate latent under the adversarial embedding and L_utility that of
+    then take one optimizer step on L_adv + utility_weight * L_utility, where L_adv is the
+    denoising loss of the surrogate latent under the adversarial embedding and L_utility that of
     ``utility(generator) -> (latents [b, 4, h, w], embeddings [b, 77, dim])``, other pairs.
     Returns one record per update (losses, seconds).
     """
@@ -139,7 +140,7 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
                 latents, embeddings = utility(generator)
                 kept = denoising_loss(pipe, latents.to(unet.device, unet.dtype), embeddings, generator)
                 optimizer.zero_grad()
-                (adversarial + kept).backward()
+                (adversarial + utility_weight * kept).backward()
                 optimizer.step()
             unet.eval()
             history.append(dict(epoch=epoch, image=index, attack_loss=found.losses[-1], adversarial_loss=adversarial.item(),
@@ -149,9 +150,13 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
     return history
 
 
-def utility_sampler(pipe, path: str, batch: int):
+def utility_sampler(pipe, path: str, batch: int, empty_caption_share: float = UTILITY_EMPTY_CAPTION_SHARE):
     """generator -> (latents [b, 4, h, w], embeddings [b, 77, dim]) of random pairs of the
-    ``Caption;Image`` file at ``path`` (image paths relative to the file)."""
+    ``Caption;Image`` file at ``path`` (image paths relative to the file); each pair's caption
+    is the empty prompt with probability ``empty_caption_share`` (the caption dropout of SD's
+    training), so the unconditional branch that classifier-free guidance reads is kept too."""
+    if not 0 <= empty_caption_share <= 1:
+        raise ValueError(f"the empty-caption share must be in [0, 1], got {empty_caption_share}")
     frame = read_csv(path, ("Caption", "Image"), "utility data file")
     if frame.empty:
         raise ValueError(f"utility data file {path} has no rows")
@@ -164,9 +169,15 @@ def utility_sampler(pipe, path: str, batch: int):
         return (image_latents(pipe, load_images([paths[i]])),
                 encode_prompts(pipe.tokenizer, pipe.text_encoder, [frame["Caption"][i]]))
 
+    with torch.no_grad():
+        empty = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])  # [1, 77, dim]
+
     def sample(generator: torch.Generator):
         picks = torch.randint(0, len(frame), (batch,), generator=generator).tolist()
         latents, embeddings = zip(*(pair(i) for i in picks))
+        if empty_caption_share > 0:  # no extra draw otherwise: runs without it keep their stream
+            dropped = (torch.rand(batch, generator=generator) < empty_caption_share).tolist()
+            embeddings = [empty if drop else embedding for drop, embedding in zip(dropped, embeddings)]
         return torch.cat(latents), torch.cat(embeddings)
 
     return sample
