@@ -42,6 +42,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--empty_caption_share", type=cli.non_negative_float, default=defaults.UTILITY_EMPTY_CAPTION_SHARE,
                         help="share of utility pairs trained with the empty caption, as in SD's training "
                              "(keeps the unconditional branch of guidance)")
+    parser.add_argument("--distillation_weight", type=cli.non_negative_float, default=defaults.DISTILLATION_WEIGHT,
+                        help="weight of a distillation loss on the utility pairs towards the model before "
+                             "fine-tuning (ours; 0: none)")
     parser.add_argument("--attack_steps", type=cli.positive_int, default=defaults.ATTACK_STEPS, help="attack steps before each update")
     parser.add_argument("--attack_learning_rate", type=cli.positive_float, default=defaults.ATTACK_LEARNING_RATE, help="attack's Adam")
     parser.add_argument("--attack_batch", type=cli.positive_int, default=defaults.ATTACK_BATCH, help="noise samples per attack step")
@@ -84,7 +87,7 @@ def main(argv=None) -> dict:
     history = dori.adversarial_finetune(
         pipe, targets, utility, epochs=args.epochs, learning_rate=args.learning_rate, attack_steps=args.attack_steps,
         attack_learning_rate=args.attack_learning_rate, attack_batch=args.attack_batch, seed=args.seed,
-        utility_weight=args.utility_weight, progress=lambda r: logger.info("epoch %d image %d: attack %.4f, adversarial %.4f, utility %.4f, %.1f s",
+        utility_weight=args.utility_weight, distillation_weight=args.distillation_weight, progress=lambda r: logger.info("epoch %d image %d: attack %.4f, adversarial %.4f, utility %.4f, %.1f s",
                                        r["epoch"], r["image"], r["attack_loss"], r["adversarial_loss"],
                                        r["utility_loss"], r["seconds"]))
     seconds = time.perf_counter() - start

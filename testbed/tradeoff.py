@@ -7,7 +7,7 @@ those prompts (script 8, pixel SSIM) and the utility on held-out ordinary prompt
 A_color, and KID_pix of metrics/pixel_quality.py). Writes tradeoff.json and tradeoff.png, one
 point per setting, into --output; a rerun reuses every finished step.
 
-    python -m testbed.tradeoff --knob utility_weight --values 1,4,16 --output /tmp/tradeoff
+    python -m testbed.tradeoff --knob distillation_weight --values 0,10,100 --output /tmp/tradeoff
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import testbed
 from utils import cli
 from utils.defaults import ATTACK_STEPS, FINETUNE_EPOCHS, GENERATION_STEPS, NUM_SAMPLES
 
-KNOBS = ("utility_weight", "empty_caption_share", "epochs", "learning_rate", "utility_batch")
+KNOBS = ("distillation_weight", "utility_weight", "empty_caption_share", "epochs", "learning_rate", "utility_batch")
 UTILITY_MEASURES = ("A_color", "KID_pix")
 FLAGS_NAME = "tradeoff_flags.json"  # script 9's flags a model was made with, beside finetune.json
 SCRIPTS = {3: "3_detect_memorized_neurons", 4: "4_generate_images", 7: "7_prune_memorized_weights",
@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
                      "fine-tuning rate of testbed.table1; prompt counts are ours, sized for 2 CPU cores.")
     parser.add_argument("--model", default=testbed.MODEL_DIR, help="diffusers folder of the test bed")
     parser.add_argument("--output", default="tradeoff_output", help="folder for every file the run writes")
-    parser.add_argument("--knob", choices=KNOBS, default="utility_weight", help="script 9's flag that is swept")
+    parser.add_argument("--knob", choices=KNOBS, default="distillation_weight", help="script 9's flag that is swept")
     parser.add_argument("--values", required=True, help="comma-separated values of the knob, one model each")
     parser.add_argument("--recipe", default="",
                         help="further script 9 flags for every model, comma-separated NAME=VALUE (e.g. utility_batch=8)")

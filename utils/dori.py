@@ -17,6 +17,7 @@ our own choice.
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import time
@@ -31,7 +32,8 @@ from PIL import Image
 
 from metrics.images import load_images
 from utils.defaults import (ATTACK_BATCH, ATTACK_LEARNING_RATE, ATTACK_SEED, ATTACK_STEPS, FINETUNE_EPOCHS,
-                            FINETUNE_LEARNING_RATE, UTILITY_EMPTY_CAPTION_SHARE, UTILITY_WEIGHT)
+                            DISTILLATION_WEIGHT, FINETUNE_LEARNING_RATE, UTILITY_EMPTY_CAPTION_SHARE,
+                            UTILITY_WEIGHT)
 from utils.diffusion import encode_prompts
 from utils.files import read_csv
 from utils.models import frozen
@@ -61,6 +63,21 @@ def denoising_loss(pipe, latents: torch.Tensor, embeddings: torch.Tensor, genera
     noisy = scheduler.add_noise(latents, noise, timesteps.to(latents.device))
     prediction = unet(noisy, timesteps.to(unet.device), encoder_hidden_states=embeddings.to(unet.dtype)).sample
     return F.mse_loss(prediction.float(), noise.float())
+
+
+def distillation_loss(pipe, original, latents: torch.Tensor, embeddings: torch.Tensor,
+                      generator: torch.Generator) -> torch.Tensor:
+    """MSE between the U-Net's and the frozen ``original`` U-Net's predictions for latents
+    [b, 4, h, w] noised at a timestep per latent, with conditions [b, 77, dim]: zero until the
+    fine-tuned model's behaviour on these pairs drifts (whatever the U-Net predicts)."""
+    unet, scheduler = pipe.unet, pipe.scheduler
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    noisy, timesteps = scheduler.add_noise(latents, noise, timesteps.to(latents.device)), timesteps.to(unet.device)
+    conditions = embeddings.to(unet.dtype)
+    with torch.no_grad():
+        target = original(noisy, timesteps, encoder_hidden_states=conditions).sample
+    return F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=conditions).sample.float(), target.float())
 
 
 @dataclass
@@ -114,16 +131,19 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
                          *, epochs: int = FINETUNE_EPOCHS, learning_rate: float = FINETUNE_LEARNING_RATE,
                          attack_steps: int = ATTACK_STEPS, attack_learning_rate: float = ATTACK_LEARNING_RATE,
                          attack_batch: int = ATTACK_BATCH, seed: int = ATTACK_SEED, utility_weight: float = UTILITY_WEIGHT,
-                         progress=None) -> list[dict]:
+                         distillation_weight: float = DISTILLATION_WEIGHT, progress=None) -> list[dict]:
     """Adversarial fine-tuning of every U-Net weight, in place.
 
     For each epoch and memorized image: attack the current model from the prompt's embedding,
     then take one optimizer step on L_adv + utility_weight * L_utility, where L_adv is the
     denoising loss of the surrogate latent under the adversarial embedding and L_utility that of
-    ``utility(generator) -> (latents [b, 4, h, w], embeddings [b, 77, dim])``, other pairs.
+    ``utility(generator) -> (latents [b, 4, h, w], embeddings [b, 77, dim])``, other pairs;
+    with ``distillation_weight`` > 0, plus that weight times the distillation loss on the same
+    pairs towards a frozen copy of the U-Net as it was before the first update.
     Returns one record per update (losses, seconds).
     """
     unet = pipe.unet
+    original = copy.deepcopy(unet).eval().requires_grad_(False) if distillation_weight > 0 else None
     optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate)
     generator = torch.Generator("cpu").manual_seed(seed)
     history = []
@@ -138,13 +158,19 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
                 surrogate = target.surrogate.to(unet.device, unet.dtype).expand(attack_batch, -1, -1, -1)
                 adversarial = denoising_loss(pipe, surrogate, found.embedding.expand(attack_batch, -1, -1), generator)
                 latents, embeddings = utility(generator)
-                kept = denoising_loss(pipe, latents.to(unet.device, unet.dtype), embeddings, generator)
+                latents = latents.to(unet.device, unet.dtype)
+                kept = denoising_loss(pipe, latents, embeddings, generator)
+                loss = adversarial + utility_weight * kept
+                if original is not None:
+                    anchored = distillation_loss(pipe, original, latents, embeddings, generator)
+                    loss = loss + distillation_weight * anchored
                 optimizer.zero_grad()
-                (adversarial + utility_weight * kept).backward()
+                loss.backward()
                 optimizer.step()
             unet.eval()
             history.append(dict(epoch=epoch, image=index, attack_loss=found.losses[-1], adversarial_loss=adversarial.item(),
-                                utility_loss=kept.item(), seconds=round(time.perf_counter() - start, 3)))
+                                utility_loss=kept.item(), distillation_loss=anchored.item() if original is not None else None,
+                                seconds=round(time.perf_counter() - start, 3)))
             if progress:
                 progress(history[-1])
     return history
