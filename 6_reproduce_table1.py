@@ -78,6 +78,12 @@ def add_args(parser) -> None:
     attack.add_argument("--finetune_epochs", type=int, default=defaults.FINETUNE_EPOCHS, help="script 9's epochs")
     attack.add_argument("--finetune_learning_rate", type=float, default=defaults.FINETUNE_LEARNING_RATE,
                         help="script 9's U-Net learning rate")
+    attack.add_argument("--finetune_utility_weight", type=float, default=defaults.UTILITY_WEIGHT,
+                        help="script 9's weight of the utility loss (paper: 1:1)")
+    attack.add_argument("--finetune_empty_caption_share", type=float, default=defaults.UTILITY_EMPTY_CAPTION_SHARE,
+                        help="script 9's share of utility pairs with the empty caption")
+    attack.add_argument("--finetune_distillation_weight", type=float, default=defaults.DISTILLATION_WEIGHT,
+                        help="script 9's weight of the distillation loss towards the model before fine-tuning")
     metric = parser.add_argument_group("columns (SPEC §6)")
     metric.add_argument("--embedder", choices=("sscd", "pixel"), default="sscd",
                         help="SSCD (the paper's) or the weight-free pixel stand-in for *_Orig, *_Gen, D_*")

@@ -37,6 +37,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--learning_rate", type=cli.positive_float, default=defaults.FINETUNE_LEARNING_RATE,
                         help="AdamW learning rate of the U-Net (our choice)")
     parser.add_argument("--utility_batch", type=cli.positive_int, default=defaults.UTILITY_BATCH, help="pairs of the utility loss a step")
+    parser.add_argument("--utility_weight", type=cli.non_negative_float, default=defaults.UTILITY_WEIGHT,
+                        help="weight of the utility loss against the adversarial loss (paper §4.4: 1:1)")
+    parser.add_argument("--empty_caption_share", type=cli.non_negative_float, default=defaults.UTILITY_EMPTY_CAPTION_SHARE,
+                        help="share of utility pairs trained with the empty caption, as in SD's training "
+                             "(keeps the unconditional branch of guidance)")
+    parser.add_argument("--distillation_weight", type=cli.non_negative_float, default=defaults.DISTILLATION_WEIGHT,
+                        help="weight of a distillation loss on the utility pairs towards the model before "
+                             "fine-tuning (ours; 0: none)")
     parser.add_argument("--attack_steps", type=cli.positive_int, default=defaults.ATTACK_STEPS, help="attack steps before each update")
     parser.add_argument("--attack_learning_rate", type=cli.positive_float, default=defaults.ATTACK_LEARNING_RATE, help="attack's Adam")
     parser.add_argument("--attack_batch", type=cli.positive_int, default=defaults.ATTACK_BATCH, help="noise samples per attack step")
@@ -71,7 +79,7 @@ def main(argv=None) -> dict:
     if args.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     neurons = dict(enumerate(read_results(args.result_file, layer_widths(value_layers(pipe.unet)))["Refined Neurons"]))
-    utility = dori.utility_sampler(pipe, args.utility_data, args.utility_batch)
+    utility = dori.utility_sampler(pipe, args.utility_data, args.utility_batch, args.empty_caption_share)
     prepare = with_neurons(pipe, neurons)
     first_latent = generation_latents(pipe.unet)[:1]  # script 4's first seed
     targets = []
@@ -85,6 +93,7 @@ def main(argv=None) -> dict:
     history = dori.adversarial_finetune(
         pipe, targets, utility, epochs=args.epochs, learning_rate=args.learning_rate, attack_steps=args.attack_steps,
         attack_learning_rate=args.attack_learning_rate, attack_batch=args.attack_batch, seed=args.seed,
+        utility_weight=args.utility_weight, distillation_weight=args.distillation_weight,
         compute_dtype=resolve_dtype(args.dtype, device),
         progress=lambda r: logger.info("epoch %d image %d: attack %.4f, adversarial %.4f, utility %.4f, %.1f s",
                                        r["epoch"], r["image"], r["attack_loss"], r["adversarial_loss"],

@@ -76,6 +76,23 @@ def neurons_per_layer(counts: dict[str, np.ndarray], path: str) -> str:
     return save_figure(axis, path)
 
 
+def tradeoff(sweep: dict[str, list[tuple[float, float, float]]], references: dict[str, tuple[float, float]],
+             utility_name: str, path: str) -> str:
+    """Attack success rate against utility: a line per swept knob, one point per setting
+    (knob value, utility, success), and the reference mitigations as single points."""
+    axis = new_axis()
+    for knob, points in sweep.items():
+        _, utility, success = zip(*points)
+        axis.plot(utility, success, marker="o", label=f"adversarial fine-tuning, {knob}")
+        for value, x, y in points:
+            axis.annotate(f"{value:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for (name, (x, y)), marker in zip(references.items(), "s^vDP*"):
+        axis.scatter([x], [y], marker=marker, s=40, label=name, zorder=3)
+    axis.set(xlabel=utility_name, ylabel="attack success rate (re-triggered)", ylim=(-0.05, 1.05))
+    axis.legend(fontsize=7)
+    return save_figure(axis, path)
+
+
 def neuron_counts(neuron_sets: list, groups: list[str]) -> tuple[dict, dict]:
     """Per group: neurons per prompt [n_prompts] and neurons per layer summed over prompts [n_layers]."""
     per_prompt, per_layer = {}, {}

@@ -78,6 +78,8 @@ def finetuned_model(args, results: str) -> tuple[str, dict]:
     summary_path = os.path.join(folder, "finetune.json")
     wanted = dict(version=args.version, dataset=args.dataset, epochs=args.finetune_epochs,
                   learning_rate=args.finetune_learning_rate, attack_steps=args.attack_steps,
+                  utility_weight=args.finetune_utility_weight, empty_caption_share=args.finetune_empty_caption_share,
+                  distillation_weight=args.finetune_distillation_weight,
                   memorization_type=None if args.dori_type == "all" else args.dori_type)
     if os.path.exists(summary_path):
         summary = read_json(summary_path, "fine-tuning summary")
@@ -85,7 +87,10 @@ def finetuned_model(args, results: str) -> tuple[str, dict]:
             return folder, summary
     flags = ["-v", args.version, "-d", args.dataset, "--originals", args.originals, "-f", results,
              "--utility_data", args.utility_data, "-o", folder, "--epochs", str(args.finetune_epochs),
-             "--learning_rate", str(args.finetune_learning_rate), "--attack_steps", str(args.attack_steps)]
+             "--learning_rate", str(args.finetune_learning_rate), "--attack_steps", str(args.attack_steps),
+             "--utility_weight", str(args.finetune_utility_weight),
+             "--empty_caption_share", str(args.finetune_empty_caption_share),
+             "--distillation_weight", str(args.finetune_distillation_weight)]
     flags += ["--memorization_type", args.dori_type] if args.dori_type != "all" else []
     return folder, script(9).main([*flags, *model_flags(args)])
 

@@ -17,6 +17,7 @@ our own choice.
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import time
@@ -32,7 +33,8 @@ from tqdm import tqdm
 
 from metrics.images import load_images
 from utils.defaults import (ATTACK_BATCH, ATTACK_LEARNING_RATE, ATTACK_SEED, ATTACK_STEPS, FINETUNE_EPOCHS,
-                            FINETUNE_LEARNING_RATE)
+                            DISTILLATION_WEIGHT, FINETUNE_LEARNING_RATE, UTILITY_EMPTY_CAPTION_SHARE,
+                            UTILITY_WEIGHT)
 from utils.diffusion import denoising_target, encode_prompts
 from utils.files import read_csv
 from utils.models import frozen
@@ -60,6 +62,21 @@ def denoising_loss(pipe, latents: torch.Tensor, embeddings: torch.Tensor, genera
     noisy = scheduler.add_noise(latents, noise, timesteps.to(latents.device))
     prediction = unet(noisy, timesteps.to(unet.device), encoder_hidden_states=embeddings.to(unet.dtype)).sample
     return F.mse_loss(prediction.float(), denoising_target(scheduler, noise, latents, timesteps).float())
+
+
+def distillation_loss(pipe, original, latents: torch.Tensor, embeddings: torch.Tensor,
+                      generator: torch.Generator) -> torch.Tensor:
+    """MSE between the U-Net's and the frozen ``original`` U-Net's predictions for latents
+    [b, 4, h, w] noised at a timestep per latent, with conditions [b, 77, dim]: zero until the
+    fine-tuned model's behaviour on these pairs drifts (whatever the U-Net predicts)."""
+    unet, scheduler = pipe.unet, pipe.scheduler
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    noisy, timesteps = scheduler.add_noise(latents, noise, timesteps.to(latents.device)), timesteps.to(unet.device)
+    conditions = embeddings.to(unet.dtype)
+    with torch.no_grad():
+        target = original(noisy, timesteps, encoder_hidden_states=conditions).sample
+    return F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=conditions).sample.float(), target.float())
 
 
 @dataclass
@@ -112,7 +129,8 @@ class FinetuneTarget:
 def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[[torch.Generator], tuple],
                          *, epochs: int = FINETUNE_EPOCHS, learning_rate: float = FINETUNE_LEARNING_RATE,
                          attack_steps: int = ATTACK_STEPS, attack_learning_rate: float = ATTACK_LEARNING_RATE,
-                         attack_batch: int = ATTACK_BATCH, seed: int = ATTACK_SEED, progress=None,
+                         attack_batch: int = ATTACK_BATCH, seed: int = ATTACK_SEED, utility_weight: float = UTILITY_WEIGHT,
+                         distillation_weight: float = DISTILLATION_WEIGHT, progress=None,
                          compute_dtype: torch.dtype = torch.float32) -> list[dict]:
     """Adversarial fine-tuning of every U-Net weight, in place.
 
@@ -121,12 +139,15 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
     gradient scaler so that small gradients do not underflow.
 
     For each epoch and memorized image: attack the current model from the prompt's embedding,
-    then take one optimizer step on L_adv + L_utility, where L_adv is the denoising loss of
-    the surrogate latent under the adversarial embedding and L_utility that of
-    ``utility(generator) -> (latents [b, 4, h, w], embeddings [b, 77, dim])``, other pairs.
+    then take one optimizer step on L_adv + utility_weight * L_utility, where L_adv is the
+    denoising loss of the surrogate latent under the adversarial embedding and L_utility that of
+    ``utility(generator) -> (latents [b, 4, h, w], embeddings [b, 77, dim])``, other pairs;
+    with ``distillation_weight`` > 0, plus that weight times the distillation loss on the same
+    pairs towards a frozen copy of the U-Net as it was before the first update.
     Returns one record per update (losses, seconds).
     """
     unet = pipe.unet
+    original = copy.deepcopy(unet).eval().requires_grad_(False) if distillation_weight > 0 else None
     optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate)
     scaler = torch.amp.GradScaler(unet.device.type, enabled=compute_dtype == torch.float16)
     mixed = functools.partial(torch.autocast, unet.device.type, dtype=compute_dtype,
@@ -147,24 +168,34 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
                     surrogate = target.surrogate.to(unet.device, unet.dtype).expand(attack_batch, -1, -1, -1)
                     adversarial = denoising_loss(pipe, surrogate, found.embedding.expand(attack_batch, -1, -1), generator)
                     latents, embeddings = utility(generator)
-                    kept = denoising_loss(pipe, latents.to(unet.device, unet.dtype), embeddings, generator)
+                    latents = latents.to(unet.device, unet.dtype)
+                    kept = denoising_loss(pipe, latents, embeddings, generator)
+                    loss = adversarial + utility_weight * kept
+                    if original is not None:
+                        anchored = distillation_loss(pipe, original, latents, embeddings, generator)
+                        loss = loss + distillation_weight * anchored
                 optimizer.zero_grad()
-                scaler.scale(adversarial + kept).backward()
+                scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
             unet.eval()
             updates.update()
             history.append(dict(epoch=epoch, image=index, attack_loss=found.losses[-1], adversarial_loss=adversarial.item(),
-                                utility_loss=kept.item(), seconds=round(time.perf_counter() - start, 3)))
+                                utility_loss=kept.item(), distillation_loss=anchored.item() if original is not None else None,
+                                seconds=round(time.perf_counter() - start, 3)))
             if progress:
                 progress(history[-1])
     updates.close()
     return history
 
 
-def utility_sampler(pipe, path: str, batch: int):
+def utility_sampler(pipe, path: str, batch: int, empty_caption_share: float = UTILITY_EMPTY_CAPTION_SHARE):
     """generator -> (latents [b, 4, h, w], embeddings [b, 77, dim]) of random pairs of the
-    ``Caption;Image`` file at ``path`` (image paths relative to the file)."""
+    ``Caption;Image`` file at ``path`` (image paths relative to the file); each pair's caption
+    is the empty prompt with probability ``empty_caption_share`` (the caption dropout of SD's
+    training), so the unconditional branch that classifier-free guidance reads is kept too."""
+    if not 0 <= empty_caption_share <= 1:
+        raise ValueError(f"the empty-caption share must be in [0, 1], got {empty_caption_share}")
     frame = read_csv(path, ("Caption", "Image"), "utility data file")
     if frame.empty:
         raise ValueError(f"utility data file {path} has no rows")
@@ -177,9 +208,15 @@ def utility_sampler(pipe, path: str, batch: int):
         return (image_latents(pipe, load_images([paths[i]])),
                 encode_prompts(pipe.tokenizer, pipe.text_encoder, [frame["Caption"][i]]))
 
+    with torch.no_grad():
+        empty = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])  # [1, 77, dim]
+
     def sample(generator: torch.Generator):
         picks = torch.randint(0, len(frame), (batch,), generator=generator).tolist()
         latents, embeddings = zip(*(pair(i) for i in picks))
+        if empty_caption_share > 0:  # no extra draw otherwise: runs without it keep their stream
+            dropped = (torch.rand(batch, generator=generator) < empty_caption_share).tolist()
+            embeddings = [empty if drop else embedding for drop, embedding in zip(dropped, embeddings)]
         return torch.cat(latents), torch.cat(embeddings)
 
     return sample

@@ -1,0 +1,153 @@
+"""The trade-off of adversarial fine-tuning on the test bed: the attack's success against utility.
+
+Sweeps one recipe knob of script 9 (a fine-tuned model per value) on the test bed's first --vm
+VM prompts, and measures for each model and for the reference mitigations (the unmodified
+model, NeMo's refined neurons off, Wanda's pruned model) the Dori attack's success rate on
+those prompts (script 8, pixel SSIM) and the utility on held-out ordinary prompts (script 4:
+A_color, and KID_pix of metrics/pixel_quality.py). Writes tradeoff.json and tradeoff.png, one
+point per setting, into --output; a rerun reuses every finished step.
+
+    python -m testbed.tradeoff --knob distillation_weight --values 0,10,100 --output /tmp/tradeoff
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+
+import testbed
+from utils import cli
+from utils.defaults import ATTACK_STEPS, FINETUNE_EPOCHS, GENERATION_STEPS, NUM_SAMPLES
+
+KNOBS = ("distillation_weight", "utility_weight", "empty_caption_share", "epochs", "learning_rate", "utility_batch")
+UTILITY_MEASURES = ("A_color", "KID_pix")
+FLAGS_NAME = "tradeoff_flags.json"  # script 9's flags a model was made with, beside finetune.json
+SCRIPTS = {3: "3_detect_memorized_neurons", 4: "4_generate_images", 7: "7_prune_memorized_weights",
+           8: "8_attack_mitigation", 9: "9_adversarial_finetuning"}
+
+
+def script(number: int):
+    return importlib.import_module(SCRIPTS[number])
+
+
+def measure(args, name: str, model: str, results: str, prompts: str, quality: str, generation_flags: list[str],
+            attack_flags: list[str]) -> dict:
+    """Held-out A_color and KID_pix (script 4) and the attack's success (script 8) of one model."""
+    from metrics import table1
+    from testbed.alignment import alignment
+    from testbed.table1 import kid_to_renders
+    from utils.files import read_prompts
+
+    folder = os.path.join(args.output, "points", name)
+    generation = ["--steps", str(args.steps), "-n", str(args.num_samples), "-b", str(args.num_samples)]
+    script(4).main(["-f", results, "--prompts", quality, "-o", os.path.join(folder, "quality"), "-v", model,
+                    *generation, *generation_flags])
+    measures = table1.Measures("", "", "", None, None, align_name="A_color", align=alignment,
+                               quality_name="KID_pix", image_quality=kid_to_renders)
+    captions = dict(enumerate(read_prompts(quality)["Caption"]))
+    attack = script(8).main(["-v", model, "-d", prompts, "--originals", os.path.join(args.output, "originals"),
+                             "--resume", "-o", os.path.join(folder, "attack"), "--similarity", "pixel_ssim",
+                             "--attack_steps", str(args.attack_steps), "--steps", str(args.steps),
+                             "-n", str(args.num_samples), *attack_flags])["overall"]
+    return dict(A_color=table1.quality_score(os.path.join(folder, "quality"), captions, measures)["overall"]["median"],
+                KID_pix=table1.image_quality_score(os.path.join(folder, "quality"), captions, measures)["overall"]["mean"],
+                success=attack["replicated_after"], replicated_before=attack["replicated_before"])
+
+
+def finetuned(args, value: str, prompts: str, results: str, pairs: str) -> tuple[str, dict]:
+    """Script 9's model with ``--KNOB value`` (made once; made again when its flags change)."""
+    from metrics.cli import write_json
+    from testbed.table1 import FINETUNE_LEARNING_RATE
+    from utils.files import read_json
+
+    folder = os.path.join(args.output, "finetuned", f"{args.knob}_{value}")
+    flags = {"--learning_rate": str(FINETUNE_LEARNING_RATE), "--epochs": str(args.epochs),
+             "--attack_steps": str(args.attack_steps), **args.recipe,
+             f"--{args.knob}": value}
+    made_with = os.path.join(folder, FLAGS_NAME)
+    if os.path.exists(made_with) and read_json(made_with, "fine-tuning flags") == flags:
+        return folder, read_json(os.path.join(folder, script(9).SUMMARY_NAME), "fine-tuning summary")
+    summary = script(9).main(["-v", args.model, "-d", prompts, "--originals", os.path.join(args.output, "originals"),
+                              "-f", results, "--utility_data", pairs, "-o", folder,
+                              *[item for pair in flags.items() for item in pair]])
+    write_json(made_with, flags)
+    return folder, summary
+
+
+def main(argv=None) -> dict:
+    parser = cli.parser_for(__doc__)
+    parser.epilog = ("Script 9's recipe defaults are its own (--help names their sources), with the test bed's "
+                     "fine-tuning rate of testbed.table1; prompt counts are ours, sized for 2 CPU cores.")
+    parser.add_argument("--model", default=testbed.MODEL_DIR, help="diffusers folder of the test bed")
+    parser.add_argument("--output", default="tradeoff_output", help="folder for every file the run writes")
+    parser.add_argument("--knob", choices=KNOBS, default="distillation_weight", help="script 9's flag that is swept")
+    parser.add_argument("--values", required=True, help="comma-separated values of the knob, one model each")
+    parser.add_argument("--recipe", default="",
+                        help="further script 9 flags for every model, comma-separated NAME=VALUE (e.g. utility_batch=8)")
+    parser.add_argument("--utility", choices=UTILITY_MEASURES, default="A_color", help="the figure's utility axis")
+    parser.add_argument("--vm", type=cli.positive_int, default=12, help="VM prompts attacked and erased (of 12)")
+    parser.add_argument("--quality", type=cli.positive_int, default=10,
+                        help="held-out ordinary prompts of the utility (of 25; 10 as in the full test-bed Table 1)")
+    parser.add_argument("--epochs", type=cli.positive_int, default=FINETUNE_EPOCHS, help="script 9's epochs (paper: 5)")
+    parser.add_argument("--attack_steps", type=cli.positive_int, default=ATTACK_STEPS,
+                        help="steps of every attack (paper: 50)")
+    parser.add_argument("--steps", type=cli.positive_int, default=GENERATION_STEPS, help="DDIM steps (paper: 50)")
+    parser.add_argument("--num_samples", type=cli.positive_int, default=NUM_SAMPLES, help="images per prompt (paper: 10)")
+    parser.add_argument("--log_level", default="WARNING", help="logging level")
+    args = cli.parse(parser, argv)
+    recipe = [item.split("=", 1) for item in args.recipe.split(",") if item.strip()]
+    if any(len(item) != 2 for item in recipe):
+        raise ValueError(f"--recipe: expected comma-separated NAME=VALUE, got {args.recipe!r}")
+    args.recipe = {f"--{name.strip()}": value.strip() for name, value in recipe}
+    values = [v.strip() for v in args.values.split(",") if v.strip()]
+    if not values:
+        raise ValueError("--values: expected at least one value")
+
+    from metrics import plots
+    from metrics.cli import write_json
+    from testbed.synthetic_data import write_ordinary_pairs
+    from testbed.table1 import SEED, UTILITY_PAIRS, WANDA_SPARSITY, subset, wanda_subset_size
+    from utils.files import read_prompts, read_results, read_threshold
+    from utils.nemo import selection
+
+    os.makedirs(args.output, exist_ok=True)
+    prompts, _rows = subset({"VM": args.vm}, args.output)
+    quality = os.path.join(args.output, "quality_prompts.csv")
+    read_prompts(testbed.UNMEMORIZED_PROMPTS)[: args.quality].to_csv(quality, sep=";")
+    pairs = write_ordinary_pairs(os.path.join(args.output, "utility_pairs"), UTILITY_PAIRS, SEED, SEED + 3)
+    results = os.path.join(args.output, "memorization_statistics.csv")
+    script(3).main(["-v", args.model, "-d", prompts, "-o", results, "--resume",
+                    "--statistics", os.path.join(testbed.TESTBED_DIR, "statistics.pt"), "--memorization_threshold",
+                    str(read_threshold(os.path.join(testbed.TESTBED_DIR, "threshold.json"))),
+                    "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)])
+    refined = list(read_results(results, None)["Refined Neurons"])
+    wanda = os.path.join(args.output, "wanda_model")
+    if not os.path.exists(os.path.join(wanda, "wanda.json")):
+        script(7).main(["-v", args.model, "-d", prompts, "-o", wanda, "--sparsity", str(WANDA_SPARSITY),
+                        "--subset_size", str(wanda_subset_size(args.vm))])
+    all_refined = str(len(selection.neuron_frequencies(refined)))
+    references = {"unmodified": measure(args, "unmodified", args.model, results, prompts, quality, [], []),
+                  "NeMo": measure(args, "nemo", args.model, results, prompts, quality,
+                                  ["--block_top_k_neurons", all_refined], ["--neurons_from", results]),
+                  "Wanda": measure(args, "wanda", wanda, results, prompts, quality, [], [])}
+    sweep = {}
+    for value in values:
+        model, summary = finetuned(args, value, prompts, results, pairs)
+        sweep[value] = dict(measure(args, f"{args.knob}_{value}", model, results, prompts, quality, [], []),
+                            seconds=summary["seconds"])
+    figure = plots.tradeoff({args.knob: [(float(v), p[args.utility], p["success"]) for v, p in sweep.items()]},
+                            {name: (p[args.utility], p["success"]) for name, p in references.items()},
+                            f"{args.utility} on {args.quality} held-out prompts"
+                            + (" (lower is better)" if args.utility == "KID_pix" else ""),
+                            os.path.join(args.output, "tradeoff.png"))
+    report = dict(knob=args.knob, recipe=args.recipe, sweep=sweep, references=references, figure=figure)
+    write_json(os.path.join(args.output, "tradeoff.json"), report)
+    for name, point in [*references.items(), *((f"{args.knob} {v}", p) for v, p in sweep.items())]:
+        print(f"{name}: attack success {point['success']:.2f}, A_color {point['A_color']:.2f}, "
+              f"KID_pix {point['KID_pix']:.2f}")
+    return report
+
+
+if __name__ == "__main__":
+    cli.run(main)

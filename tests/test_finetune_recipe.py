@@ -1,0 +1,49 @@
+"""Adversarial fine-tuning's recipe knobs (utils/dori.py, issue 25) on the tiny pipeline, and
+the trade-off figure."""
+
+import pytest
+import torch
+from PIL import Image
+
+from metrics import plots
+from testbed.synthetic_data import write_ordinary_pairs
+from utils import dori
+from utils.diffusion import encode_prompts
+
+
+def test_the_empty_caption_share_replaces_captions_by_the_empty_prompt(tiny_pipe, tmp_path):
+    pairs = write_ordinary_pairs(str(tmp_path / "pairs"), 4, seed=0, draw_seed=0)
+    empty = encode_prompts(tiny_pipe.tokenizer, tiny_pipe.text_encoder, [""])[0]
+    _, all_empty = dori.utility_sampler(tiny_pipe, pairs, 6, empty_caption_share=1.0)(torch.Generator().manual_seed(0))
+    _, none_empty = dori.utility_sampler(tiny_pipe, pairs, 6, empty_caption_share=0.0)(torch.Generator().manual_seed(0))
+    assert all(torch.equal(row, empty) for row in all_empty)
+    assert not any(torch.equal(row, empty) for row in none_empty)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        dori.utility_sampler(tiny_pipe, pairs, 2, empty_caption_share=1.5)
+
+
+def _finetuned_weights(pipe, utility, weight):
+    state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    latent = dori.image_latents(pipe, [Image.new("RGB", (48, 48), (200, 30, 30))])
+    target = dori.FinetuneTarget(latent, encode_prompts(pipe.tokenizer, pipe.text_encoder, ["a red cat"]),
+                                 dori.image_latents(pipe, [Image.new("RGB", (48, 48), (90, 90, 90))]))
+    dori.adversarial_finetune(pipe, [target], utility, epochs=1, learning_rate=1e-3, attack_steps=1, attack_batch=2,
+                              utility_weight=weight)
+    tuned = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    pipe.unet.load_state_dict(state)
+    return tuned
+
+
+def test_the_utility_weight_scales_what_the_utility_pairs_move(tiny_pipe, tmp_path):
+    pairs = [dori.utility_sampler(tiny_pipe, write_ordinary_pairs(str(tmp_path / f"p{seed}"), 4, 0, seed), 2)
+             for seed in (0, 1)]
+    unweighted = [_finetuned_weights(tiny_pipe, sampler, 0.0) for sampler in pairs]
+    weighted = [_finetuned_weights(tiny_pipe, sampler, 1.0) for sampler in pairs]
+    assert all(torch.equal(unweighted[0][k], unweighted[1][k]) for k in unweighted[0])  # the pairs do nothing
+    assert any(not torch.equal(weighted[0][k], weighted[1][k]) for k in weighted[0])
+
+
+def test_tradeoff_figure_is_written(tmp_path):
+    path = plots.tradeoff({"utility_weight": [(1, 0.1, 0.2), (4, 0.3, 0.4)]},
+                          {"unmodified": (0.3, 1.0), "NeMo": (0.0, 0.6)}, "A_color", str(tmp_path / "t.png"))
+    assert Image.open(path).size[0] > 100
