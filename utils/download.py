@@ -79,15 +79,10 @@ def stream(session: requests.Session, url: str, sink, timeout: float, accepts, k
             if not accepts(content_type):
                 raise FetchError("wrong_type", f"{url}: served as {content_type or 'no content type'}, "
                                  f"expected {kind}", code)
-            expected = response.headers.get("Content-Length")
-            received = 0
             for chunk in response.iter_content(CHUNK):
                 sink(chunk)
-                received += len(chunk)
-            if expected is not None and received != int(expected):
-                raise FetchError("truncated", f"{url}: {received} of {expected} bytes", code, retryable=True)
             return code
-    except requests.exceptions.ChunkedEncodingError as error:  # body ended before Content-Length
+    except requests.exceptions.ChunkedEncodingError as error:  # urllib3: the body ended before Content-Length
         raise FetchError("truncated", f"{url}: body cut short ({error.__class__.__name__})", retryable=True) from None
     except requests.Timeout:
         raise FetchError("timeout", f"{url}: no answer within {timeout} s", retryable=True) from None
