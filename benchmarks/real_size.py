@@ -37,6 +37,9 @@ FORWARD_LATENTS = 10  # SPEC §3: a scored set is one U-Net call over 10 latents
 SCRIPT3_SMOKE_FLAGS = ["--samples_per_prompt", "2", "--pairwise_ssim_threshold", "-1", "--initial_theta", "1000",
                        "--min_theta", "1000", "--initial_k", "1", "--ssim_threshold_initial_selection", "1",
                        "--ssim_threshold_refinement", "1.1", "--batch_candidates", "8"]
+# Script 5 removes one neuron of each value layer (the smoke flags above leave script 3's
+# refined set empty: every layer re-activation is accepted).
+PRUNED_NEURONS = [[layer] for layer in range(7)]
 # Script 4's modes (one image, one DDIM step each); guidance 0 except where the mode needs
 # both halves of classifier-free guidance.
 SCRIPT4_MODES = {
@@ -103,7 +106,8 @@ def reduced_pass(model: str, inputs: dict[str, str], sscd: str, clip: str, work:
     commands += [(f"script 4 {mode}", "4_generate_images", [*model_flags, *generation, "-o", path("images", mode), *flags])
                  for mode, flags in SCRIPT4_MODES.items()]
     commands += [
-        ("script 5", "5_export_pruned_model", [*model_flags, "-f", results, "-o", path("pruned"), "--dtype", "float16"]),
+        ("script 5", "5_export_pruned_model", [*model_flags, "--neurons", json.dumps(PRUNED_NEURONS), "-o", path("pruned"),
+                                               "--dtype", "float16"]),
         ("script 5 reloaded", "4_generate_images", ["-v", path("pruned"), *device, *generation, "-o", path("images", "pruned")]),
         ("script 7", "7_prune_memorized_weights",
          [*model_flags, "-d", inputs["prompts"], "-o", path("wanda"), "--subset_size", "1", "--calls", "1",
@@ -184,12 +188,6 @@ def main(argv=None) -> dict:
     from testbed import rehearsal
 
     figures = dict(device=args.device, forward_seconds={}, projected_prompt_seconds={}, commands={})
-    for dtype in args.dtypes.split(","):
-        seconds = unet_seconds(args.device, dtype, args.repeats)
-        figures["forward_seconds"][dtype] = round(seconds, 2)
-        figures["projected_prompt_seconds"][dtype] = {k: round(v, 1) for k, v in projected_prompt_seconds(seconds).items()}
-        print(f"U-Net forward of {FORWARD_LATENTS} latents, {dtype}: {seconds:.2f} s; script 3 per prompt, "
-              + ", ".join(f"{k} {v:.0f} s" for k, v in figures["projected_prompt_seconds"][dtype].items()), flush=True)
     paths = rehearsal.write(["sd14", "sscd", "clip-b32"], args.rehearsal)
     inputs = prepare_inputs(args.upstream, args.work)
     device = ["--device", args.device]
@@ -205,6 +203,12 @@ def main(argv=None) -> dict:
         seconds, gib, status = peak_memory(module, command)
         figures["commands"][name] = dict(seconds=round(seconds, 1), peak_gib=round(gib, 2), status=status)
         print(f"{name:<24} {seconds:8.1f} s  peak {gib:6.2f} GiB  exit {status}", flush=True)
+    for dtype in args.dtypes.split(","):
+        seconds = unet_seconds(args.device, dtype, args.repeats)
+        figures["forward_seconds"][dtype] = round(seconds, 2)
+        figures["projected_prompt_seconds"][dtype] = {k: round(v, 1) for k, v in projected_prompt_seconds(seconds).items()}
+        print(f"U-Net forward of {FORWARD_LATENTS} latents, {dtype}: {seconds:.2f} s; script 3 per prompt, "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in figures["projected_prompt_seconds"][dtype].items()), flush=True)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(figures, f, indent=1)
