@@ -171,6 +171,29 @@ def projected_prompt_seconds(seconds_per_set: float) -> dict[str, float]:
     return {kind: (1 + 4 + 7 + initial) * seconds_per_set for kind, initial in PAPER_MEDIAN_INITIAL_NEURONS.items()}
 
 
+def command_figures(args) -> dict:
+    """{command name: seconds, peak GiB, exit status} of the reduced pass on SD v1.4's rehearsal."""
+    from testbed import rehearsal
+
+    paths = rehearsal.write(["sd14", "sscd", "clip-b32"], args.rehearsal)
+    inputs = prepare_inputs(args.upstream, args.work)
+    commands = reduced_pass(paths["sd14"], inputs, paths["sscd"], paths["clip-b32"], args.work, ["--device", args.device])
+    script9 = next(argv for name, _, argv in commands if name == "script 9")
+    output = script9.index("-o") + 1
+    commands.append(("script 9 checkpointed", "9_adversarial_finetuning",
+                     [*script9[:output], os.path.join(args.work, "finetuned_checkpointed"), *script9[output + 1:],
+                      "--gradient_checkpointing"]))
+    skip = set(filter(None, args.skip.split(",")))
+    figures = {}
+    for name, module, command in commands:
+        if name in skip:
+            continue
+        seconds, gib, status = peak_memory(module, command)
+        figures[name] = dict(seconds=round(seconds, 1), peak_gib=round(gib, 2), status=status)
+        print(f"{name:<24} {seconds:8.1f} s  peak {gib:6.2f} GiB  exit {status}", flush=True)
+    return figures
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rehearsal", required=True, help="folder of the rehearsal checkpoints (written if absent)")
@@ -181,27 +204,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtypes", default="float32,float16", help="dtypes of the U-Net timing")
     parser.add_argument("--repeats", type=int, default=1, help="timed forwards per dtype")
     parser.add_argument("--skip", default="", help="comma-separated command names to leave out of the memory pass")
+    parser.add_argument("--forward_only", action="store_true", help="only the U-Net timing, no command")
     parser.add_argument("-o", "--output", default=None, help="JSON file for the figures")
     args = parser.parse_args(argv)
-
-    from testbed import rehearsal
-
     figures = dict(device=args.device, forward_seconds={}, projected_prompt_seconds={}, commands={})
-    paths = rehearsal.write(["sd14", "sscd", "clip-b32"], args.rehearsal)
-    inputs = prepare_inputs(args.upstream, args.work)
-    device = ["--device", args.device]
-    commands = reduced_pass(paths["sd14"], inputs, paths["sscd"], paths["clip-b32"], args.work, device)
-    script9 = next(argv for name, _, argv in commands if name == "script 9")
-    commands.append(("script 9 checkpointed", "9_adversarial_finetuning",
-                     [*script9[:script9.index("-o") + 1], os.path.join(args.work, "finetuned_checkpointed"),
-                      *script9[script9.index("-o") + 2:], "--gradient_checkpointing"]))
-    skip = set(filter(None, args.skip.split(",")))
-    for name, module, command in commands:
-        if name in skip:
-            continue
-        seconds, gib, status = peak_memory(module, command)
-        figures["commands"][name] = dict(seconds=round(seconds, 1), peak_gib=round(gib, 2), status=status)
-        print(f"{name:<24} {seconds:8.1f} s  peak {gib:6.2f} GiB  exit {status}", flush=True)
+    if not args.forward_only:
+        figures["commands"] = command_figures(args)
     for dtype in args.dtypes.split(","):
         seconds = unet_seconds(args.device, dtype, args.repeats)
         figures["forward_seconds"][dtype] = round(seconds, 2)
