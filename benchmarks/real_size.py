@@ -37,6 +37,9 @@ FORWARD_LATENTS = 10  # SPEC §3: a scored set is one U-Net call over 10 latents
 SCRIPT3_SMOKE_FLAGS = ["--samples_per_prompt", "2", "--pairwise_ssim_threshold", "-1", "--initial_theta", "1000",
                        "--min_theta", "1000", "--initial_k", "1", "--ssim_threshold_initial_selection", "1",
                        "--ssim_threshold_refinement", "1.1", "--batch_candidates", "8"]
+# Script 5 removes one neuron of each value layer (the smoke flags above leave script 3's
+# refined set empty: every layer re-activation is accepted).
+PRUNED_NEURONS = [[layer] for layer in range(7)]
 # Script 4's modes (one image, one DDIM step each); guidance 0 except where the mode needs
 # both halves of classifier-free guidance.
 SCRIPT4_MODES = {
@@ -94,8 +97,7 @@ def reduced_pass(model: str, inputs: dict[str, str], sscd: str, clip: str, work:
         ("script 1", "1_compute_activations_statistics",
          [*model_flags, "--prompts", inputs["prompts"], "--output", path("statistics.pt")]),
         ("script 2", "2_compute_pairwise_ssim",
-         [*model_flags, "--prompts", inputs["prompts"], "--output", path("scores.csv"), "--limit", "1",
-          "--samples_per_prompt", "2"]),
+         [*model_flags, "--prompts", inputs["prompts"], "--output", path("scores.csv"), "--samples_per_prompt", "2"]),
         ("script 3", "3_detect_memorized_neurons",
          [*model_flags, "-d", inputs["prompts"], "-o", results, "--statistics", inputs["statistics"], "--limit", "1",
           *SCRIPT3_SMOKE_FLAGS]),
@@ -103,7 +105,8 @@ def reduced_pass(model: str, inputs: dict[str, str], sscd: str, clip: str, work:
     commands += [(f"script 4 {mode}", "4_generate_images", [*model_flags, *generation, "-o", path("images", mode), *flags])
                  for mode, flags in SCRIPT4_MODES.items()]
     commands += [
-        ("script 5", "5_export_pruned_model", [*model_flags, "-f", results, "-o", path("pruned"), "--dtype", "float16"]),
+        ("script 5", "5_export_pruned_model", [*model_flags, "--neurons", json.dumps(PRUNED_NEURONS), "-o", path("pruned"),
+                                               "--dtype", "float16"]),
         ("script 5 reloaded", "4_generate_images", ["-v", path("pruned"), *device, *generation, "-o", path("images", "pruned")]),
         ("script 7", "7_prune_memorized_weights",
          [*model_flags, "-d", inputs["prompts"], "-o", path("wanda"), "--subset_size", "1", "--calls", "1",
@@ -168,6 +171,29 @@ def projected_prompt_seconds(seconds_per_set: float) -> dict[str, float]:
     return {kind: (1 + 4 + 7 + initial) * seconds_per_set for kind, initial in PAPER_MEDIAN_INITIAL_NEURONS.items()}
 
 
+def command_figures(args) -> dict:
+    """{command name: seconds, peak GiB, exit status} of the reduced pass on SD v1.4's rehearsal."""
+    from testbed import rehearsal
+
+    paths = rehearsal.write(["sd14", "sscd", "clip-b32"], args.rehearsal)
+    inputs = prepare_inputs(args.upstream, args.work)
+    commands = reduced_pass(paths["sd14"], inputs, paths["sscd"], paths["clip-b32"], args.work, ["--device", args.device])
+    script9 = next(argv for name, _, argv in commands if name == "script 9")
+    output = script9.index("-o") + 1
+    commands.append(("script 9 checkpointed", "9_adversarial_finetuning",
+                     [*script9[:output], os.path.join(args.work, "finetuned_checkpointed"), *script9[output + 1:],
+                      "--gradient_checkpointing"]))
+    skip = set(filter(None, args.skip.split(",")))
+    figures = {}
+    for name, module, command in commands:
+        if name in skip:
+            continue
+        seconds, gib, status = peak_memory(module, command)
+        figures[name] = dict(seconds=round(seconds, 1), peak_gib=round(gib, 2), status=status)
+        print(f"{name:<24} {seconds:8.1f} s  peak {gib:6.2f} GiB  exit {status}", flush=True)
+    return figures
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rehearsal", required=True, help="folder of the rehearsal checkpoints (written if absent)")
@@ -178,33 +204,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtypes", default="float32,float16", help="dtypes of the U-Net timing")
     parser.add_argument("--repeats", type=int, default=1, help="timed forwards per dtype")
     parser.add_argument("--skip", default="", help="comma-separated command names to leave out of the memory pass")
+    parser.add_argument("--forward_only", action="store_true", help="only the U-Net timing, no command")
     parser.add_argument("-o", "--output", default=None, help="JSON file for the figures")
     args = parser.parse_args(argv)
-
-    from testbed import rehearsal
-
     figures = dict(device=args.device, forward_seconds={}, projected_prompt_seconds={}, commands={})
+    if not args.forward_only:
+        figures["commands"] = command_figures(args)
     for dtype in args.dtypes.split(","):
         seconds = unet_seconds(args.device, dtype, args.repeats)
         figures["forward_seconds"][dtype] = round(seconds, 2)
         figures["projected_prompt_seconds"][dtype] = {k: round(v, 1) for k, v in projected_prompt_seconds(seconds).items()}
         print(f"U-Net forward of {FORWARD_LATENTS} latents, {dtype}: {seconds:.2f} s; script 3 per prompt, "
               + ", ".join(f"{k} {v:.0f} s" for k, v in figures["projected_prompt_seconds"][dtype].items()), flush=True)
-    paths = rehearsal.write(["sd14", "sscd", "clip-b32"], args.rehearsal)
-    inputs = prepare_inputs(args.upstream, args.work)
-    device = ["--device", args.device]
-    commands = reduced_pass(paths["sd14"], inputs, paths["sscd"], paths["clip-b32"], args.work, device)
-    script9 = next(argv for name, _, argv in commands if name == "script 9")
-    commands.append(("script 9 checkpointed", "9_adversarial_finetuning",
-                     [*script9[:script9.index("-o") + 1], os.path.join(args.work, "finetuned_checkpointed"),
-                      *script9[script9.index("-o") + 2:], "--gradient_checkpointing"]))
-    skip = set(filter(None, args.skip.split(",")))
-    for name, module, command in commands:
-        if name in skip:
-            continue
-        seconds, gib, status = peak_memory(module, command)
-        figures["commands"][name] = dict(seconds=round(seconds, 1), peak_gib=round(gib, 2), status=status)
-        print(f"{name:<24} {seconds:8.1f} s  peak {gib:6.2f} GiB  exit {status}", flush=True)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(figures, f, indent=1)

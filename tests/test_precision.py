@@ -22,6 +22,8 @@ from utils.generation import generation_latents
 from utils.models import load_pipeline, resolve_dtype
 
 PROMPTS = 2  # the first memorized prompts of the test bed
+# fp16 runs on the CPU far slower than fp32: 2 seeds per prompt (the same flags in both dtypes).
+SCRIPT3_FLAGS = ["--samples_per_prompt", "2"]
 DTYPES = ("float32", "float16")
 
 
@@ -44,7 +46,7 @@ def localized(tmp_path_factory) -> dict[str, str]:
         importlib.import_module("3_detect_memorized_neurons").main([
             "-v", testbed.MODEL_DIR, "-d", testbed.MEMORIZED_PROMPTS, "-o", output, "--limit", str(PROMPTS),
             "--statistics", os.path.join(testbed.TESTBED_DIR, "statistics.pt"), "--memorization_threshold",
-            str(threshold), "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE), "--dtype", dtype, "--device", "cpu"])
+            str(threshold), "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE), "--dtype", dtype, "--device", "cpu", *SCRIPT3_FLAGS])
         files[dtype] = output
     return files
 

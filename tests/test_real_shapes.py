@@ -141,10 +141,9 @@ def test_reduced_pass_command_runs_at_real_shapes(real_pass, name):
         images = [f for f in os.listdir(folder) if f.endswith((".png", ".jpg"))]
         assert images and Image.open(os.path.join(folder, images[0])).size == (512, 512)
     elif name == "script 5":
-        refined = read_results(os.path.join(work, "results.csv"), SD_VALUE_WIDTHS)["Refined Neurons"][0]
         pruned = load_pipeline(os.path.join(work, "pruned"), torch.device("cpu"))
-        for layer, neurons in zip(value_layers(pruned.unet).values(), refined):
-            assert all(not layer.weight[n].any() for n in neurons)
+        for layer, neurons in zip(value_layers(pruned.unet).values(), real_size.PRUNED_NEURONS):
+            assert all(not layer.weight[n].any() for n in neurons) and layer.weight.any()
     elif name == "script 8":
         assert os.path.exists(os.path.join(work, "attack", "attack.csv"))
     elif name in ("SSCD_Orig", "SSCD_Gen", "A_CLIP"):
