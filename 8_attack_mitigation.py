@@ -107,7 +107,7 @@ def main(argv=None) -> dict:
             condition = prepare(i, caption, latents)  # the prompt's embedding and its NeMo neurons, if any
             generate = lambda embedding: generate_prompt_images(
                 pipe, PromptCondition(embedding, condition.intervention), latents, steps=args.steps,
-                guidance_scale=args.guidance_scale, batch_size=args.num_samples)
+                guidance_scale=args.guidance_scale)
             before = similarity(original, generate(condition.embedding)).max().item()
             found = dori.attack(pipe, dori.image_latents(pipe, [original]), condition.embedding,
                                 steps=args.attack_steps, learning_rate=args.attack_learning_rate,

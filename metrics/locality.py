@@ -233,7 +233,7 @@ def triggers(argv) -> dict:
     for start in range(args.starts):
         initial = torch.randn(own.shape, generator=generator)
         embedding = dori.attack(pipe, target, initial, steps=args.attack_steps, seed=args.seed + start).embedding
-        images = generate_prompt_images(pipe, PromptCondition(embedding), latents, batch_size=len(latents))
+        images = generate_prompt_images(pipe, PromptCondition(embedding), latents)
         found.append(dict(embedding=embedding.cpu(), similarity=similarity(original, images).max().item()))
     replicating = [f for f in found if f["similarity"] > threshold]
     triggers_ = torch.cat([f["embedding"] for f in replicating]) if replicating else torch.zeros(0, *own.shape[1:])

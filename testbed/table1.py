@@ -124,22 +124,22 @@ def main(argv=None) -> dict:
                      "its sources.")
     parser.add_argument("--model", default=testbed.MODEL_DIR, help="diffusers folder of the test bed")
     parser.add_argument("--output", default="demo_output", help="folder for every file the run writes")
-    parser.add_argument("--steps", type=int, default=GENERATION_STEPS, help="DDIM steps of the generations (paper: 50)")
-    parser.add_argument("--num_samples", type=int, default=NUM_SAMPLES, help="images per prompt (paper: 10)")
+    parser.add_argument("--steps", type=cli.positive_int, default=GENERATION_STEPS, help="DDIM steps of the generations (paper: 50)")
+    parser.add_argument("--num_samples", type=cli.positive_int, default=NUM_SAMPLES, help="images per prompt (paper: 10)")
     for kind, n in DEMO_PROMPTS.items():
-        parser.add_argument(f"--{kind.lower()}", type=int, default=n,
+        parser.add_argument(f"--{kind.lower()}", type=cli.non_negative_int, default=n,
                             help=f"how many {kind} prompts, of the test bed's 12 (default sized to fit the demo in "
                                  "about 11 minutes on 2 CPU cores)")
-    parser.add_argument("--quality", type=int, default=DEMO_QUALITY_PROMPTS,
+    parser.add_argument("--quality", type=cli.positive_int, default=DEMO_QUALITY_PROMPTS,
                         help="held-out ordinary prompts for the A_color column, of the test bed's 25 (sized for the demo)")
-    parser.add_argument("--unmemorized", type=int, default=None,
+    parser.add_argument("--unmemorized", type=cli.positive_int, default=None,
                         help="held-out prompts the detectors are compared on (default: all 25)")
     parser.add_argument("--settings", default=None, help="comma-separated subset of the rows (default: all)")
     parser.add_argument("--dori", action="store_true",
                         help="also adversarial fine-tuning and the Dori attack on every mitigation (scripts 8, 9; "
                              "about 25 minutes on 2 CPU cores for 12 VM prompts)")
-    parser.add_argument("--finetune_epochs", type=int, default=None, help="script 9's epochs (default: the paper's 5)")
-    parser.add_argument("--attack_steps", type=int, default=None, help="steps of every attack (default: the paper's 50)")
+    parser.add_argument("--finetune_epochs", type=cli.positive_int, default=None, help="script 9's epochs (default: the paper's 5)")
+    parser.add_argument("--attack_steps", type=cli.positive_int, default=None, help="steps of every attack (default: the paper's 50)")
     parser.add_argument("--log_level", default="WARNING", help="logging level")
     args = cli.parse(parser, argv)
     out = args.output
@@ -165,7 +165,7 @@ def main(argv=None) -> dict:
         "--memorization_threshold", str(threshold), "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE),
         "--originals", os.path.join(out, "originals"), "--quality_prompts", quality,
         "--unmemorized_prompts", unmemorized, "--steps", str(args.steps),
-        "-n", str(args.num_samples), "-b", str(args.num_samples), "--wanda_sparsity", str(WANDA_SPARSITY),
+        "-n", str(args.num_samples), "--wanda_sparsity", str(WANDA_SPARSITY),
         "--wanda_subset_size", str(wanda_subset_size(args.vm + args.tm)), *model,
         *(["--settings", args.settings] if args.settings else []),
         *(["--dori", "--utility_data", write_ordinary_pairs(os.path.join(out, "utility_pairs"), UTILITY_PAIRS,

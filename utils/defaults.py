@@ -52,7 +52,7 @@ GENERATION_SEED = 2
 NUM_SAMPLES = 10
 GENERATION_STEPS = 50
 GUIDANCE_SCALE = 7.0
-PROMPTS_PER_BATCH = 1  # authors' script 4 -b/--batch_size: prompts per pipeline call
+PROMPTS_PER_BATCH = 1  # authors' script 4 -b/--batch_size: prompts per pipeline call, each with all its samples
 RANDOM_NEURON_SEED = 0  # ours: seeds the draw of random neurons
 
 # ---------------------------------------------------------------------------------------
@@ -111,3 +111,4 @@ CLIP_MODEL = "openai/clip-vit-base-patch32"  # CLIP ViT-B/32 for A_CLIP and CLIP
 # An image copies a reference when their similarity exceeds this: SSCD's usual copy threshold
 # (Somepalli et al. 2023 count SSCD > 0.5 as a copy; NeMo's App. C.1 uses 0.7 for VM).
 SSCD_COPY_THRESHOLD = 0.5
+
