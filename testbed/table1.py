@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import shutil
 
@@ -38,6 +37,7 @@ from testbed.train_testbed import SEED
 from utils import cli
 from utils.defaults import GENERATION_STEPS, NUM_SAMPLES, WANDA_SUBSET_SIZE
 from utils.files import read_prompts, read_threshold, threshold_path
+from utils.outputs import atomic_path, write_json
 
 table_command = importlib.import_module("6_reproduce_table1")
 # Demo size: prompts that fit the README's ~10-minute budget on 2 CPU cores (BENCHMARKS.md);
@@ -57,6 +57,11 @@ UTILITY_PAIRS = 64  # rendered ordinary training pairs of the utility loss, draw
 # An image copies a training image when their pixel SSIM exceeds this (issue 16's measure:
 # held-out ordinary images score 0.55 between seeds only through their flat background).
 PIXEL_COPY_THRESHOLD = 0.5
+
+
+def write_csv(frame, path: str) -> None:
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, sep=";")
 
 
 def wanda_subset_size(prompts: int) -> int:
@@ -95,12 +100,13 @@ def subset(counts: dict[str, int], output: str) -> tuple[str, list[int]]:
     prompts = read_prompts(testbed.MEMORIZED_PROMPTS)
     rows = [i for kind, n in counts.items() for i in prompts.index[prompts["type"] == kind][:n]]
     path = os.path.join(output, "memorized_prompts.csv")
-    prompts.loc[rows].reset_index(drop=True).to_csv(path, sep=";")
+    write_csv(prompts.loc[rows].reset_index(drop=True), path)
     folder = os.path.join(output, "originals")
     os.makedirs(folder, exist_ok=True)
     originals = original_images(testbed.ORIGINALS_DIR)
     for new, row in enumerate(rows):
-        shutil.copyfile(originals[row], os.path.join(folder, f"{new:04d}.png"))
+        with atomic_path(os.path.join(folder, f"{new:04d}.png")) as temporary:
+            shutil.copyfile(originals[row], temporary)
     return path, rows
 
 
@@ -140,22 +146,24 @@ def main(argv=None) -> dict:
                              "about 25 minutes on 2 CPU cores for 12 VM prompts)")
     parser.add_argument("--finetune_epochs", type=cli.positive_int, default=None, help="script 9's epochs (default: the paper's 5)")
     parser.add_argument("--attack_steps", type=cli.positive_int, default=None, help="steps of every attack (default: the paper's 50)")
-    parser.add_argument("--log_level", default="WARNING", help="logging level")
+    cli.add_run_args(parser, resumable=False, limit=False)
+    parser.set_defaults(log_level="WARNING")
     args = cli.parse(parser, argv)
+    if args.vm + args.tm == 0:
+        raise ValueError("--vm 0 --tm 0: expected at least one memorized prompt")
     out = args.output
-    os.makedirs(out, exist_ok=True)
+    reproduce.claim_table_folder(args, out)  # a rerun continues every finished step; other settings are refused
     model = ["-v", args.model]
     statistics = os.path.join(out, "statistics.pt")
-    if not os.path.exists(statistics):
-        importlib.import_module("1_compute_activations_statistics").main(
-            ["--prompts", testbed.ADDITIONAL_PROMPTS, "--output", statistics, *model])
+    importlib.import_module("1_compute_activations_statistics").main(
+        ["--prompts", testbed.ADDITIONAL_PROMPTS, "--output", statistics, *model])
     scores = os.path.join(out, "scores_unmemorized.csv")
     reproduce.script(2).main(["--prompts", testbed.UNMEMORIZED_PROMPTS, "--output", scores, "--resume", *model,
                               "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)])
     held_out = read_prompts(testbed.UNMEMORIZED_PROMPTS)
     quality, unmemorized = os.path.join(out, "quality_prompts.csv"), os.path.join(out, "unmemorized_prompts.csv")
-    held_out[: args.quality].to_csv(quality, sep=";")
-    held_out[: args.unmemorized].to_csv(unmemorized, sep=";")
+    write_csv(held_out[: args.quality], quality)
+    write_csv(held_out[: args.unmemorized], unmemorized)
     table_parser = argparse.ArgumentParser()
     table_command.add_args(table_parser)
     threshold = read_threshold(threshold_path(scores))
@@ -174,12 +182,12 @@ def main(argv=None) -> dict:
           if args.dori else []),
         *(["--finetune_epochs", str(args.finetune_epochs)] if args.finetune_epochs else []),
         *(["--attack_steps", str(args.attack_steps)] if args.attack_steps else [])])
-    report = reproduce.reproduce(table_args, testbed_measures(rows), f"Test-bed Table 1 (tau_mem = {threshold:.3f})")
+    report = reproduce.reproduce(table_args, testbed_measures(rows), f"Test-bed Table 1 (tau_mem = {threshold:.3f})",
+                                 claim=False)
     report["checks"] = checks(report["rows"])
     for kind, ratios in report["checks"].items():
         print(f"{kind}: " + ", ".join(f"{name} {value:.2f}" for name, value in ratios.items()))
-    with open(os.path.join(out, "table1.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    write_json(os.path.join(out, "table1.json"), report)
     return report
 
 
