@@ -1,11 +1,13 @@
 """Script 4: generate images under a mitigation (SPEC §5 and the baselines of Table 1).
 
-Without a mode flag nothing is changed. Neuron modes read script 3's results; the baselines
-(--wen, --ren, --random_tokens N) need only prompts. Images are named
-img_{prompt:04d}_{sample:02d}.jpg (prompt = row of the results or prompt file); config.json of
-the run and prompt_records.jsonl (per prompt: caption used, added tokens, cost) are written
-beside them. Prompts whose images all exist are skipped, so a killed run resumes by running
-the same command again.
+Without a mode flag nothing is changed. Neuron modes read script 3's results; the modes
+without neurons (none, --wen, --ren, --random_tokens N) need only a prompt file (--dataset or
+--prompts). -b prompts share a pipeline call, each with all its --num_samples images (the
+authors' meaning). Images are named img_{prompt:04d}_{sample:02d}.jpg (prompt = row of the
+results or prompt file), each saved atomically; settings.json (what made the folder),
+config.json of the run and prompt_records.jsonl (per prompt: caption used, added tokens, cost)
+are written beside them. A prompt is done once its record follows its images, so a killed run
+continues when the same command is run again; other settings in the same folder are refused.
 """
 
 import logging
@@ -23,21 +25,21 @@ PER_PROMPT_NEURON_MODES = ("initial_neurons", "refined_neurons", "block_random_n
 
 def add_mode_args(parser) -> None:
     group = parser.add_argument_group("mitigation (at most one)").add_mutually_exclusive_group()
-    group.add_argument("--initial_neurons", action="store_true", help="each prompt's initial selection")
-    group.add_argument("--refined_neurons", action="store_true", help="each prompt's refined neurons (NeMo)")
+    group.add_argument("--initial_neurons", action="store_true", help="authors': each prompt's initial selection")
+    group.add_argument("--refined_neurons", action="store_true", help="authors': each prompt's refined neurons (NeMo)")
     group.add_argument("--block_top_k_neurons_per_layer", type=cli.positive_int, metavar="K",
-                       help="the K most frequent refined neurons of each layer, for every prompt")
+                       help="authors': the K most frequent refined neurons of each layer, for every prompt")
     group.add_argument("--block_top_k_neurons", type=cli.positive_int, metavar="K",
-                       help="the K most frequent refined neurons over all layers, for every prompt")
+                       help="authors': the K most frequent refined neurons over all layers, for every prompt")
     group.add_argument("--block_top_k_neuron_subgroups", type=cli.positive_int, metavar="K",
-                       help="union of the K most frequent refined neuron sets, for every prompt")
+                       help="authors': union of the K most frequent refined neuron sets, for every prompt")
     group.add_argument("--block_random_neurons", action="store_true",
-                       help="per prompt, as many random neurons per layer as its refined set has")
+                       help="ours (the authors' flag of this name takes a count): per prompt, as many random neurons per layer as its refined set has")
     group.add_argument("--wen", action="store_true",
-                       help="prompt embedding adjustment (Wen et al., ICLR 2024); settings below")
-    group.add_argument("--ren", action="store_true", help="attention scaling (Ren et al., ECCV 2024); settings below")
+                       help="ours: prompt embedding adjustment (Wen et al., ICLR 2024); settings below")
+    group.add_argument("--ren", action="store_true", help="ours: attention scaling (Ren et al., ECCV 2024); settings below")
     group.add_argument("--random_tokens", type=cli.positive_int, metavar="N",
-                       help="N random vocabulary tokens added to each caption (Somepalli et al., NeurIPS 2023; "
+                       help="ours: N random vocabulary tokens added to each caption (Somepalli et al., NeurIPS 2023; "
                             f"Table 1: {', '.join(map(str, defaults.RANDOM_TOKEN_COUNTS))})")
 
     source = "YuxinWenRick/diffusion_memorization inference_mem.py"
