@@ -30,8 +30,8 @@ def main(argv=None) -> None:
 
     prompts = read_prompts(args.prompts)["Caption"].tolist()
     # the folder is made and the settings recorded before any work; other settings are refused
-    settings = cli.run_settings(args, inputs=("prompts",), limit=args.limit)
-    if claim_output(output, settings, args.overwrite) and os.path.exists(output):
+    recorded = cli.run_settings(args, inputs=("prompts",), limit=args.limit)
+    if claim_output(output, recorded, args.overwrite) and os.path.exists(output):
         logger.info("%s is complete with the same settings; nothing to do", output)
         return
 

@@ -26,8 +26,8 @@ def main(argv=None) -> None:
 
     from utils.outputs import claim_output, save_model_folder
 
-    settings = cli.run_settings(args, inputs=("result_file",))
-    if claim_output(args.output, settings, args.overwrite, folder=True, record=False):
+    recorded = cli.run_settings(args, inputs=("result_file",))
+    if claim_output(args.output, recorded, args.overwrite, folder=True, record=False):
         print(f"{args.output} is complete with the same settings; nothing to do")
         return
 
@@ -49,7 +49,7 @@ def main(argv=None) -> None:
         k = args.top_k if args.top_k is not None else len(selection.neuron_frequencies(refined))
         neurons = selection.top_k_overall(refined, k)
     prune_value_neurons(pipe.unet, neurons)
-    save_model_folder(args.output, pipe, settings)
+    save_model_folder(args.output, pipe, recorded)
     print(f"removed {count_neurons(neurons)} neurons; pruned model written to {args.output}")
 
 

@@ -46,8 +46,8 @@ def main(argv=None) -> dict:
     from utils.outputs import claim_output, save_model_folder, write_json
 
     prompts = read_prompts(args.dataset)
-    settings = cli.run_settings(args, inputs=("dataset",))
-    if claim_output(args.output, settings, args.overwrite, folder=True, record=False):
+    recorded = cli.run_settings(args, inputs=("dataset",))
+    if claim_output(args.output, recorded, args.overwrite, folder=True, record=False):
         logger.info("%s is complete with the same settings; nothing to do", args.output)
         return read_json(os.path.join(args.output, SUMMARY_NAME), "Wanda summary")
 
@@ -74,7 +74,7 @@ def main(argv=None) -> dict:
                    ffn_weights=int(sum(m.numel() for m in masks.union)), seconds=round(seconds, 3),
                    unet_sample_forwards=memorized.unet_sample_forwards + null.unet_sample_forwards,
                    settings=dict(vars(args)))
-    save_model_folder(args.output, pipe, settings, {
+    save_model_folder(args.output, pipe, recorded, {
         MASKS_NAME: lambda path: wanda.save_masks(masks, path, rows=rows, sparsity=args.sparsity),
         SUMMARY_NAME: lambda path: write_json(path, summary)})
     print(f"pruned {summary['pruned_weights']} of {summary['ffn_weights']} ff.net.2 weights "

@@ -96,9 +96,9 @@ def main(argv=None) -> dict:
     embeddings_dir = os.path.join(args.output, "embeddings")
     shard = Shard.from_env()
     output = os.path.join(args.output, "attack.csv")
-    settings = cli.run_settings(args, inputs=("dataset", "neurons_from"), threshold=threshold)
+    recorded = cli.run_settings(args, inputs=("dataset", "neurons_from"), threshold=threshold)
     # every input is checked: only now is the output touched (an earlier run's is continued or refused)
-    with RowWriter(shard.part(output), COLUMNS, settings, args.overwrite,
+    with RowWriter(shard.part(output), COLUMNS, recorded, args.overwrite,
                    companions=(images_dir, embeddings_dir, os.path.join(args.output, SUMMARY_NAME))) as writer:
         pending = [i for i in rows[: args.limit][shard.rank::shard.world_size] if i not in writer.done]
         for i in tqdm(pending, desc="attacking", unit="prompt"):

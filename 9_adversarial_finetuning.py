@@ -50,8 +50,8 @@ def main(argv=None) -> dict:
 
     frame = read_prompts(args.dataset)
     read_results(args.result_file, None)
-    settings = cli.run_settings(args, inputs=("dataset", "result_file", "utility_data"), limit=args.limit)
-    if claim_output(args.output, settings, args.overwrite, folder=True, record=False):
+    recorded = cli.run_settings(args, inputs=("dataset", "result_file", "utility_data"), limit=args.limit)
+    if claim_output(args.output, recorded, args.overwrite, folder=True, record=False):
         logger.info("%s is complete with the same settings; nothing to do", args.output)
         return read_json(os.path.join(args.output, SUMMARY_NAME), "fine-tuning summary")
 
@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
     seconds = time.perf_counter() - start
     summary = dict(rows=rows, seconds=round(seconds, 1), updates=len(history), history=history,
                    settings=dict(vars(args)))
-    save_model_folder(args.output, pipe, settings, {SUMMARY_NAME: lambda path: write_json(path, summary)})
+    save_model_folder(args.output, pipe, recorded, {SUMMARY_NAME: lambda path: write_json(path, summary)})
     print(f"fine-tuned on {len(rows)} memorized images, {args.epochs} epochs, {len(history)} updates in "
           f"{seconds:.1f} s -> {args.output}")
     return summary
