@@ -47,8 +47,8 @@ def main(argv=None) -> None:
     totals = dict(seconds=0.0, forwards=0, sets=0)
     shard = Shard.from_env()
     # every input is checked: only now is the output touched (an earlier run's is continued or refused)
-    settings = cli.run_settings(args, inputs=("dataset", "statistics"))
-    with RowWriter(shard.part(output), RESULT_COLUMNS + COST_COLUMNS, settings, args.overwrite) as writer:
+    recorded = cli.run_settings(args, inputs=("dataset", "statistics"))
+    with RowWriter(shard.part(output), RESULT_COLUMNS + COST_COLUMNS, recorded, args.overwrite) as writer:
         for i in tqdm(cli.pending(shard, len(frame), writer.done, args.limit), desc="localizing", unit="prompt"):
             prompt = frame["Caption"][i]
             noise = prompt_noise_difference(pipe, layers, prompt, num_inference_steps=args.num_inference_steps,

@@ -1,17 +1,19 @@
 """Script 4: generate images under a mitigation (SPEC §5 and the baselines of Table 1).
 
-Without a mode flag nothing is changed. Neuron modes read script 3's results; the baselines
-(--wen, --ren, --random_tokens N) need only prompts. Images are named
-img_{prompt:04d}_{sample:02d}.jpg (prompt = row of the results or prompt file); config.json of
-the run and prompt_records.jsonl (per prompt: caption used, added tokens, cost) are written
-beside them. Prompts whose images all exist are skipped, so a killed run resumes by running
-the same command again.
+Without a mode flag nothing is changed. Neuron modes read script 3's results; the modes
+without neurons (none, --wen, --ren, --random_tokens N) need only a prompt file (--dataset or
+--prompts). -b prompts share a pipeline call, each with all its --num_samples images (the
+authors' meaning). Images are named img_{prompt:04d}_{sample:02d}.jpg (prompt = row of the
+results or prompt file), each saved atomically; settings.json (what made the folder),
+config.json of the run and prompt_records.jsonl (per prompt: caption used, added tokens, cost)
+are written beside them. A prompt is done once its record follows its images, so a killed run
+continues when the same command is run again; other settings in the same folder are refused.
 """
 
-import json
 import logging
 import os
 import random
+import sys
 
 from utils import cli, defaults
 
@@ -23,21 +25,21 @@ PER_PROMPT_NEURON_MODES = ("initial_neurons", "refined_neurons", "block_random_n
 
 def add_mode_args(parser) -> None:
     group = parser.add_argument_group("mitigation (at most one)").add_mutually_exclusive_group()
-    group.add_argument("--initial_neurons", action="store_true", help="each prompt's initial selection")
-    group.add_argument("--refined_neurons", action="store_true", help="each prompt's refined neurons (NeMo)")
-    group.add_argument("--block_top_k_neurons_per_layer", type=int, metavar="K",
-                       help="the K most frequent refined neurons of each layer, for every prompt")
-    group.add_argument("--block_top_k_neurons", type=int, metavar="K",
-                       help="the K most frequent refined neurons over all layers, for every prompt")
-    group.add_argument("--block_top_k_neuron_subgroups", type=int, metavar="K",
-                       help="union of the K most frequent refined neuron sets, for every prompt")
+    group.add_argument("--initial_neurons", action="store_true", help="authors': each prompt's initial selection")
+    group.add_argument("--refined_neurons", action="store_true", help="authors': each prompt's refined neurons (NeMo)")
+    group.add_argument("--block_top_k_neurons_per_layer", type=cli.positive_int, metavar="K",
+                       help="authors': the K most frequent refined neurons of each layer, for every prompt")
+    group.add_argument("--block_top_k_neurons", type=cli.positive_int, metavar="K",
+                       help="authors': the K most frequent refined neurons over all layers, for every prompt")
+    group.add_argument("--block_top_k_neuron_subgroups", type=cli.positive_int, metavar="K",
+                       help="authors': union of the K most frequent refined neuron sets, for every prompt")
     group.add_argument("--block_random_neurons", action="store_true",
-                       help="per prompt, as many random neurons per layer as its refined set has")
+                       help="ours (the authors' flag of this name takes a count): per prompt, as many random neurons per layer as its refined set has")
     group.add_argument("--wen", action="store_true",
-                       help="prompt embedding adjustment (Wen et al., ICLR 2024); settings below")
-    group.add_argument("--ren", action="store_true", help="attention scaling (Ren et al., ECCV 2024); settings below")
-    group.add_argument("--random_tokens", type=int, metavar="N",
-                       help="N random vocabulary tokens added to each caption (Somepalli et al., NeurIPS 2023; "
+                       help="ours: prompt embedding adjustment (Wen et al., ICLR 2024); settings below")
+    group.add_argument("--ren", action="store_true", help="ours: attention scaling (Ren et al., ECCV 2024); settings below")
+    group.add_argument("--random_tokens", type=cli.positive_int, metavar="N",
+                       help="ours: N random vocabulary tokens added to each caption (Somepalli et al., NeurIPS 2023; "
                             f"Table 1: {', '.join(map(str, defaults.RANDOM_TOKEN_COUNTS))})")
 
     source = "YuxinWenRick/diffusion_memorization inference_mem.py"
@@ -63,8 +65,9 @@ def add_mode_args(parser) -> None:
                    help="seed of the tokens and positions (each prompt draws with (seed, prompt index))")
 
 
-def neuron_sets_for(args, results, widths) -> list:
-    """The neuron set of each row of ``results`` under the chosen neuron mode (None: nothing)."""
+def neuron_sets_for(args, results, widths, rows: list[int]) -> list:
+    """The neuron set of each row of ``results`` under the chosen neuron mode; the global modes
+    count over ``rows`` (the prompts of --memorization_type, as the authors filter before counting)."""
     from utils.nemo import selection
 
     refined = list(results["Refined Neurons"])
@@ -79,7 +82,7 @@ def neuron_sets_for(args, results, widths) -> list:
                        ("block_top_k_neurons", selection.top_k_overall),
                        ("block_top_k_neuron_subgroups", selection.top_k_sets)):
         if getattr(args, flag) is not None:
-            return [pick(refined, getattr(args, flag))] * len(results)
+            return [pick([refined[i] for i in rows], getattr(args, flag))] * len(results)
 
 
 def preparation(args, pipe, neuron_sets: dict):
@@ -100,24 +103,31 @@ def preparation(args, pipe, neuron_sets: dict):
 def main(argv=None) -> None:
     parser = cli.parser_for(__doc__)
     parser.add_argument("-f", "--result_file", default="results/memorization_statistics_v1_4.csv",
-                        help="results of script 3 (neurons and captions per prompt)")
+                        help="authors': results of script 3 (neurons and captions per prompt); read by the neuron "
+                             "modes only")
     parser.add_argument("-d", "--dataset", default="prompts/memorized_laion_prompts.csv",
-                        help="the prompt file script 3 ran on; read for --memorization_type")
+                        help="ours: the prompt file script 3 ran on; the prompts of the modes without neurons, and "
+                             "the types of --memorization_type")
     parser.add_argument("--prompts", "--unmemorized_prompts", dest="prompts", default=None,
-                        help="generate for this prompt file instead of the results' prompts (no neuron mode, or a "
-                             "global top-k one)")
+                        help="authors' --unmemorized_prompts: generate for this prompt file instead (no neuron mode, "
+                             "or a global top-k one)")
     parser.add_argument("--memorization_type", choices=("VM", "TM"), default=None,
-                        help="only prompts of this type (column 'type' of --prompts if given, else of --dataset)")
-    parser.add_argument("-o", "--output", default="generated_images", help="image folder")
-    parser.add_argument("-s", "--seed", type=int, default=defaults.GENERATION_SEED, help="seed of each prompt's latents")
+                        help="authors': only prompts of this type (column 'type' of --prompts if given, else of "
+                             "--dataset); the global top-k modes count their neurons only")
+    parser.add_argument("-o", "--output", default="generated_images",
+                        help="authors': image folder (its settings.json says what made it; other settings are refused)")
+    parser.add_argument("-s", "--seed", type=int, default=defaults.GENERATION_SEED,
+                        help="authors': seed of each prompt's latents")
     parser.add_argument("-n", "--num_samples", type=cli.positive_int, default=defaults.NUM_SAMPLES,
-                        help="images per prompt")
-    parser.add_argument("--steps", type=cli.positive_int, default=defaults.GENERATION_STEPS, help="DDIM steps")
+                        help="authors': images per prompt")
+    parser.add_argument("--steps", type=cli.positive_int, default=defaults.GENERATION_STEPS, help="authors': DDIM steps")
     parser.add_argument("-g", "--guidance_scale", type=cli.non_negative_float, default=defaults.GUIDANCE_SCALE,
-                        help="classifier-free guidance")
-    parser.add_argument("-b", "--batch_size", type=cli.positive_int, default=1, help="images per pipeline call")
+                        help="authors': classifier-free guidance")
+    parser.add_argument("-b", "--batch_size", type=cli.positive_int, default=defaults.PROMPTS_PER_BATCH,
+                        help="authors': prompts per batch, all --num_samples images of each in one pipeline call "
+                             "(prompts whose mitigation hooks differ get a call each)")
     parser.add_argument("-sf", "--scaling_factor", type=float, default=defaults.SCALING_FACTOR,
-                        help="factor for deactivated neurons")
+                        help="authors': factor for deactivated neurons")
     add_mode_args(parser)
     cli.add_model_args(parser)
     cli.add_run_args(parser, resumable=False)
@@ -128,28 +138,44 @@ def main(argv=None) -> None:
 
     from utils.distributed import Shard
     from utils.files import read_prompts, read_results, rows_of_type
-    from utils.generation import generate_images
+    from utils.generation import CONFIG_NAME, generate_images
     from utils.layers import count_neurons, layer_widths, value_layers
     from utils.models import load_pipeline_from_args
+    from utils.outputs import claim_output, write_json
 
+    # every input is read and checked before the output folder is touched
+    results = read_results(args.result_file, None) if neuron_mode else None
+    prompt_file = args.prompts or (None if neuron_mode else args.dataset)
+    frame = read_prompts(prompt_file) if prompt_file else results
+    captions = frame["Caption"].tolist()
+    types_file = prompt_file or args.dataset
+    types = read_prompts(types_file) if args.memorization_type and not prompt_file else frame
+    # the results may cover only the first rows of the prompt file
+    chosen = rows_of_type(types.head(len(captions)), args.memorization_type, types_file)
+    if not chosen:
+        raise ValueError(f"no prompt of {types_file} is of --memorization_type {args.memorization_type}")
     pipe = load_pipeline_from_args(args)
     widths = layer_widths(value_layers(pipe.unet))
-    results = read_results(args.result_file, widths) if neuron_mode or not args.prompts else None
-    frame = read_prompts(args.prompts) if args.prompts else results
-    captions = frame["Caption"].tolist()
-    sets = neuron_sets_for(args, results, widths) if neuron_mode else [None]
+    if results is not None:
+        results = read_results(args.result_file, widths)  # now checked against the model's layers
+    counted = [i for i in chosen if i < len(results)] if results is not None else []
+    sets = neuron_sets_for(args, results, widths, counted) if neuron_mode else [None]
     neuron_sets = {i: sets[i] if len(sets) == len(captions) else sets[0] for i in range(len(captions))}
-    types_file = args.prompts or args.dataset
-    types = frame if args.prompts or not args.memorization_type else read_prompts(types_file)
-    # the results may cover only the first rows of the prompt file
-    indices = rows_of_type(types.head(len(captions)), args.memorization_type, types_file)[: args.limit]
+    indices = chosen[: args.limit]
 
+    read = {"result_file": neuron_mode, "prompts": bool(args.prompts), "dataset": not args.prompts}
+    settings = cli.run_settings(args, inputs=tuple(flag for flag, used in read.items() if used))
+    for flag, used in read.items():
+        if not used:
+            settings.pop(flag)
     shard = Shard.from_env()
-    os.makedirs(args.output, exist_ok=True)
+    continued = claim_output(args.output, settings, args.overwrite, folder=True)
+    if continued:
+        logger.info("%s: continuing a run with the same settings", args.output)
     if shard.rank == 0:
-        with open(os.path.join(args.output, "config.json"), "w") as f:
-            json.dump(dict(vars(args), prompts={i: captions[i] for i in indices},
-                           neurons={i: neuron_sets[i] for i in indices}), f, indent=1)
+        write_json(os.path.join(args.output, CONFIG_NAME), dict(
+            vars(args), command=" ".join(sys.argv), prompts={i: captions[i] for i in indices},
+            neurons={i: neuron_sets[i] for i in indices}))
     indices = indices[shard.rank::shard.world_size]  # this process's prompts; image names are global
     logger.info("%d prompts, %d neurons deactivated in all", len(indices),
                 sum(count_neurons(neuron_sets[i]) for i in indices if neuron_sets[i]))

@@ -31,7 +31,7 @@ def add_args(parser) -> None:
                         help="activation statistics for script 3 (script 1, or the authors' file)")
     parser.add_argument("--memorization_threshold", type=float, default=defaults.MEMORIZATION_THRESHOLD,
                         help="tau_mem for script 3 (script 2 on non-memorized prompts; paper: 0.428)")
-    parser.add_argument("--ssim_kernel_size", type=int, default=defaults.SSIM_KERNEL_SIZE,
+    parser.add_argument("--ssim_kernel_size", type=cli.positive_int, default=defaults.SSIM_KERNEL_SIZE,
                         help="MS-SSIM kernel of scripts 2 and 3 (11 for SD; 5 for the 24x24 test bed)")
     parser.add_argument("--originals", default=None,
                         help="training images, one per prompt row (0000.png or 0000_anything.jpg); without: no *_Orig")
@@ -51,17 +51,18 @@ def add_args(parser) -> None:
                         help=f"comma-separated subset of the rows ({'; '.join(s.name for s in SETTINGS)}); "
                              "default: all")
     gen = parser.add_argument_group("generation (script 4's defaults, SPEC §5)")
-    gen.add_argument("--steps", type=int, default=defaults.GENERATION_STEPS, help="DDIM steps")
-    gen.add_argument("-n", "--num_samples", type=int, default=defaults.NUM_SAMPLES, help="images per prompt")
-    gen.add_argument("-g", "--guidance_scale", type=float, default=defaults.GUIDANCE_SCALE, help="classifier-free guidance")
+    gen.add_argument("--steps", type=cli.positive_int, default=defaults.GENERATION_STEPS, help="DDIM steps")
+    gen.add_argument("-n", "--num_samples", type=cli.positive_int, default=defaults.NUM_SAMPLES, help="images per prompt")
+    gen.add_argument("-g", "--guidance_scale", type=cli.non_negative_float, default=defaults.GUIDANCE_SCALE, help="classifier-free guidance")
     gen.add_argument("-s", "--seed", type=int, default=defaults.GENERATION_SEED, help="seed of each prompt's latents")
-    gen.add_argument("-b", "--batch_size", type=int, default=defaults.NUM_SAMPLES, help="images per pipeline call")
-    gen.add_argument("--wen_target_loss", type=float, default=None,
+    gen.add_argument("-b", "--batch_size", type=cli.positive_int, default=defaults.PROMPTS_PER_BATCH,
+                     help="authors' script 4 -b: prompts per pipeline call, all --num_samples images of each in it")
+    gen.add_argument("--wen_target_loss", type=cli.non_negative_float, default=None,
                      help="Wen's target loss (default: script 4's, the authors' 3 for 4 SD latents)")
     pruning = parser.add_argument_group("Wanda rows (script 7; defaults: ruchikachavhan/concept-prune)")
-    pruning.add_argument("--wanda_sparsity", type=float, default=defaults.WANDA_SPARSITY,
+    pruning.add_argument("--wanda_sparsity", type=cli.fraction, default=defaults.WANDA_SPARSITY,
                          help="share of each ff.net.2 weight row pruned at most per call (skill_ratio)")
-    pruning.add_argument("--wanda_subset_size", type=int, default=defaults.WANDA_SUBSET_SIZE, help="|P|, prompts pruned on")
+    pruning.add_argument("--wanda_subset_size", type=cli.positive_int, default=defaults.WANDA_SUBSET_SIZE, help="|P|, prompts pruned on")
     pruning.add_argument("--wanda_subset_seed", type=int, default=defaults.WANDA_SUBSET_SEED, help="seed of the draw of P")
     attack = parser.add_argument_group("--dori: the attack on every mitigation and adversarial fine-tuning "
                                        "(scripts 8 and 9; defaults: the Dori paper)")
@@ -74,9 +75,9 @@ def add_args(parser) -> None:
                         help="memorized prompts attacked and erased (the paper reports VM)")
     attack.add_argument("--attack_similarity", choices=("sscd", "pixel_ssim"), default="sscd",
                         help="replication measure of script 8 (SSCD > 0.7: the paper's)")
-    attack.add_argument("--attack_steps", type=int, default=defaults.ATTACK_STEPS, help="steps of every attack")
-    attack.add_argument("--finetune_epochs", type=int, default=defaults.FINETUNE_EPOCHS, help="script 9's epochs")
-    attack.add_argument("--finetune_learning_rate", type=float, default=defaults.FINETUNE_LEARNING_RATE,
+    attack.add_argument("--attack_steps", type=cli.positive_int, default=defaults.ATTACK_STEPS, help="steps of every attack")
+    attack.add_argument("--finetune_epochs", type=cli.positive_int, default=defaults.FINETUNE_EPOCHS, help="script 9's epochs")
+    attack.add_argument("--finetune_learning_rate", type=cli.positive_float, default=defaults.FINETUNE_LEARNING_RATE,
                         help="script 9's U-Net learning rate")
     attack.add_argument("--finetune_utility_weight", type=float, default=defaults.UTILITY_WEIGHT,
                         help="script 9's weight of the utility loss (paper: 1:1)")
@@ -90,8 +91,8 @@ def add_args(parser) -> None:
     cli.add_sscd_model_arg(metric)
     metric.add_argument("--clip-model", default=defaults.CLIP_MODEL, help="CLIP ViT-B/32 for A_CLIP; 'none' to leave it out")
     cli.add_model_args(parser)
-    parser.add_argument("--limit", type=int, default=None, help="only the first N memorized prompts")
-    parser.add_argument("--log_level", default="WARNING", help="logging level")
+    cli.add_run_args(parser, resumable=False, what="memorized prompts")
+    parser.set_defaults(log_level="WARNING")
 
 
 def main(argv=None) -> dict:

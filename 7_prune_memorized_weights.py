@@ -26,7 +26,7 @@ def main(argv=None) -> dict:
                      "wanda/wanda.py, wanda/save_union_over_time.py); README.md lists where this suite differs.")
     parser.add_argument("-d", "--dataset", default="prompts/memorized_laion_prompts.csv",
                         help="memorized prompt file (';' CSV, column Caption)")
-    parser.add_argument("-o", "--output", required=True, help="folder of the pruned model")
+    parser.add_argument("-o", "--output", required=True, help="ours: folder of the pruned model (it appears only once complete)")
     parser.add_argument("--subset_size", type=cli.positive_int, default=defaults.WANDA_SUBSET_SIZE,
                         help="|P|, prompts the masks are computed from (datasets/memorize_*.txt hold 10)")
     parser.add_argument("--subset_seed", type=int, default=defaults.WANDA_SUBSET_SEED, help="seed of the draw of P")
@@ -40,15 +40,23 @@ def main(argv=None) -> dict:
                         help="classifier-free guidance of the collection runs (both halves are collected)")
     cli.add_model_args(parser, default_dtype=defaults.SAVED_DTYPE,
                        dtype_help="precision the activations are collected in and the pruned folder is written in")
-    parser.add_argument("--log_level", default="INFO", help="logging level")
+    cli.add_run_args(parser, resumable=False, limit=False)
     args = cli.parse(parser, argv)
 
-    from metrics.cli import write_json
-    from utils import wanda
-    from utils.files import read_prompts
-    from utils.models import load_pipeline_from_args
+    from utils.files import read_json, read_prompts
+    from utils.outputs import claim_output, save_model_folder, write_json
 
     prompts = read_prompts(args.dataset)
+    recorded = cli.run_settings(args, inputs=("dataset",))
+    if claim_output(args.output, recorded, args.overwrite, folder=True, record=False):
+        logger.info("%s is complete with the same settings; nothing to do", args.output)
+        return read_json(os.path.join(args.output, SUMMARY_NAME), "Wanda summary")
+
+    import torch
+
+    from utils import wanda
+    from utils.models import load_pipeline_from_args
+
     rows = wanda.choose_subset(len(prompts), args.subset_size, args.subset_seed)
     captions = [prompts["Caption"][i] for i in rows]
     pipe = load_pipeline_from_args(args)
@@ -60,15 +68,15 @@ def main(argv=None) -> dict:
     masks = wanda.wanda_masks(pipe.unet, memorized, null, args.sparsity)
     seconds = time.perf_counter() - start
     wanda.prune_weights(pipe.unet, masks)
-    pipe.save_pretrained(args.output)
     summary = dict(dataset=args.dataset, rows=rows, captions=captions, sparsity=args.sparsity, calls=args.calls,
                    layers=masks.layers, pruned_fraction=masks.pruned_fraction(),
                    pruned_weights=int(sum(m.sum().item() for m in masks.union)),
                    ffn_weights=int(sum(m.numel() for m in masks.union)), seconds=round(seconds, 3),
                    unet_sample_forwards=memorized.unet_sample_forwards + null.unet_sample_forwards,
                    settings=dict(vars(args)))
-    wanda.save_masks(masks, os.path.join(args.output, MASKS_NAME), rows=rows, sparsity=args.sparsity)
-    write_json(os.path.join(args.output, SUMMARY_NAME), summary)
+    save_model_folder(args.output, pipe, recorded, {
+        MASKS_NAME: lambda path: wanda.save_masks(masks, path, rows=rows, sparsity=args.sparsity),
+        SUMMARY_NAME: lambda path: write_json(path, summary)})
     print(f"pruned {summary['pruned_weights']} of {summary['ffn_weights']} ff.net.2 weights "
           f"({100 * summary['pruned_weights'] / summary['ffn_weights']:.2f}%) from {len(rows)} prompts in "
           f"{seconds:.1f} s -> {args.output}")

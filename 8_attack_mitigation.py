@@ -60,23 +60,22 @@ def main(argv=None) -> dict:
     generation.add_argument("-s", "--seed", type=int, default=defaults.GENERATION_SEED, help="seed of each prompt's latents")
     cli.add_replication_args(parser)
     cli.add_model_args(parser)
-    cli.add_run_args(parser)
+    cli.add_run_args(parser, what="prompts with an original image")
     args = cli.parse(parser, argv)
     threshold = cli.replication_threshold(args)
 
-    import torch
     from tqdm import tqdm
 
-    from metrics.cli import write_json
     from metrics.copies import similarity_to_original
     from metrics.images import load_images, original_images
     from utils import dori
     from utils.distributed import Shard
-    from utils.files import RowWriter, merge_rows, read_csv, read_prompts, read_results, rows_of_type
+    from utils.files import RowWriter, merge_rows, read_csv, read_prompts, read_results, require_neurons, rows_of_type
     from utils.generation import PromptCondition, generate_prompt_images, generation_latents, image_path
     from utils.layers import layer_widths, value_layers
     from utils.mitigation import with_neurons
     from utils.models import load_pipeline_from_args
+    from utils.outputs import save_image, save_torch, write_json
 
     frame = read_prompts(args.dataset)
     originals = original_images(args.originals)
@@ -90,32 +89,33 @@ def main(argv=None) -> dict:
     if args.neurons_from:
         results = read_results(args.neurons_from, layer_widths(value_layers(pipe.unet)))
         neurons = dict(enumerate(results["Refined Neurons"]))
+        require_neurons(rows[: args.limit], neurons, args.neurons_from)  # never attacked unmitigated under NeMo's name
     prepare = with_neurons(pipe, neurons)
     latents = generation_latents(pipe.unet, args.seed, args.num_samples)  # [n, 4, h, w]
     images_dir = os.path.join(args.output, "images")
     embeddings_dir = os.path.join(args.output, "embeddings")
-    os.makedirs(images_dir, exist_ok=True)
-    os.makedirs(embeddings_dir, exist_ok=True)
     shard = Shard.from_env()
     output = os.path.join(args.output, "attack.csv")
-    settings = dict(cli.run_settings(args), threshold=threshold)
-    with RowWriter(shard.part(output), COLUMNS, settings, args.resume) as writer:
-        pending = [i for i in rows[shard.rank::shard.world_size] if i not in writer.done][: args.limit]
+    recorded = cli.run_settings(args, inputs=("dataset", "neurons_from"), threshold=threshold)
+    # every input is checked: only now is the output touched (an earlier run's is continued or refused)
+    with RowWriter(shard.part(output), COLUMNS, recorded, args.overwrite,
+                   companions=(images_dir, embeddings_dir, os.path.join(args.output, SUMMARY_NAME))) as writer:
+        pending = [i for i in rows[: args.limit][shard.rank::shard.world_size] if i not in writer.done]
         for i in tqdm(pending, desc="attacking", unit="prompt"):
             caption = frame["Caption"][i]
             original = load_images([originals[i]])[0]
             condition = prepare(i, caption, latents)  # the prompt's embedding and its NeMo neurons, if any
             generate = lambda embedding: generate_prompt_images(
                 pipe, PromptCondition(embedding, condition.intervention), latents, steps=args.steps,
-                guidance_scale=args.guidance_scale, batch_size=args.num_samples)
+                guidance_scale=args.guidance_scale)
             before = similarity(original, generate(condition.embedding)).max().item()
             found = dori.attack(pipe, dori.image_latents(pipe, [original]), condition.embedding,
                                 steps=args.attack_steps, learning_rate=args.attack_learning_rate,
                                 batch=args.attack_batch, seed=args.attack_seed, intervention=condition.intervention)
             images = generate(found.embedding)
             for j, image in enumerate(images):
-                image.save(image_path(images_dir, i, j))
-            torch.save(found.embedding.cpu(), os.path.join(embeddings_dir, f"{i:04d}.pt"))
+                save_image(image_path(images_dir, i, j), image)
+            save_torch(os.path.join(embeddings_dir, f"{i:04d}.pt"), found.embedding.cpu())
             after = similarity(original, images).max().item()
             distances = dori.embedding_distances(found.embedding, condition.embedding)
             writer.write(i, {"Caption": caption, "type": frame["type"][i] if "type" in frame else "",

@@ -53,22 +53,29 @@ def main(argv=None) -> dict:
                                           "float16/bfloat16 run under autocast (mixed precision)")
     parser.add_argument("--gradient_checkpointing", action="store_true",
                         help="recompute the U-Net's activations in the backward pass (less memory, more time)")
-    parser.add_argument("--limit", type=cli.positive_int, default=None, help="only the first N memorized prompts")
-    parser.add_argument("--log_level", default="INFO", help="logging level")
+    cli.add_run_args(parser, resumable=False, what="memorized prompts (they change the model: recorded)")
     args = cli.parse(parser, argv)
+
+    from utils.files import read_json, read_prompts, read_results, require_neurons, rows_of_type
+    from utils.outputs import claim_output, save_model_folder, write_json
+
+    frame = read_prompts(args.dataset)
+    read_results(args.result_file, None)
+    recorded = cli.run_settings(args, inputs=("dataset", "result_file", "utility_data"), limit=args.limit)
+    if claim_output(args.output, recorded, args.overwrite, folder=True, record=False):
+        logger.info("%s is complete with the same settings; nothing to do", args.output)
+        return read_json(os.path.join(args.output, SUMMARY_NAME), "fine-tuning summary")
 
     import torch
 
-    from metrics.cli import write_json
     from metrics.images import load_images, original_images
     from utils import dori
-    from utils.files import read_prompts, read_results, rows_of_type
+    from utils.faults import crash_point
     from utils.generation import generate_prompt_images, generation_latents
     from utils.layers import layer_widths, value_layers
     from utils.mitigation import with_neurons
     from utils.models import load_pipeline, resolve_device, resolve_dtype
 
-    frame = read_prompts(args.dataset)
     originals = original_images(args.originals)
     rows = [i for i in rows_of_type(frame, args.memorization_type, args.dataset) if i in originals][: args.limit]
     if not rows:
@@ -79,6 +86,7 @@ def main(argv=None) -> dict:
     if args.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     neurons = dict(enumerate(read_results(args.result_file, layer_widths(value_layers(pipe.unet)))["Refined Neurons"]))
+    require_neurons(rows, neurons, args.result_file)
     utility = dori.utility_sampler(pipe, args.utility_data, args.utility_batch, args.empty_caption_share)
     prepare = with_neurons(pipe, neurons)
     first_latent = generation_latents(pipe.unet)[:1]  # script 4's first seed
@@ -95,14 +103,13 @@ def main(argv=None) -> dict:
         attack_learning_rate=args.attack_learning_rate, attack_batch=args.attack_batch, seed=args.seed,
         utility_weight=args.utility_weight, distillation_weight=args.distillation_weight,
         compute_dtype=resolve_dtype(args.dtype, device),
-        progress=lambda r: logger.info("epoch %d image %d: attack %.4f, adversarial %.4f, utility %.4f, %.1f s",
+        progress=lambda r: (logger.info("epoch %d image %d: attack %.4f, adversarial %.4f, utility %.4f, %.1f s",
                                        r["epoch"], r["image"], r["attack_loss"], r["adversarial_loss"],
-                                       r["utility_loss"], r["seconds"]))
+                                       r["utility_loss"], r["seconds"]), crash_point("update_done")))
     seconds = time.perf_counter() - start
-    pipe.save_pretrained(args.output)
     summary = dict(rows=rows, seconds=round(seconds, 1), updates=len(history), history=history,
                    settings=dict(vars(args)))
-    write_json(os.path.join(args.output, SUMMARY_NAME), summary)
+    save_model_folder(args.output, pipe, recorded, {SUMMARY_NAME: lambda path: write_json(path, summary)})
     print(f"fine-tuned on {len(rows)} memorized images, {args.epochs} epochs, {len(history)} updates in "
           f"{seconds:.1f} s -> {args.output}")
     return summary

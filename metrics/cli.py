@@ -7,7 +7,6 @@ the images), so a table builder reads files rather than logs.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 
@@ -17,7 +16,8 @@ from tqdm import tqdm
 
 from metrics.core import summarize
 from metrics.embedders import EMBEDDERS, image_embedder
-from utils.cli import add_sscd_model_arg
+from utils import outputs
+from utils.cli import add_sscd_model_arg, run_settings
 from utils.defaults import CLIP_MODEL
 from utils.files import read_prompts
 from utils.models import resolve_device
@@ -52,7 +52,16 @@ def add_prompt_args(parser: argparse.ArgumentParser, required: bool = False) -> 
 
 def add_output_args(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("-o", "--output", default=None, help=f"JSON of the figures; default: {default}")
-    parser.add_argument("--log-level", default="INFO", help="logging level")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="ours: replace a JSON made with other settings instead of refusing")
+    parser.add_argument("--log-level", "--log_level", dest="log_level", default="INFO", help="logging level")
+
+
+def claim_json(args: argparse.Namespace, path: str) -> str:
+    """``path``, checked to hold no figures of other settings (its ``.settings.json``); a rerun
+    with the same settings recomputes it, --overwrite replaces one of other settings."""
+    outputs.claim_output(path, run_settings(args), args.overwrite)
+    return path
 
 
 def embedder_from(args: argparse.Namespace):
@@ -82,9 +91,8 @@ def prompt_types(path: str | None, prompts: list[int]) -> dict[int, str]:
 
 
 def write_json(path: str, payload: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=1)
+    """Written atomically (``utils.outputs.write_json``)."""
+    outputs.write_json(path, payload)
     logger.info("wrote %s", path)
 
 
@@ -108,7 +116,8 @@ def report(title: str, per_prompt: dict[int, dict[str, float]], types: dict[int,
 
 
 def default_output(args: argparse.Namespace, name: str) -> str:
-    return args.output or os.path.join(args.images, name)
+    """The JSON a command writes, claimed for its settings (``claim_json``)."""
+    return claim_json(args, args.output or os.path.join(args.images, name))
 
 
 @torch.no_grad()

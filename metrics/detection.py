@@ -100,7 +100,7 @@ def main(argv=None) -> dict:
               f"{f['accuracy_at_threshold']:>8.4f} {f['tpr_at_1_fpr']:>10.4f}")
     payload = dict(metric="detection", memorized=args.memorized, unmemorized=args.unmemorized,
                    threshold=threshold, summary=figures)
-    cli.write_json(args.output or os.path.join(os.path.dirname(args.memorized), JSON_NAME), payload)
+    cli.write_json(cli.claim_json(args, args.output or os.path.join(os.path.dirname(args.memorized), JSON_NAME)), payload)
     return payload
 
 

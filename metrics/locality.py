@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from metrics.cli import write_json
+from utils.cli import fraction, non_negative_int, positive_int
 from metrics.copies import similarity_to_original
 from metrics.core import summarize
 from metrics.images import load_images, original_images
@@ -76,10 +77,10 @@ def wanda_overlap(argv) -> dict:
                      "(ruchikachavhan/concept-prune); --subsets and --seed are our choice.")
     parser.add_argument("-d", "--dataset", required=True, help="memorized prompt file")
     parser.add_argument("--unmemorized", default=None, help="non-memorized prompt file for the reference level")
-    parser.add_argument("--subsets", type=int, default=SUBSETS, help="disjoint prompt subsets per file")
-    parser.add_argument("--subset_size", type=int, default=WANDA_SUBSET_SIZE, help="prompts per subset (m)")
-    parser.add_argument("--sparsity", type=float, default=WANDA_SPARSITY, help="Wanda's share of each row")
-    parser.add_argument("--calls", type=int, default=WANDA_PRUNED_CALLS, help="U-Net calls united")
+    parser.add_argument("--subsets", type=positive_int, default=SUBSETS, help="disjoint prompt subsets per file")
+    parser.add_argument("--subset_size", type=positive_int, default=WANDA_SUBSET_SIZE, help="prompts per subset (m)")
+    parser.add_argument("--sparsity", type=fraction, default=WANDA_SPARSITY, help="Wanda's share of each row")
+    parser.add_argument("--calls", type=positive_int, default=WANDA_PRUNED_CALLS, help="U-Net calls united")
     parser.add_argument("--seed", type=int, default=WANDA_SUBSET_SEED, help="seed of the subsets")
     parser.add_argument("-o", "--output", default="results/locality", help="folder of wanda_overlap.json/.png")
     cli.add_model_args(parser)
@@ -200,15 +201,15 @@ def triggers(argv) -> dict:
                      "the paper draws 100 starts; the MS-SSIM kernel is NeMo's (the authors' scripts).")
     parser.add_argument("-d", "--dataset", required=True, help="memorized prompt file")
     parser.add_argument("--originals", required=True, help="training images, one per prompt row")
-    parser.add_argument("--prompt", type=int, default=0, help="row of the prompt whose training image is attacked")
-    parser.add_argument("--starts", type=int, default=TRIGGER_STARTS,
+    parser.add_argument("--prompt", type=non_negative_int, default=0, help="row of the prompt whose training image is attacked")
+    parser.add_argument("--starts", type=positive_int, default=TRIGGER_STARTS,
                         help=f"random starts N(0, I) (the paper: 100; {TRIGGER_STARTS} here for the CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the starts")
-    parser.add_argument("--attack_steps", type=int, default=ATTACK_STEPS, help="steps of each attack")
+    parser.add_argument("--attack_steps", type=positive_int, default=ATTACK_STEPS, help="steps of each attack")
     cli.add_replication_args(parser)
     parser.add_argument("--statistics", default=None, help="activation statistics: with them, NeMo's neurons per trigger")
     parser.add_argument("--memorization_threshold", type=float, default=None, help="tau_mem for NeMo (with --statistics)")
-    parser.add_argument("--ssim_kernel_size", type=int, default=SSIM_KERNEL_SIZE,
+    parser.add_argument("--ssim_kernel_size", type=positive_int, default=SSIM_KERNEL_SIZE,
                         help="MS-SSIM kernel for NeMo (5 on the test bed)")
     parser.add_argument("-o", "--output", default="results/locality", help="folder of triggers.json/.png")
     cli.add_model_args(parser)
@@ -232,7 +233,7 @@ def triggers(argv) -> dict:
     for start in range(args.starts):
         initial = torch.randn(own.shape, generator=generator)
         embedding = dori.attack(pipe, target, initial, steps=args.attack_steps, seed=args.seed + start).embedding
-        images = generate_prompt_images(pipe, PromptCondition(embedding), latents, batch_size=len(latents))
+        images = generate_prompt_images(pipe, PromptCondition(embedding), latents)
         found.append(dict(embedding=embedding.cpu(), similarity=similarity(original, images).max().item()))
     replicating = [f for f in found if f["similarity"] > threshold]
     triggers_ = torch.cat([f["embedding"] for f in replicating]) if replicating else torch.zeros(0, *own.shape[1:])

@@ -20,6 +20,7 @@ from PIL import Image
 from torchvision import transforms
 
 from metrics import cli
+from utils.cli import non_negative_int, positive_int
 from metrics.embedders import CLIPEmbedder
 from utils.cli import parse, parser_for, run
 from utils.models import resolve_device
@@ -108,8 +109,8 @@ def main(argv=None) -> dict:
     parser.add_argument("-r", "--reference", required=True, help="reference images (e.g. real COCO images)")
     parser.add_argument("--metrics", nargs="+", choices=QUALITY_METRICS, default=list(QUALITY_METRICS),
                         help="figures to compute")
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per feature batch")
-    parser.add_argument("--num-workers", type=int, default=NUM_WORKERS, help="data-loader processes")
+    parser.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, help="images per feature batch")
+    parser.add_argument("--num-workers", type=non_negative_int, default=NUM_WORKERS, help="data-loader processes")
     cli.add_clip_args(parser)
     cli.add_device_args(parser)
     cli.add_output_args(parser, f"<images>/{JSON_NAME}")

@@ -17,9 +17,10 @@ from metrics.rows import ALL_REFINED, FINETUNED, PLAIN, SETTINGS, WANDA, Setting
 from utils import cli
 from utils.assets import sscd_copy_threshold
 from utils.defaults import SSCD_COPY_THRESHOLD
-from utils.files import read_csv, read_json, read_prompts, read_results
+from utils.files import read_csv, read_prompts, read_results
 from utils.layers import count_neurons
 from utils.models import resolve_device
+from utils.outputs import claim_output, write_text
 from utils.nemo import selection
 
 logger = logging.getLogger(__name__)
@@ -56,35 +57,17 @@ def model_flags(args) -> list[str]:
 
 
 def pruned_model(args) -> tuple[str, dict]:
-    """Script 7's Wanda-pruned model of the prompt file (made once; made again when its
-    settings change); returns its folder and summary."""
+    """Script 7's Wanda-pruned model of the prompt file (made once: a rerun finds it complete);
+    returns its folder and summary."""
     folder = os.path.join(args.output, "wanda_model")
     flags = ["-v", args.version, "-d", args.dataset, "-o", folder, "--sparsity", str(args.wanda_sparsity),
              "--subset_size", str(args.wanda_subset_size), "--subset_seed", str(args.wanda_subset_seed)]
-    summary_path = os.path.join(folder, "wanda.json")
-    if os.path.exists(summary_path):
-        summary = read_json(summary_path, "Wanda summary")
-        made_with = summary["settings"]
-        if (made_with["version"], made_with["dataset"], made_with["sparsity"], made_with["subset_size"],
-                made_with["subset_seed"]) == (args.version, args.dataset, args.wanda_sparsity, args.wanda_subset_size,
-                                              args.wanda_subset_seed):
-            return folder, summary
     return folder, script(7).main([*flags, *(["--device", args.device] if args.device else [])])
 
 
 def finetuned_model(args, results: str) -> tuple[str, dict]:
-    """Script 9's adversarially fine-tuned model (made once; again when its settings change)."""
+    """Script 9's adversarially fine-tuned model (made once: a rerun finds it complete)."""
     folder = os.path.join(args.output, "finetuned_model")
-    summary_path = os.path.join(folder, "finetune.json")
-    wanted = dict(version=args.version, dataset=args.dataset, epochs=args.finetune_epochs,
-                  learning_rate=args.finetune_learning_rate, attack_steps=args.attack_steps,
-                  utility_weight=args.finetune_utility_weight, empty_caption_share=args.finetune_empty_caption_share,
-                  distillation_weight=args.finetune_distillation_weight,
-                  memorization_type=None if args.dori_type == "all" else args.dori_type)
-    if os.path.exists(summary_path):
-        summary = read_json(summary_path, "fine-tuning summary")
-        if all(summary["settings"].get(k) == v for k, v in wanted.items()):
-            return folder, summary
     flags = ["-v", args.version, "-d", args.dataset, "--originals", args.originals, "-f", results,
              "--utility_data", args.utility_data, "-o", folder, "--epochs", str(args.finetune_epochs),
              "--learning_rate", str(args.finetune_learning_rate), "--attack_steps", str(args.attack_steps),
@@ -156,8 +139,21 @@ def run_detection(args) -> dict:
     return figures
 
 
-def reproduce(args, measures: table1.Measures, title: str) -> dict:
-    """Every step of the table; ``measures`` decide its columns."""
+# Flags of the table command that change no step's output: rows are folders of their own.
+TABLE_FREE_FLAGS = ("settings",)
+
+
+def claim_table_folder(args, output: str) -> None:
+    """The table's folder, for these settings (``settings.json``): a rerun continues every step,
+    other settings are refused, --overwrite clears the folder."""
+    settings = {k: v for k, v in cli.run_settings(args).items() if k not in TABLE_FREE_FLAGS}
+    if claim_output(output, settings, args.overwrite, folder=True):
+        logger.warning("%s: continuing a run with the same settings (finished steps are kept)", output)
+
+
+def reproduce(args, measures: table1.Measures, title: str, claim: bool = True) -> dict:
+    """Every step of the table; ``measures`` decide its columns. ``claim``: check and record
+    the output folder's settings here (False: the caller has)."""
     settings = chosen_settings(args.settings, args.dori)
     if args.dori and not (args.originals and args.utility_data):
         raise ValueError("--dori needs --originals (the images to attack and erase) and --utility_data")
@@ -166,7 +162,8 @@ def reproduce(args, measures: table1.Measures, title: str) -> dict:
             read_prompts(path)  # every input is checked before hours of work, not after
     if args.utility_data:
         read_csv(args.utility_data, ("Caption", "Image"), "utility data file")
-    os.makedirs(args.output, exist_ok=True)
+    if claim:
+        claim_table_folder(args, args.output)
     results = cli.versioned_path(os.path.join(args.output, "memorization_statistics.csv"), args.version)
     script(3).main(["-v", args.version, "-d", args.dataset, "-o", os.path.join(args.output, "memorization_statistics.csv"),
                     "--statistics", args.statistics, "--resume", "--memorization_threshold",
@@ -219,8 +216,7 @@ def reproduce(args, measures: table1.Measures, title: str) -> dict:
         text += "\n" + table1.attack_markdown(report["attack"], args.dori_type)
     text += "\nFigures: " + ", ".join(os.path.basename(f) for f in report["figures"]) + "\n"
     write_json(os.path.join(args.output, "table1.json"), report)
-    with open(os.path.join(args.output, "table1.md"), "w") as f:
-        f.write(text)
+    write_text(os.path.join(args.output, "table1.md"), text)
     print("\n" + text)
     return report
 

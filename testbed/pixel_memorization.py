@@ -47,7 +47,7 @@ def main(argv=None) -> dict:
     pipe.set_progress_bar_config(disable=True)
     latents = generation_latents(pipe.unet, num_samples=args.num_samples)  # [n, 4, h, w], script 4's seed
     generate = lambda caption: generate_prompt_images(pipe, caption_condition(pipe, caption), latents,
-                                                      steps=args.steps, batch_size=args.num_samples)
+                                                      steps=args.steps)
     memorized = read_prompts(testbed.MEMORIZED_PROMPTS)
     originals = original_images(testbed.ORIGINALS_DIR)
     figures = {"VM": [], "TM": [], "held-out": []}

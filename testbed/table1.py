@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from testbed.train_testbed import SEED
 from utils import cli
 from utils.defaults import GENERATION_STEPS, NUM_SAMPLES, WANDA_SUBSET_SIZE
 from utils.files import read_prompts, read_results, read_threshold, threshold_path
+from utils.outputs import atomic_path, write_json
 
 table_command = importlib.import_module("6_reproduce_table1")
 
@@ -110,6 +110,11 @@ def kid_to_renders(images: list[Image.Image], captions: list[str]) -> float:
     return pixel_kid(images, reference_renders(captions))
 
 
+def write_csv(frame, path: str) -> None:
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, sep=";")
+
+
 def wanda_subset_size(prompts: int) -> int:
     """|P|: the authors' 10, or half the prompts of a smaller run, so some are left to test on."""
     return min(WANDA_SUBSET_SIZE, max(1, prompts // 2))
@@ -149,12 +154,13 @@ def subset(counts: dict[str, int], output: str, bed: Bed) -> tuple[str, list[int
     prompts = read_prompts(bed.memorized)
     rows = [i for kind, n in counts.items() for i in prompts.index[prompts["type"] == kind][:n]]
     path = os.path.join(output, "memorized_prompts.csv")
-    prompts.loc[rows].reset_index(drop=True).to_csv(path, sep=";")
+    write_csv(prompts.loc[rows].reset_index(drop=True), path)
     folder = os.path.join(output, "originals")
     os.makedirs(folder, exist_ok=True)
     originals = original_images(bed.originals)
     for new, row in enumerate(rows):
-        shutil.copyfile(originals[row], os.path.join(folder, f"{new:04d}.png"))
+        with atomic_path(os.path.join(folder, f"{new:04d}.png")) as temporary:
+            shutil.copyfile(originals[row], temporary)
     return path, rows
 
 
@@ -230,42 +236,44 @@ def main(argv=None) -> dict:
                              "replicate through known neurons (testbed/planted), with the localization table")
     parser.add_argument("--model", default=None, help="diffusers folder of the bed's model (default: the bed's)")
     parser.add_argument("--output", default="demo_output", help="folder for every file the run writes")
-    parser.add_argument("--steps", type=int, default=GENERATION_STEPS, help="DDIM steps of the generations (paper: 50)")
-    parser.add_argument("--num_samples", type=int, default=NUM_SAMPLES, help="images per prompt (paper: 10)")
+    parser.add_argument("--steps", type=cli.positive_int, default=GENERATION_STEPS, help="DDIM steps of the generations (paper: 50)")
+    parser.add_argument("--num_samples", type=cli.positive_int, default=NUM_SAMPLES, help="images per prompt (paper: 10)")
     for kind in ("VM", "TM"):
-        parser.add_argument(f"--{kind.lower()}", type=int, default=None,
+        parser.add_argument(f"--{kind.lower()}", type=cli.non_negative_int, default=None,
                             help=f"how many {kind} prompts (default: the bed's demo count, " + ", ".join(
                                 f"{name} {dict(bed.demo_prompts)[kind]}" for name, bed in BEDS.items())
                             + "; sized to fit both demos in 15 minutes on 2 CPU cores)")
-    parser.add_argument("--quality", type=int, default=DEMO_QUALITY_PROMPTS,
+    parser.add_argument("--quality", type=cli.positive_int, default=DEMO_QUALITY_PROMPTS,
                         help="held-out ordinary prompts for the A_color column (sized for the demo)")
-    parser.add_argument("--unmemorized", type=int, default=None,
+    parser.add_argument("--unmemorized", type=cli.positive_int, default=None,
                         help="held-out prompts the detectors are compared on (default: all of the bed's)")
     parser.add_argument("--settings", default=None, help="comma-separated subset of the rows (default: all)")
     parser.add_argument("--dori", action="store_true",
                         help="also adversarial fine-tuning and the Dori attack on every mitigation (scripts 8, 9; "
                              "about 25 minutes on 2 CPU cores for 12 VM prompts)")
-    parser.add_argument("--finetune_epochs", type=int, default=None, help="script 9's epochs (default: the paper's 5)")
-    parser.add_argument("--attack_steps", type=int, default=None, help="steps of every attack (default: the paper's 50)")
-    parser.add_argument("--log_level", default="WARNING", help="logging level")
+    parser.add_argument("--finetune_epochs", type=cli.positive_int, default=None, help="script 9's epochs (default: the paper's 5)")
+    parser.add_argument("--attack_steps", type=cli.positive_int, default=None, help="steps of every attack (default: the paper's 50)")
+    cli.add_run_args(parser, resumable=False, limit=False)
+    parser.set_defaults(log_level="WARNING")
     args = cli.parse(parser, argv)
     bed = BEDS[args.bed]
     counts = {kind: getattr(args, kind.lower()) if getattr(args, kind.lower()) is not None else n
               for kind, n in bed.demo_prompts}
+    if sum(counts.values()) == 0:
+        raise ValueError("--vm 0 --tm 0: expected at least one memorized prompt")
     out = args.output
-    os.makedirs(out, exist_ok=True)
+    reproduce.claim_table_folder(args, out)  # a rerun continues every finished step; other settings are refused
     model = ["-v", args.model or bed.model]
     statistics = os.path.join(out, "statistics.pt")
-    if not os.path.exists(statistics):
-        importlib.import_module("1_compute_activations_statistics").main(
-            ["--prompts", bed.additional, "--output", statistics, *model])
+    importlib.import_module("1_compute_activations_statistics").main(
+        ["--prompts", bed.additional, "--output", statistics, *model])
     scores = os.path.join(out, "scores_unmemorized.csv")
     reproduce.script(2).main(["--prompts", bed.unmemorized, "--output", scores, "--resume", *model,
                               "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)])
     held_out = read_prompts(bed.unmemorized)
     quality, unmemorized = os.path.join(out, "quality_prompts.csv"), os.path.join(out, "unmemorized_prompts.csv")
-    held_out[: args.quality].to_csv(quality, sep=";")
-    held_out[: args.unmemorized].to_csv(unmemorized, sep=";")
+    write_csv(held_out[: args.quality], quality)
+    write_csv(held_out[: args.unmemorized], unmemorized)
     table_parser = argparse.ArgumentParser()
     table_command.add_args(table_parser)
     threshold = read_threshold(threshold_path(scores))
@@ -275,7 +283,7 @@ def main(argv=None) -> dict:
         "--memorization_threshold", str(threshold), "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE),
         "--originals", os.path.join(out, "originals"), "--quality_prompts", quality,
         "--unmemorized_prompts", unmemorized, "--steps", str(args.steps),
-        "-n", str(args.num_samples), "-b", str(args.num_samples), "--wanda_sparsity", str(WANDA_SPARSITY),
+        "-n", str(args.num_samples), "--wanda_sparsity", str(WANDA_SPARSITY),
         "--wanda_subset_size", str(wanda_subset_size(sum(counts.values()))), *model,
         *(["--settings", args.settings] if args.settings else []),
         *(["--dori", "--utility_data", write_ordinary_pairs(os.path.join(out, "utility_pairs"), UTILITY_PAIRS,
@@ -285,15 +293,15 @@ def main(argv=None) -> dict:
         *(["--finetune_epochs", str(args.finetune_epochs)] if args.finetune_epochs else []),
         *(["--attack_steps", str(args.attack_steps)] if args.attack_steps else [])])
     measures = testbed_measures(rows, bed.originals)
-    report = reproduce.reproduce(table_args, measures, f"{args.bed.capitalize()} test-bed Table 1 (tau_mem = {threshold:.3f})")
+    report = reproduce.reproduce(table_args, measures, f"{args.bed.capitalize()} test-bed Table 1 (tau_mem = {threshold:.3f})",
+                                 claim=False)
     report["checks"] = checks(report["rows"])
     if bed.ground_truth:
         report["planted"] = planted_checks(report, bed, rows, out, [
             *model, "--steps", str(args.steps), "-n", str(args.num_samples), "-b", str(args.num_samples)], measures)
     for kind, ratios in report["checks"].items():
         print(f"{kind}: " + ", ".join(f"{name} {value:.2f}" for name, value in ratios.items()))
-    with open(os.path.join(out, "table1.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    write_json(os.path.join(out, "table1.json"), report)
     return report
 
 

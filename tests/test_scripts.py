@@ -87,7 +87,7 @@ def test_script3_resume_after_a_crash_gives_the_same_file(tiny_model_dir, prompt
     monkeypatch.setattr(localization, "localize_prompt", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         localize(tiny_model_dir, prompt_files["memorized"], statistics, crashed)
-    assert len(pd.read_csv(crashed, sep=";")) == 1
+    assert len(pd.read_csv(crashed + ".partial", sep=";")) == 1 and not os.path.exists(crashed)
     monkeypatch.setattr(localization, "localize_prompt", real)
     resumed = localize(tiny_model_dir, prompt_files["memorized"], statistics, crashed, "--resume")
     columns = [c for c in full.columns if c != "Seconds"]
@@ -112,7 +112,8 @@ GEN = ["--steps", "2", "-n", "2"]
                                   ["--ren"], ["--random_tokens", "4"]])
 def test_script4_generates_named_images_config_and_records(tiny_model_dir, results, prompt_files, tmp_path, mode):
     out = str(tmp_path / "images")
-    args = ["-v", tiny_model_dir, "-f", results, "-d", prompt_files["memorized"], "-o", out, *GEN, *mode]
+    args = ["-v", tiny_model_dir, "-f", results, "-d", prompt_files["memorized"], "-o", out, "--limit", "2", *GEN,
+            *mode]
     script[4].main(args)
     names = [f"img_{p:04d}_{s:02d}.jpg" for p in range(2) for s in range(2)]
     assert sorted(f for f in os.listdir(out) if f.endswith(".jpg")) == names
@@ -141,11 +142,12 @@ def test_script4_baselines_run_on_a_prompt_file_alone(tiny_model_dir, prompt_fil
 
 def test_script4_type_filter_and_deactivation_change_images(tiny_model_dir, results, prompt_files, tmp_path):
     plain, blocked = str(tmp_path / "plain"), str(tmp_path / "blocked")
-    args = ["-v", tiny_model_dir, "-f", results, "-d", prompt_files["memorized"], "--memorization_type", "VM", *GEN]
+    args = ["-v", tiny_model_dir, "-f", results, "-d", prompt_files["memorized"], "--memorization_type", "VM", *GEN,
+            "--limit", "1"]
     script[4].main([*args, "-o", plain])
     script[4].main([*args, "-o", blocked, "--block_top_k_neurons", "40"])
     assert sorted(os.listdir(plain)) == ["config.json"] + [f"img_{p:04d}_{s:02d}.jpg" for p in (0,) for s in range(2)] + [
-        RECORDS_NAME]
+        RECORDS_NAME, "settings.json"]
     from PIL import Image
     import numpy as np
     a = np.asarray(Image.open(os.path.join(plain, "img_0000_00.jpg")), dtype=float)

@@ -54,7 +54,7 @@ GENERATION_SEED = 2
 NUM_SAMPLES = 10
 GENERATION_STEPS = 50
 GUIDANCE_SCALE = 7.0
-PROMPTS_PER_BATCH = 1  # authors' script 4 -b/--batch_size: prompts per pipeline call
+PROMPTS_PER_BATCH = 1  # authors' script 4 -b/--batch_size: prompts per pipeline call, each with all its samples
 RANDOM_NEURON_SEED = 0  # ours: seeds the draw of random neurons
 
 # ---------------------------------------------------------------------------------------

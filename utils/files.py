@@ -121,6 +121,16 @@ def read_results(path: str, widths: list[int] | None) -> pd.DataFrame:
 PARTIAL_SUFFIX = ".partial"  # the rows of an unfinished run, renamed to the final name at its end
 
 
+def require_neurons(rows: list[int], neurons: dict, path: str) -> None:
+    """Every prompt row to be treated with its neurons has a row in the results file ``path``
+    (a prompt without one would silently run unmitigated)."""
+    missing = [i for i in rows if i not in neurons]
+    if missing:
+        raise ValueError(f"results file {path} has no neurons for prompt row(s) {missing[:10]}"
+                         f"{' ...' if len(missing) > 10 else ''} ({len(neurons)} rows); run script 3 on them "
+                         "or pass --limit / --memorization_type to leave them out")
+
+
 class RowWriter:
     """Writes rows of a ``;`` CSV to ``<path>.partial``, flushed one by one so a killed run loses
     no finished row, and renames it to ``path`` when the run ends without an error.

@@ -7,6 +7,7 @@ branch and the interventions (hooks) in force at every denoising step. Every mit
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -18,14 +19,17 @@ from typing import Callable, ContextManager
 import torch
 from tqdm import tqdm
 
-from utils.defaults import GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES
+from utils.defaults import PROMPTS_PER_BATCH, GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES
 from utils.diffusion import encode_prompts, initial_latents, latent_shape
+from utils.faults import crash_point
 from utils.files import drop_partial_line
+from utils.outputs import remove_leftovers, save_image
 
 logger = logging.getLogger(__name__)
 
 IMAGE_NAME = "img_{prompt:04d}_{sample:02d}.jpg"
 RECORDS_NAME = "prompt_records.jsonl"  # one line per generated prompt: what was done, its cost
+CONFIG_NAME = "config.json"  # the run's flags, prompts and neurons (the authors' script 4 writes it too)
 
 
 @dataclass
@@ -63,54 +67,103 @@ def caption_condition(pipe, caption: str) -> PromptCondition:
     return PromptCondition(encode_prompts(pipe.tokenizer, pipe.text_encoder, [caption]))
 
 
+def same_intervention(a: Callable[[], ContextManager], b: Callable[[], ContextManager]) -> bool:
+    """Whether two prompts' interventions are the same hooks (so their images can share a call)."""
+    if a is b:
+        return True
+    return (isinstance(a, functools.partial) and isinstance(b, functools.partial) and a.func is b.func
+            and a.keywords == b.keywords and len(a.args) == len(b.args)
+            and all(x is y or (type(x) is type(y) and not isinstance(x, torch.Tensor) and x == y)
+                    for x, y in zip(a.args, b.args)))
+
+
+def _crash_callback(_pipeline, _step, _timestep, callback_kwargs):
+    crash_point("unet_step")
+    return callback_kwargs
+
+
 @torch.no_grad()
-def generate_prompt_images(pipe, condition: PromptCondition, latents: torch.Tensor, *,
-                           steps: int = GENERATION_STEPS, guidance_scale: float = GUIDANCE_SCALE,
-                           batch_size: int = 1) -> list:
-    """One PIL image per initial latent [n, 4, h, w] under ``condition``."""
+def generate_batch(pipe, conditions: list[PromptCondition], latents: torch.Tensor, *,
+                   steps: int = GENERATION_STEPS, guidance_scale: float = GUIDANCE_SCALE) -> list[list]:
+    """All images of several prompts in one pipeline call, each prompt from the same initial
+    latents [n, 4, h, w]; the conditions must share their intervention. Returns n PIL images
+    per prompt."""
+    if any(not same_intervention(c.intervention, conditions[0].intervention) for c in conditions):
+        raise ValueError("prompts of one pipeline call need the same intervention")
     unet = pipe.unet
     size = unet.config.sample_size
+    n = len(latents)
     negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])  # [1, 77, dim]
-    embedding = condition.embedding.to(unet.device, unet.dtype)
-    images = []
-    with condition.intervention():
-        for start in range(0, len(latents), batch_size):
-            part = latents[start:start + batch_size].to(unet.device, unet.dtype)
-            n = len(part)
-            images += pipe(prompt_embeds=embedding.expand(n, -1, -1), negative_prompt_embeds=negative.expand(n, -1, -1),
-                           latents=part, num_inference_steps=steps, guidance_scale=guidance_scale,
-                           height=size * pipe.vae_scale_factor, width=size * pipe.vae_scale_factor).images
-    return images
+    embeddings = torch.cat([c.embedding.to(unet.device, unet.dtype).expand(n, -1, -1) for c in conditions])
+    batch = latents.to(unet.device, unet.dtype).repeat(len(conditions), 1, 1, 1)  # [prompts * n, 4, h, w]
+    with conditions[0].intervention():
+        images = pipe(prompt_embeds=embeddings, negative_prompt_embeds=negative.expand(len(batch), -1, -1),
+                      latents=batch, num_inference_steps=steps, guidance_scale=guidance_scale,
+                      height=size * pipe.vae_scale_factor, width=size * pipe.vae_scale_factor,
+                      callback_on_step_end=_crash_callback).images
+    return [images[k * n:(k + 1) * n] for k in range(len(conditions))]
+
+
+def generate_prompt_images(pipe, condition: PromptCondition, latents: torch.Tensor, **settings) -> list:
+    """One PIL image per initial latent [n, 4, h, w] under ``condition``, all in one call."""
+    return generate_batch(pipe, [condition], latents, **settings)[0]
+
+
+def _groups(conditions: list[PromptCondition]) -> list[list[int]]:
+    """Runs of consecutive prompts with the same intervention (each run is one call)."""
+    groups: list[list[int]] = []
+    for k, condition in enumerate(conditions):
+        if groups and same_intervention(conditions[groups[-1][0]].intervention, condition.intervention):
+            groups[-1].append(k)
+        else:
+            groups.append([k])
+    return groups
 
 
 # prepare(prompt index, caption, initial latents [n, 4, h, w]) -> that prompt's condition
 Prepare = Callable[[int, str, torch.Tensor], PromptCondition]
 
 
+def prompt_done(output: str, index: int, num_samples: int, records: dict[int, dict]) -> bool:
+    """A prompt is done when its record is written (after its images) and all its images exist."""
+    return index in records and all(os.path.exists(image_path(output, index, j)) for j in range(num_samples))
+
+
 def generate_images(pipe, captions: dict[int, str], prepare: Prepare, output: str, *, seed: int = GENERATION_SEED,
-                    num_samples: int = NUM_SAMPLES, **settings) -> int:
+                    num_samples: int = NUM_SAMPLES, batch_size: int = PROMPTS_PER_BATCH, **settings) -> int:
     """Write ``img_{prompt:04d}_{sample:02d}.jpg`` for every prompt of ``captions`` (prompt
-    index -> caption) and a line per prompt in ``prompt_records.jsonl``; prompts whose images
-    all exist already are skipped (a killed run resumes). Returns the prompts generated."""
+    index -> caption), ``batch_size`` prompts a pipeline call with all their ``num_samples``
+    images, each image atomically, then a line per prompt in ``prompt_records.jsonl``. Prompts
+    done already (``prompt_done``) are skipped, so a killed run continues. The folder's
+    settings are the caller's to check (``utils.outputs.claim_output``). Returns the prompts
+    generated."""
     os.makedirs(output, exist_ok=True)
-    generated = 0
+    remove_leftovers(output)
     records_path = os.path.join(output, RECORDS_NAME)
     if os.path.exists(records_path):
         drop_partial_line(records_path)  # what a killed run left half written
+    done = read_records(output)
+    pending = [i for i in captions if not prompt_done(output, i, num_samples, done)]
     latents = generation_latents(pipe.unet, seed, num_samples)  # every prompt starts from the same noise
-    with open(records_path, "a") as records:
-        for index, caption in tqdm(captions.items(), desc="generating", unit="prompt"):
-            if all(os.path.exists(image_path(output, index, j)) for j in range(num_samples)):
-                continue
-            start = time.perf_counter()
-            condition = prepare(index, caption, latents)
-            for j, image in enumerate(generate_prompt_images(pipe, condition, latents, **settings)):
-                image.save(image_path(output, index, j))
-            record = dict(prompt=index, caption=caption, **condition.record, seconds=round(time.perf_counter() - start, 3))
-            records.write(json.dumps(record) + "\n")
-            records.flush()
-            generated += 1
-    return generated
+    with open(records_path, "a") as records, tqdm(total=len(pending), desc="generating", unit="prompt") as bar:
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start:start + batch_size]
+            began = time.perf_counter()
+            conditions = [prepare(i, captions[i], latents) for i in batch]
+            for group in _groups(conditions):
+                images = generate_batch(pipe, [conditions[k] for k in group], latents, **settings)
+                for k, prompt_images in zip(group, images):
+                    for j, image in enumerate(prompt_images):
+                        save_image(image_path(output, batch[k], j), image)
+            seconds = (time.perf_counter() - began) / len(batch)
+            for i, condition in zip(batch, conditions):
+                record = dict(prompt=i, caption=captions[i], **condition.record, seconds=round(seconds, 3))
+                records.write(json.dumps(record) + "\n")
+                records.flush()
+                os.fsync(records.fileno())
+                crash_point("prompt_done")
+            bar.update(len(batch))
+    return len(pending)
 
 
 def read_records(output: str) -> dict[int, dict]:

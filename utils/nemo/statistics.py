@@ -88,8 +88,11 @@ def compute_statistics(pipe, layers: dict[str, nn.Linear], prompts: list[str], m
 
 
 def save_statistics(stats: NeuronStatistics, path: str) -> None:
-    torch.save(dict(means=stats.means, stds=stats.stds, layer_names=stats.layer_names,
-                    model=stats.model, num_prompts=stats.num_prompts), path)
+    """Written atomically (``utils.outputs.save_torch``)."""
+    from utils.outputs import save_torch
+
+    save_torch(path, dict(means=stats.means, stds=stats.stds, layer_names=stats.layer_names,
+                    model=stats.model, num_prompts=stats.num_prompts))
 
 
 def load_statistics(path: str, layers: dict[str, nn.Linear]) -> NeuronStatistics:

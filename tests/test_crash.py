@@ -1,0 +1,171 @@
+"""Each long command killed with SIGKILL (a real process kill, ``NEMO_CRASH_AT``) at several
+points on the test bed, then rerun: the outputs equal an uninterrupted run's.
+
+Reduced: 2 prompts, 2 seeds or images, 2 steps. The uninterrupted runs are made once (in
+this process) and shared; only the killed runs are subprocesses.
+"""
+
+import filecmp
+import importlib
+import os
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import testbed
+from testbed.synthetic_data import write_ordinary_pairs
+from testbed.train_testbed import SEED
+from utils.faults import CRASH_VARIABLE
+from utils.files import read_threshold
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = {1: "1_compute_activations_statistics", 2: "2_compute_pairwise_ssim", 3: "3_detect_memorized_neurons",
+           4: "4_generate_images", 7: "7_prune_memorized_weights", 8: "8_attack_mitigation",
+           9: "9_adversarial_finetuning"}
+MODEL = ["-v", testbed.MODEL_DIR]
+DETECTION = ["--samples_per_prompt", "2", "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE), "--limit", "2"]
+GENERATION = ["-n", "2", "--steps", "2"]
+
+
+def run(number: int, args: list[str]) -> None:
+    importlib.import_module(SCRIPTS[number]).main(args)
+
+
+def killed(number: int, args: list[str], point: str) -> None:
+    """Run script ``number`` in a process that SIGKILLs itself at ``point`` (POINT:N)."""
+    env = dict(os.environ, PYTHONPATH=ROOT, **{CRASH_VARIABLE: point})
+    process = subprocess.run([sys.executable, os.path.join(ROOT, f"{SCRIPTS[number]}.py"), *args], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert process.returncode == -signal.SIGKILL, f"not killed at {point}: {process.stderr[-800:]}"
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory):
+    """Uninterrupted runs of every command, each output in its own folder of ``clean``."""
+    clean = tmp_path_factory.mktemp("clean")
+    threshold = str(read_threshold(os.path.join(testbed.TESTBED_DIR, "threshold.json")))
+    paths = dict(root=clean, threshold=threshold,
+                 utility=write_ordinary_pairs(str(clean / "utility"), 4, SEED, SEED + 3))
+    args = dict(
+        s1=["--prompts", testbed.ADDITIONAL_PROMPTS, "--limit", "8", *MODEL],
+        s2=["--prompts", testbed.UNMEMORIZED_PROMPTS, *DETECTION, *MODEL],
+        s3=["-d", testbed.MEMORIZED_PROMPTS, "--statistics", os.path.join(testbed.TESTBED_DIR, "statistics.pt"),
+            "--memorization_threshold", threshold, *DETECTION, *MODEL],
+        s7=["-d", testbed.MEMORIZED_PROMPTS, "--subset_size", "2", "--calls", "1", "--steps", "2",
+            "--sparsity", "0.05", *MODEL],
+    )
+    paths["args"] = args
+    run(1, [*args["s1"], "--output", str(clean / "statistics.pt")])
+    run(2, [*args["s2"], "--output", str(clean / "scores.csv")])
+    run(3, [*args["s3"], "-o", str(clean / "results.csv")])
+    results = str(clean / "results.csv")
+    args["s4"] = ["-f", results, "-d", testbed.MEMORIZED_PROMPTS, "--refined_neurons", "--limit", "2", *GENERATION,
+                  *MODEL]
+    args["s8"] = ["-d", testbed.MEMORIZED_PROMPTS, "--originals", testbed.ORIGINALS_DIR, "--neurons_from", results,
+                  "--similarity", "pixel_ssim", "--attack_steps", "2", "--limit", "2", *GENERATION, *MODEL]
+    args["s9"] = ["-d", testbed.MEMORIZED_PROMPTS, "--originals", testbed.ORIGINALS_DIR, "-f", results,
+                  "--utility_data", paths["utility"], "--epochs", "1", "--attack_steps", "1", "--attack_batch", "1",
+                  "--utility_batch", "1", "--limit", "2", *MODEL]
+    run(4, [*args["s4"], "-o", str(clean / "images")])
+    run(7, [*args["s7"], "-o", str(clean / "wanda")])
+    run(8, [*args["s8"], "-o", str(clean / "attack")])
+    run(9, [*args["s9"], "-o", str(clean / "finetuned")])
+    return paths
+
+
+def same_rows(a: str, b: str, ignore=("Seconds",)) -> None:
+    left, right = pd.read_csv(a, sep=";"), pd.read_csv(b, sep=";")
+    columns = [c for c in left.columns if c not in ignore]
+    pd.testing.assert_frame_equal(left[columns], right[columns])
+
+
+def same_images(a: str, b: str) -> None:
+    names = sorted(n for n in os.listdir(a) if n.endswith(".jpg"))
+    assert names == sorted(n for n in os.listdir(b) if n.endswith(".jpg")) and names
+    for name in names:
+        Image.open(os.path.join(b, name)).load()  # decodes whole
+        assert filecmp.cmp(os.path.join(a, name), os.path.join(b, name), shallow=False), name
+
+
+def same_unet(a: str, b: str) -> None:
+    from diffusers import UNet2DConditionModel
+
+    left = UNet2DConditionModel.from_pretrained(a, subfolder="unet").state_dict()
+    right = UNet2DConditionModel.from_pretrained(b, subfolder="unet").state_dict()
+    assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
+
+
+@pytest.mark.parametrize("point", ["file_written:1", "file_written:2"])
+def test_script1_killed_then_rerun(bed, tmp_path, point):
+    out = str(tmp_path / "statistics.pt")
+    args = [*bed["args"]["s1"], "--output", out]
+    killed(1, args, point)
+    assert not os.path.exists(out)  # never a half-written file under the final name
+    run(1, args)
+    expected, got = torch.load(bed["root"] / "statistics.pt"), torch.load(out)
+    assert all(torch.equal(x, y) for x, y in zip(expected["means"] + expected["stds"], got["means"] + got["stds"]))
+
+
+@pytest.mark.parametrize("point", ["row_written:1", "file_written:2"])
+def test_script2_killed_then_rerun(bed, tmp_path, point):
+    out = str(tmp_path / "scores.csv")
+    args = [*bed["args"]["s2"], "--output", out]
+    killed(2, args, point)
+    run(2, args)
+    same_rows(str(bed["root"] / "scores.csv"), out)
+    assert read_threshold(out + ".threshold.json") == read_threshold(str(bed["root"] / "scores.csv.threshold.json"))
+
+
+@pytest.mark.parametrize("point", ["row_written:1"])
+def test_script3_killed_then_rerun(bed, tmp_path, point):
+    out = str(tmp_path / "results.csv")
+    args = [*bed["args"]["s3"], "-o", out]
+    killed(3, args, point)
+    assert os.path.exists(out + ".partial") and not os.path.exists(out)
+    run(3, args)
+    same_rows(str(bed["root"] / "results.csv"), out, ignore=("Seconds",))
+
+
+@pytest.mark.parametrize("point", ["unet_step:3", "file_written:4", "prompt_done:1"])
+def test_script4_killed_then_rerun(bed, tmp_path, point):
+    out = str(tmp_path / "images")
+    args = [*bed["args"]["s4"], "-o", out]
+    killed(4, args, point)
+    for name in os.listdir(out):  # whatever is there under a final name is whole
+        if name.endswith(".jpg"):
+            Image.open(os.path.join(out, name)).load()
+    run(4, args)
+    same_images(str(bed["root"] / "images"), out)
+
+
+def test_script7_killed_then_rerun(bed, tmp_path):
+    out = str(tmp_path / "wanda")
+    args = [*bed["args"]["s7"], "-o", out]
+    killed(7, args, "file_written:1")
+    assert not os.path.exists(out)  # a model folder appears only once complete
+    run(7, args)
+    same_unet(str(bed["root"] / "wanda"), out)
+
+
+@pytest.mark.parametrize("point", ["row_written:1", "unet_step:5"])
+def test_script8_killed_then_rerun(bed, tmp_path, point):
+    out = str(tmp_path / "attack")
+    args = [*bed["args"]["s8"], "-o", out]
+    killed(8, args, point)
+    run(8, args)
+    same_rows(str(bed["root"] / "attack" / "attack.csv"), os.path.join(out, "attack.csv"))
+    same_images(str(bed["root"] / "attack" / "images"), os.path.join(out, "images"))
+
+
+def test_script9_killed_then_rerun(bed, tmp_path):
+    out = str(tmp_path / "finetuned")
+    args = [*bed["args"]["s9"], "-o", out]
+    killed(9, args, "update_done:1")
+    assert not os.path.exists(out)
+    run(9, args)
+    same_unet(str(bed["root"] / "finetuned"), out)
