@@ -36,6 +36,9 @@ def main(argv=None) -> float | None:
                         help="nemo: NeMo's SSIM score (SPEC §3); wen: Wen et al.'s noise-prediction magnitude")
     cli.add_model_args(parser)
     cli.add_detection_args(parser)
+    parser.add_argument("--batch_size", type=cli.positive_int, default=defaults.PAIRWISE_SSIM_BATCH_SIZE,
+                        help="--score nemo: pairs per MS-SSIM batch (authors' script 2: 45, all pairs of 10 "
+                             "samples); a pair's score depends on its batch through the data range")
     group = parser.add_argument_group("--score wen (defaults: YuxinWenRick/diffusion_memorization detect_mem.py and "
                                       "examples/det_mem_viz.ipynb)")
     group.add_argument("--wen_samples", type=cli.positive_int, default=defaults.WEN_SCORE_SAMPLES,
@@ -74,7 +77,7 @@ def main(argv=None) -> float | None:
                                               guidance_scale=args.wen_guidance_scale, score_steps=args.wen_score_steps)
         noise = prompt_noise_difference(pipe, layers, prompt, num_inference_steps=args.num_inference_steps,
                                         timestep_index=args.timestep_index, guidance_scale=args.guidance_scale)
-        return pairwise_max_scores(noise(latents)[0], args.ssim_kernel_size)
+        return pairwise_max_scores(noise(latents)[0], args.ssim_kernel_size, args.batch_size)
 
     shard = Shard.from_env()
     with RowWriter(shard.part(args.output), SCORE_COLUMNS, cli.run_settings(args), args.resume) as writer:

@@ -36,6 +36,9 @@ DETECTION_SEED = 1  # authors' scripts 2 and 3: --seed 1
 # MS-SSIM (SPEC §3): 11x11 window, three scales with equal weights
 SSIM_KERNEL_SIZE = 11
 SSIM_BETAS = (0.33, 0.33, 0.33)
+# Pairs per MS-SSIM batch of the pairwise score: authors' script 2 --batch_size (45, all
+# pairs of 10 samples); their script 3 scores all pairs of a prompt in one batch.
+PAIRWISE_SSIM_BATCH_SIZE = 45
 # Localization (SPEC §4, authors' script 3)
 MEMORIZATION_THRESHOLD = 0.428  # tau_mem, paper §4 / script 2 on LAION
 INITIAL_THETA = 5.0
