@@ -49,6 +49,17 @@ INITIAL_K = 0
 # is fastest (speculated sets after a rejection are wasted and a bigger batch is no faster
 # per latent: BENCHMARKS.md); GPU figures are still to be measured.
 BATCH_CANDIDATES = 0
+# Early decisions (ours, issue 23): a test's kept seeds are scored this many per U-Net call,
+# highest previous score first, and a test is rejected at the first chunk whose MS-SSIM
+# proves it. On the CPU one seed a call costs no throughput (BENCHMARKS.md, issue 5); on
+# CUDA a chunk keeps the device busy (not yet measured on a GPU).
+SEEDS_PER_CALL_CPU = 1
+SEEDS_PER_CALL_CUDA = 4
+# A partial score must pass the threshold by this much to decide a test, and a full score
+# within it is recomputed in the full computation's U-Net batch. It covers the float noise of
+# other batch compositions: up to 2.4e-5 on the test bed in float32 (a U-Net batch of 1 or 2
+# rounds otherwise on the CPU; BENCHMARKS.md, issue 23). Half precision is not measured.
+DECISION_MARGIN = 1e-3
 SCALING_FACTOR = 0.0  # authors' --scaling_factor: deactivated neurons are multiplied by it
 # Generation (SPEC §5, authors' script 4)
 GENERATION_SEED = 2
