@@ -35,6 +35,9 @@ def main(argv=None) -> float | None:
                         help="nemo: NeMo's SSIM score (SPEC §3); wen: Wen et al.'s noise-prediction magnitude")
     cli.add_model_args(parser)
     cli.add_detection_args(parser)
+    parser.add_argument("--batch_size", type=cli.positive_int, default=defaults.PAIRWISE_SSIM_BATCH_SIZE,
+                        help="--score nemo: pairs per MS-SSIM batch (authors' script 2: 45, all pairs of 10 "
+                             "samples); a pair's score depends on its batch through the data range")
     group = parser.add_argument_group("--score wen (defaults: YuxinWenRick/diffusion_memorization detect_mem.py and "
                                       "examples/det_mem_viz.ipynb)")
     group.add_argument("--wen_samples", type=cli.positive_int, default=defaults.WEN_SCORE_SAMPLES,
@@ -79,11 +82,11 @@ def main(argv=None) -> float | None:
                                               guidance_scale=args.wen_guidance_scale, score_steps=args.wen_score_steps)
         noise = prompt_noise_difference(pipe, layers, prompt, num_inference_steps=args.num_inference_steps,
                                         timestep_index=args.timestep_index, guidance_scale=args.guidance_scale)
-        return pairwise_max_scores(noise(latents)[0], args.ssim_kernel_size)
+        return pairwise_max_scores(noise(latents)[0], args.ssim_kernel_size, args.batch_size)
 
     # every input is checked: only now is the output touched (an earlier run's is continued or refused)
     threshold_file = threshold_path(args.output)
-    settings = cli.run_settings(args, inputs=("prompts",))
+    settings = cli.run_settings(args, inputs=("prompts",), batch_size=args.batch_size)  # it changes the scores
     with RowWriter(shard.part(args.output), SCORE_COLUMNS, settings, args.overwrite,
                    companions=(threshold_file,)) as writer:
         for i in tqdm(cli.pending(shard, len(prompts), writer.done, args.limit), desc="scoring", unit="prompt"):

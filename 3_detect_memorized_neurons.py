@@ -26,14 +26,12 @@ def main(argv=None) -> None:
     cli.add_localization_args(parser)
     cli.add_run_args(parser)
     args = cli.parse(parser, argv)
-    settings = cli.localization_settings(args)
-
     from tqdm import tqdm
 
     from utils.distributed import Shard
     from utils.files import COST_COLUMNS, RESULT_COLUMNS, RowWriter, merge_rows, read_prompts
     from utils.layers import count_neurons
-    from utils.models import load_detection_model
+    from utils.models import load_detection_model, resolve_device
     from utils.nemo.localization import localize_prompt
     from utils.nemo.noise import prompt_noise_difference
     from utils.nemo.statistics import load_statistics, prompt_activations
@@ -41,10 +39,12 @@ def main(argv=None) -> None:
     frame = read_prompts(args.dataset)
     if args.samples_per_prompt < 2:
         raise ValueError(f"--samples_per_prompt {args.samples_per_prompt}: the pairwise score needs at least 2")
+    device = resolve_device(args.device)
     pipe, layers, shape = load_detection_model(args)
+    settings = cli.localization_settings(args, device.type)
     stats = load_statistics(args.statistics, layers)
     output = cli.versioned_path(args.output, args.version)
-    totals = dict(seconds=0.0, forwards=0, sets=0)
+    totals = dict(seconds=0.0, forwards=0, sets=0, skipped=0)
     shard = Shard.from_env()
     # every input is checked: only now is the output touched (an earlier run's is continued or refused)
     recorded = cli.run_settings(args, inputs=("dataset", "statistics"))
@@ -56,21 +56,22 @@ def main(argv=None) -> None:
                                             scaling_factor=args.scaling_factor)
             activations = prompt_activations(layers, noise.text_embedding)  # the embedding the noise uses
             result = localize_prompt(noise, shape, stats.z_scores(activations), activations, settings,
-                                     args.ssim_kernel_size)
+                                     args.ssim_kernel_size, progress=True)
             writer.write(i, {"Caption": prompt, "URL": frame["URL"][i] if "URL" in frame else "",
                           "Initial Neurons": result.initial_neurons, "Initial SSIM": result.initial_score,
                           "Refined Neurons": result.refined_neurons, "Refined SSIM": result.refined_score,
                           "Seconds": round(result.seconds, 3), "UNet Sample Forwards": result.unet_sample_forwards,
-                          "Sets Scored": result.sets_scored})
+                          "Sets Scored": result.sets_scored, "Seeds Skipped": result.seeds_skipped})
             logger.info("prompt %d: %d initial, %d refined neurons, score %.3f, %.1f s", i,
                         count_neurons(result.initial_neurons), count_neurons(result.refined_neurons),
                         result.refined_score, result.seconds)
             totals["seconds"] += result.seconds
             totals["forwards"] += result.unet_sample_forwards
             totals["sets"] += result.sets_scored
+            totals["skipped"] += result.seeds_skipped
     shard.finish(output, merge_rows)
     print(f"localization: {totals['seconds']:.1f} s, {totals['forwards']} U-Net sample-forwards, "
-          f"{totals['sets']} candidate sets scored -> {output}")
+          f"{totals['sets']} candidate sets scored, {totals['skipped']} seeds skipped by early decisions -> {output}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""Localization cost: sequential vs. batched candidate sets vs. the authors' schedule.
+"""Localization cost: the authors' schedule vs. the full computation vs. early decisions.
 
 Part 1 (test bed): runs script 3's localization on the built-in test bed's memorized
-prompts in one process, once per mode, checks that every mode finds the same neurons,
-and prints wall time, U-Net sample-forwards (one per latent per U-Net call) and candidate
-sets scored. The "authors" mode replays their cost: every set scored alone with two U-Net
+prompts in one process, once per mode, checks that every mode finds the same neurons and
+that early decisions report the full computation's scores, and prints wall time, U-Net
+sample-forwards (one per latent per U-Net call), candidate sets scored and seeds skipped by
+early decisions. The "authors" mode replays their cost: every set scored alone with two U-Net
 calls over all seeds (the first discarded), empty sets included, the refined set scored
 once more at the end, and one U-Net call over all seeds per (theta, k) step of the initial
 selection, where their code runs the U-Net again to record activations.
@@ -28,16 +29,17 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 
 import testbed
 from utils import cli
+from utils.defaults import SEEDS_PER_CALL_CPU, SEEDS_PER_CALL_CUDA
 from utils.files import read_prompts, read_threshold
 from utils.layers import count_neurons, value_layers
-from utils.nemo.localization import BlockedScorer, LocalizationSettings, localize_prompt
+from utils.nemo.localization import BlockedScorer, LocalizationSettings, set_key, localize_prompt
 from utils.models import load_pipeline, resolve_device
 from utils.diffusion import initial_latents, latent_shape
 from utils.nemo.noise import NoiseDifference, UNetCounter, prompt_noise_difference
-from utils.nemo.score import blocked_scores
+from utils.nemo.score import ms_ssim
 from utils.nemo.statistics import compute_statistics, prompt_activations
 
-BATCH_SIZES = (0, 4, 8, 16)
+BATCH_SIZES = (0,)
 # Paper §4.3 / SPEC §4: median neurons after the initial selection (VM, TM).
 PAPER_MEDIAN_INITIAL_NEURONS = {"VM": 26.5, "TM": 674.5}
 # SD v1.4's U-Net (CompVis/stable-diffusion-v1-4, unet/config.json).
@@ -54,20 +56,24 @@ def authors_scorer(all_latents: torch.Tensor):
     """
 
     class AuthorsScorer(BlockedScorer):
-        def __init__(self, noise, latents, unblocked, kernel_size, batch_candidates):
-            super().__init__(noise, latents, unblocked, kernel_size, 1)
+        def __init__(self, noise, latents, unblocked, kernel_size, settings, priority=None):
+            super().__init__(noise, latents, unblocked, kernel_size, replace(settings, batch_candidates=0))
             self.keep = [i for i, x in enumerate(all_latents) if any(torch.equal(x, k) for k in latents)]
             noise(all_latents)  # their second call for the unblocked prediction
             noise(all_latents), noise(all_latents)  # their final re-scoring of the refined set
 
-        def __call__(self, sets):
+        def __call__(self, sets, bound=None):
             self.sets_scored += len(sets)
             scores = []
             for neurons in sets:
                 self.noise(all_latents, [neurons])  # the discarded index-0 call
-                blocked = self.noise(all_latents, [neurons])[:, self.keep]  # [1, kept, 4, h, w]
-                scores.append(blocked_scores(self.unblocked, blocked, self.kernel_size)[0].item())
+                blocked = self.noise(all_latents, [neurons])[0, self.keep]  # [kept, 4, h, w]
+                scores.append(ms_ssim(self.unblocked, blocked, self.kernel_size).amax().item())
+                self.exact_scores[set_key(neurons)] = scores[-1]
             return scores
+
+        def exact(self, neurons):  # every reported set was scored in the walk (re-scoring replayed above)
+            return self.exact_scores.get(set_key(neurons), 1.0)
 
     return AuthorsScorer
 
@@ -94,9 +100,10 @@ def testbed_benchmark(args) -> dict:
     prompts = prompts[prompts["type"] == "VM"] if args.vm_only else prompts
     captions = prompts["Caption"].tolist()[: args.limit]
     shape = latent_shape(pipe.unet)
-    modes = ["authors"] + [f"batch {b}" for b in args.batch_sizes]
-    totals = {m: dict(seconds=0.0, forwards=0, sets=0) for m in modes}
-    print(f"{len(captions)} prompts, threshold {threshold:.4f}, modes: {', '.join(modes)}")
+    modes = ["authors"] + [f"{path} {b}" for b in args.batch_sizes for path in ("full", "early")]
+    totals = {m: dict(seconds=0.0, forwards=0, sets=0, skipped=0) for m in modes}
+    print(f"{len(captions)} prompts, threshold {threshold:.4f}, modes: {', '.join(modes)} "
+          f"(full/early N: the full computation or early decisions, --batch_candidates N)")
     for caption in captions:
         noise = prompt_noise_difference(pipe, layers, caption)  # localize_prompt gives it a fresh counter per run
         activations = prompt_activations(layers, noise.text_embedding)
@@ -104,33 +111,36 @@ def testbed_benchmark(args) -> dict:
         for mode in modes:
             batch = 0 if mode == "authors" else int(mode.split()[1])
             settings = LocalizationSettings(pairwise_ssim_threshold=threshold, ssim_threshold_initial_selection=threshold,
-                                            ssim_threshold_refinement=threshold, batch_candidates=batch)
+                                            ssim_threshold_refinement=threshold, batch_candidates=batch,
+                                            early_decisions=mode.startswith("early"),
+                                            seeds_per_call=SEEDS_PER_CALL_CUDA if device.type == "cuda" else SEEDS_PER_CALL_CPU)
             all_latents = initial_latents(settings.seed, settings.samples_per_prompt, shape)
             scorer = authors_scorer(all_latents) if mode == "authors" else BlockedScorer
             result = localize_prompt(noise, shape, stats.z_scores(activations), activations, settings,
                                      testbed.SSIM_KERNEL_SIZE, scorer)
             if mode == "authors":
                 result = replay_activation_passes(noise, result, all_latents)
-            found[mode] = (result.initial_neurons, result.refined_neurons)
+            found[mode] = (result.initial_neurons, result.refined_neurons, result.initial_score, result.refined_score)
             totals[mode]["seconds"] += result.seconds
             totals[mode]["forwards"] += result.unet_sample_forwards
             totals[mode]["sets"] += result.sets_scored
+            totals[mode]["skipped"] += result.seeds_skipped
         reference = found[modes[0]]
         for mode in modes[1:]:
-            if found[mode] != reference:
-                raise RuntimeError(f"'{caption}': {mode} found {found[mode]}, authors' schedule {reference}")
+            if found[mode][:2] != reference[:2]:
+                raise RuntimeError(f"'{caption}': {mode} found {found[mode][:2]}, authors' schedule {reference[:2]}")
+            if mode.startswith("early") and found[mode] != found["full" + mode[5:]]:
+                raise RuntimeError(f"'{caption}': {mode} reports {found[mode][2:]}, the full computation "
+                                   f"{found['full' + mode[5:]][2:]}")
         print(f"  {caption}: {count_neurons(reference[0])} initial, {count_neurons(reference[1])} refined neurons "
-              f"(identical in all modes)")
+              f"(identical in all modes; early and full rows identical)")
     authors = totals["authors"]
-    print(f"\n{'mode':<10} {'seconds':>9} {'sample-forwards':>16} {'sets scored':>12} {'time ratio':>11} {'forward ratio':>14}")
+    print(f"\n{'mode':<10} {'seconds':>9} {'sample-forwards':>16} {'sets scored':>12} {'seeds skipped':>14} "
+          f"{'time ratio':>11} {'forward ratio':>14}")
     for mode in modes:
         t = totals[mode]
-        print(f"{mode:<10} {t['seconds']:>9.1f} {t['forwards']:>16} {t['sets']:>12} "
+        print(f"{mode:<10} {t['seconds']:>9.1f} {t['forwards']:>16} {t['sets']:>12} {t['skipped']:>14} "
               f"{authors['seconds'] / t['seconds']:>10.2f}x {authors['forwards'] / max(t['forwards'], 1):>13.2f}x")
-    sequential = totals.get("batch 0")
-    if sequential:
-        for mode in modes[2:]:
-            print(f"{mode} vs sequential: {sequential['seconds'] / totals[mode]['seconds']:.2f}x faster")
     return totals
 
 
@@ -188,7 +198,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     parser.add_argument("--vm_only", action="store_true", help="only VM prompts")
     parser.add_argument("--batch_sizes", type=lambda s: [int(x) for x in s.split(",")], default=list(BATCH_SIZES),
-                        help="--batch_candidates values to compare (0 = sequential)")
+                        help="--batch_candidates values to compare, each as the full computation and with early "
+                             "decisions (0 = one set at a time)")
     parser.add_argument("--sets_per_call", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8],
                         help="sd14: candidate sets per U-Net call")
     parser.add_argument("--repeats", type=int, default=3, help="sd14: timed calls per setting")

@@ -16,7 +16,7 @@ class ScriptedScore:
     def __init__(self, fn):
         self.fn, self.seen, self.calls = fn, [], 0
 
-    def __call__(self, sets):
+    def __call__(self, sets, bound=None):
         self.calls += 1
         self.seen += [[list(layer) for layer in s] for s in sets]
         return [self.fn(s) for s in sets]
@@ -244,3 +244,135 @@ def test_initial_selection_stopped_by_its_limit_refines_against_its_score():
     assert result.found and result.refine_against_score
     result = initial_selection(z, a, ScriptedScore(lambda s: 0.1), TAU)
     assert result.found and not result.refine_against_score
+
+
+# ---------------------------------------------------------------------------------------
+# Early decisions (issue 23): a sub-batch's MS-SSIM bounds the full batch's from below.
+
+from utils.nemo.localization import BlockedScorer, LocalizationSettings, localize_prompt, set_key  # noqa: E402
+from utils.nemo.noise import normalize_maps  # noqa: E402
+from utils.nemo.score import ms_ssim  # noqa: E402
+
+KERNEL = 5
+
+
+def noise_like(g, n, side=24):
+    """Smooth random maps like noise differences: [n, 4, side, side], min-max normalized."""
+    coarse = torch.rand(n, 4, side // 4, side // 4, generator=g)
+    smooth = torch.nn.functional.interpolate(coarse, size=(side, side), mode="bilinear", align_corners=False)
+    return normalize_maps(smooth + 0.3 * torch.rand(n, 4, side, side, generator=g))
+
+
+def blocked_like(g, unblocked):
+    """Blocked maps at random distances from the unblocked ones, so scores span (0, 1)."""
+    mix = torch.rand(len(unblocked), 1, 1, 1, generator=g)
+    return normalize_maps((1 - mix) * unblocked + mix * noise_like(g, len(unblocked), unblocked.shape[-1]))
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_a_seeds_ms_ssim_in_a_sub_batch_is_at_most_its_ms_ssim_in_the_full_batch(case):
+    # torchmetrics takes each scale's data range R from the batch; a sub-batch's R is at most
+    # the full batch's, and c1 = (0.01 R)^2, c2 = (0.03 R)^2 only raise the terms
+    # (a + c) / (b + c) with a <= b. Checked here with no margin on whole random batches.
+    g = torch.Generator().manual_seed(case)
+    unblocked = noise_like(g, 10)
+    blocked = blocked_like(g, unblocked)
+    full = ms_ssim(unblocked, blocked, KERNEL)
+    for _ in range(10):
+        subset = torch.randperm(10, generator=g)[: int(torch.randint(1, 10, (1,), generator=g))]
+        part = ms_ssim(unblocked[subset], blocked[subset], KERNEL)
+        assert (part <= full[subset]).all(), (part - full[subset]).max()
+
+
+class FakeNoise:
+    """Blocked noise differences as a pure function of (seed, set): no batch effects.
+
+    Latents carry their seed in element [0, 0, 0]; the unblocked maps are ``unblocked``.
+    """
+
+    def __init__(self, unblocked, salt):
+        self.unblocked, self.salt, self.sample_forwards = unblocked, salt, 0
+
+    def __call__(self, latents, sets):
+        self.sample_forwards += len(latents) * len(sets)
+        out = []
+        for neurons in sets:
+            maps = []
+            for seed in latents[:, 0, 0, 0].long().tolist():
+                g = torch.Generator().manual_seed(zlib.crc32(repr((self.salt, seed, set_key(neurons))).encode()))
+                maps.append(blocked_like(g, self.unblocked[seed:seed + 1])[0])
+            out.append(torch.stack(maps))
+        return torch.stack(out)  # [sets, n, 4, h, w]
+
+
+def fake_scorers(case, n=10, **settings):
+    g = torch.Generator().manual_seed(case)
+    unblocked = noise_like(g, n)
+    latents = torch.arange(n, dtype=torch.float32).reshape(n, 1, 1, 1).expand(n, 4, 24, 24)
+    priority = torch.rand(n, generator=g)
+    make = lambda early: BlockedScorer(FakeNoise(unblocked, case), latents, unblocked, KERNEL,
+                                       LocalizationSettings(early_decisions=early, **settings), priority)
+    return make(True), make(False)
+
+
+@pytest.mark.parametrize("case", range(12))
+@pytest.mark.parametrize("seeds_per_call,batch", [(1, 0), (3, 0), (2, 4)])
+def test_early_decisions_decide_as_the_full_batch_also_within_1e_6_of_the_bound(case, seeds_per_call, batch):
+    early, full = fake_scorers(case, seeds_per_call=seeds_per_call, batch_candidates=batch)
+    sets = [[[case, i], [i % 3]] for i in range(8)]
+    exact = full(sets)
+    per_seed = [ms_ssim(full.unblocked[:1], full.noise(full.latents[:1], [s])[0], KERNEL).item() for s in sets]
+    # bounds at, just below and just above each full score and each first seed's own score
+    for anchor in exact + per_seed:
+        for bound in (anchor, anchor - 1e-6, anchor + 1e-6, anchor - 1e-7, anchor + 1e-7, anchor - 0.05):
+            got = early(sets, bound)
+            for score, expected in zip(got, exact):
+                assert (score > bound) == (expected > bound) and (score >= bound) == (expected >= bound)
+                assert score <= expected + 1e-7  # a partial score never exceeds the full one
+                if not score >= bound:  # accepted: the full computation's own number
+                    assert score == expected
+    assert early.seeds_skipped > 0 and early.noise.sample_forwards < full.noise.sample_forwards
+
+
+def test_early_scorer_puts_the_seed_that_rejected_first():
+    early, _ = fake_scorers(3, seeds_per_call=1)
+    early([[[1], [2]]], -1.0)  # rejected by its first seed
+    first = int(torch.argmax(early.priority))
+    forwards = early.noise.sample_forwards
+    early([[[1], [2]]], -1.0)
+    assert early.noise.sample_forwards == forwards + 1 and int(torch.argmax(early.priority)) == first
+
+
+def tiny_walk_inputs(tiny_pipe, prompt, seed):
+    from utils.diffusion import latent_shape
+    from utils.layers import value_layers
+    from utils.nemo.noise import prompt_noise_difference
+    from utils.nemo.statistics import prompt_activations
+
+    layers = value_layers(tiny_pipe.unet)
+    noise = prompt_noise_difference(tiny_pipe, layers, prompt)
+    activations = prompt_activations(layers, noise.text_embedding)
+    g = torch.Generator().manual_seed(seed)
+    z_scores = [torch.randn(a.numel(), generator=g) * 2.5 for a in activations]
+    return noise, latent_shape(tiny_pipe.unet), z_scores, activations
+
+
+@pytest.mark.parametrize("prompt", range(4))
+def test_early_decisions_write_the_full_computations_rows_on_a_tiny_model(tiny_pipe, prompt):
+    noise, shape, z, a = tiny_walk_inputs(tiny_pipe, f"prompt number {prompt}", prompt)
+    tau = (0.25, 0.5, 0.75, 0.9)[prompt]
+    common = dict(samples_per_prompt=4, pairwise_ssim_threshold=-1.0, ssim_threshold_initial_selection=tau,
+                  ssim_threshold_refinement=tau, schedule=SelectionSchedule(initial_theta=2.0))
+    rows = {}
+    for early in (False, True):
+        for batch in (0, 3):
+            r = localize_prompt(noise, shape, z, a, LocalizationSettings(early_decisions=early, batch_candidates=batch,
+                                                                         **common), KERNEL)
+            rows[early, batch] = (r.initial_neurons, r.initial_score, r.refined_neurons, r.refined_score)
+            if early and batch == 0:
+                early_cost = r.unet_sample_forwards, r.seeds_skipped
+            if not early and batch == 0:
+                full_cost = r.unet_sample_forwards
+    assert rows[True, 0] == rows[False, 0] == rows[True, 3]
+    assert rows[False, 3][0::2] == rows[False, 0][0::2]  # batched full: same lists, scores up to float noise
+    assert early_cost[0] <= full_cost

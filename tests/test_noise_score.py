@@ -73,16 +73,31 @@ def test_accepted_sizes_run(side, kernel):
     ms_ssim(torch.rand(2, 4, side, side), torch.rand(2, 4, side, side), kernel)
 
 
-def test_pairwise_max_scores_match_brute_force():
+def authors_max_pairwise_ssim(noise_diffs, batch_size=None):
+    """The authors' pairwise score restated: script 3's ``calculate_max_pairwise_ssim`` (all
+    pairs in one MS-SSIM batch) or script 2's loop over ``--batch_size`` pairs at a time."""
+    pairs = torch.combinations(torch.arange(len(noise_diffs)), r=2)
+    step = batch_size or len(pairs)
+    ssim = torch.cat([ms_ssim(noise_diffs[pairs[s:s + step][:, 0]], noise_diffs[pairs[s:s + step][:, 1]], KERNEL)
+                      for s in range(0, len(pairs), step)])
+    return torch.stack([ssim[(pairs == index).max(-1).values].max() for index in range(len(noise_diffs))])
+
+
+def test_pairwise_max_scores_are_the_authors_batches():
     torch.manual_seed(0)
     base = torch.rand(1, 4, 24, 24)
-    # normalized maps (min 0, max 1), as noise differences are: MS-SSIM's data range is then 1 in any batch
-    deltas = normalize_maps(torch.cat([base + 0.05 * torch.rand(1, 4, 24, 24), torch.rand(3, 4, 24, 24), base]))
-    expected = torch.tensor([max(ms_ssim(deltas[i:i + 1], deltas[j:j + 1], KERNEL).item() for j in range(5) if j != i)
-                             for i in range(5)])
-    torch.testing.assert_close(pairwise_max_scores(deltas, KERNEL), expected)
-    assert memorization_score(deltas, KERNEL) == pytest.approx(expected.max().item())
-    assert expected[0] > 0.9 and expected[1] < 0.5
+    deltas = normalize_maps(torch.cat([base + 0.05 * torch.rand(1, 4, 24, 24), torch.rand(8, 4, 24, 24), base]))
+    one_batch = pairwise_max_scores(deltas, KERNEL)
+    assert torch.equal(one_batch, authors_max_pairwise_ssim(deltas))
+    for pairs_per_batch in (1, 7, 45):
+        assert torch.equal(pairwise_max_scores(deltas, KERNEL, pairs_per_batch),
+                           authors_max_pairwise_ssim(deltas, pairs_per_batch))
+    # the coarser scales take their data range from the batch: pair by pair is another number
+    assert not torch.equal(pairwise_max_scores(deltas, KERNEL, 1), one_batch)
+    assert memorization_score(deltas, KERNEL) == one_batch.max().item()
+    assert one_batch[0] > 0.9 and one_batch[1] < 0.5
+    with pytest.raises(ValueError, match="pairs_per_batch must be at least 1"):
+        pairwise_max_scores(deltas, KERNEL, 0)
 
 
 def test_blocked_scores_take_the_max_over_samples():

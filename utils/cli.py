@@ -129,10 +129,16 @@ def add_localization_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch_candidates", "--batch-candidates", type=non_negative_int,
                        default=defaults.BATCH_CANDIDATES,
                        help="candidate sets scored per U-Net call; 0 = one at a time (same results)")
+    group.add_argument("--full_scores", action="store_true",
+                       help="score every test on all kept seeds (the full computation) instead of stopping at the "
+                            "first chunk of seeds that rejects it (ours; same rows)")
+    group.add_argument("--seeds_per_call", type=positive_int, default=None,
+                       help=f"kept seeds per U-Net call of an early-decision test (default: "
+                            f"{defaults.SEEDS_PER_CALL_CPU} on the CPU, {defaults.SEEDS_PER_CALL_CUDA} on CUDA; ours)")
 
 
-def localization_settings(args: argparse.Namespace):
-    """Script 3's ``LocalizationSettings`` from its flags."""
+def localization_settings(args: argparse.Namespace, device_type: str = "cpu"):
+    """Script 3's ``LocalizationSettings`` from its flags (``device_type``: 'cpu' or 'cuda')."""
     from utils.nemo import localization
 
     if args.memorization_threshold is not None:
@@ -142,7 +148,9 @@ def localization_settings(args: argparse.Namespace):
                                               args.initial_k, not args.no_theta, not args.no_top_k)
     return localization.LocalizationSettings(args.seed, args.samples_per_prompt, args.pairwise_ssim_threshold,
                                              args.ssim_threshold_initial_selection, args.ssim_threshold_refinement,
-                                             schedule, args.batch_candidates)
+                                             schedule, args.batch_candidates, not args.full_scores,
+                                             args.seeds_per_call or (defaults.SEEDS_PER_CALL_CUDA if device_type == "cuda"
+                                                                     else defaults.SEEDS_PER_CALL_CPU))
 
 
 def add_sscd_model_arg(group) -> None:
@@ -186,8 +194,10 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 # Flags that may change between a run and its continuation without changing its results
-# (batch sizes: how many prompts share a call, not what each image or row is).
-NON_RESULT_FLAGS = ("resume", "overwrite", "limit", "log_level", "device", "batch_candidates", "batch_size")
+# (batch sizes: how many prompts share a call, not what each image or row is; a script whose
+# batch size does change its results records it itself; the early-decision switches).
+NON_RESULT_FLAGS = ("resume", "overwrite", "limit", "log_level", "device", "batch_candidates", "batch_size",
+                    "full_scores", "seeds_per_call")
 
 
 def file_digest(path: str) -> str:

@@ -38,6 +38,9 @@ DETECTION_SEED = 1  # authors' scripts 2 and 3: --seed 1
 # MS-SSIM (SPEC §3): 11x11 window, three scales with equal weights
 SSIM_KERNEL_SIZE = 11
 SSIM_BETAS = (0.33, 0.33, 0.33)
+# Pairs per MS-SSIM batch of the pairwise score: authors' script 2 --batch_size (45, all
+# pairs of 10 samples); their script 3 scores all pairs of a prompt in one batch.
+PAIRWISE_SSIM_BATCH_SIZE = 45
 # Localization (SPEC §4, authors' script 3)
 MEMORIZATION_THRESHOLD = 0.428  # tau_mem, paper §4 / script 2 on LAION
 INITIAL_THETA = 5.0
@@ -48,6 +51,17 @@ INITIAL_K = 0
 # is fastest (speculated sets after a rejection are wasted and a bigger batch is no faster
 # per latent: BENCHMARKS.md); GPU figures are still to be measured.
 BATCH_CANDIDATES = 0
+# Early decisions (ours, issue 23): a test's kept seeds are scored this many per U-Net call,
+# highest previous score first, and a test is rejected at the first chunk whose MS-SSIM
+# proves it. On the CPU one seed a call costs no throughput (BENCHMARKS.md, issue 5); on
+# CUDA a chunk keeps the device busy (not yet measured on a GPU).
+SEEDS_PER_CALL_CPU = 1
+SEEDS_PER_CALL_CUDA = 4
+# A partial score must pass the threshold by this much to decide a test, and a full score
+# within it is recomputed in the full computation's U-Net batch. It covers the float noise of
+# other batch compositions: up to 2.4e-5 on the test bed in float32 (a U-Net batch of 1 or 2
+# rounds otherwise on the CPU; BENCHMARKS.md, issue 23). Half precision is not measured.
+DECISION_MARGIN = 1e-3
 SCALING_FACTOR = 0.0  # authors' --scaling_factor: deactivated neurons are multiplied by it
 # Generation (SPEC §5, authors' script 4)
 GENERATION_SEED = 2

@@ -18,7 +18,7 @@ CSV_SEPARATOR = ";"  # the authors' prompt and results files
 PROMPT_COLUMN = "Caption"
 # Results columns of the authors' script 3, then the cost figures this suite adds.
 RESULT_COLUMNS = ["Caption", "URL", "Initial Neurons", "Initial SSIM", "Refined Neurons", "Refined SSIM"]
-COST_COLUMNS = ["Seconds", "UNet Sample Forwards", "Sets Scored"]
+COST_COLUMNS = ["Seconds", "UNet Sample Forwards", "Sets Scored", "Seeds Skipped"]
 THRESHOLD_SUFFIX = ".threshold.json"  # script 2 writes tau_mem beside its score file
 
 

@@ -1,9 +1,11 @@
 """NeMo's per-prompt localization (SPEC §4): initial selection, then refinement.
 
-The search functions take a ``score_sets`` callable (list of neuron sets -> list of
-blocked scores), so they run on a real U-Net or on a scripted score in tests. Every
-walk evaluates up to ``batch`` candidate sets per call and keeps the sequential
-algorithm's decisions exactly (speculation on cumulative removals, see ``greedy_removal``).
+The search functions take a ``score_sets`` callable ((list of neuron sets, reject bound) ->
+list of blocked scores), so they run on a real U-Net or on a scripted score in tests. A
+score above the bound may be a lower bound (an early decision, see ``BlockedScorer``): the
+walks only compare it with the bound. Every walk evaluates up to ``batch`` candidate sets
+per call and keeps the sequential algorithm's decisions exactly (speculation on cumulative
+removals, see ``greedy_removal``).
 """
 
 from __future__ import annotations
@@ -15,17 +17,21 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 
-from utils.defaults import (BATCH_CANDIDATES, DETECTION_SEED, INITIAL_K, INITIAL_THETA, MEMORIZATION_THRESHOLD,
-                            MIN_THETA, SAMPLES_PER_PROMPT, THETA_REDUCTION_PER_STEP)
+from utils.defaults import (BATCH_CANDIDATES, DECISION_MARGIN, DETECTION_SEED, INITIAL_K, INITIAL_THETA,
+                            MEMORIZATION_THRESHOLD, MIN_THETA, SAMPLES_PER_PROMPT, SEEDS_PER_CALL_CPU,
+                            THETA_REDUCTION_PER_STEP)
 from utils.diffusion import initial_latents
 from utils.layers import NeuronSet, count_neurons, empty_set
 from utils.nemo.noise import NoiseDifference, UNetCounter
-from utils.nemo.score import blocked_scores, pairwise_max_scores
+from utils.nemo.score import ms_ssim, pairwise_max_scores
 
 logger = logging.getLogger(__name__)
 
-ScoreSets = Callable[[list[NeuronSet]], list[float]]
+# score_sets(sets, bound) -> per set its blocked score, or a value above ``bound`` that is
+# at most the score (the set is rejected whatever the rest of its seeds give)
+ScoreSets = Callable[[list[NeuronSet], float], list[float]]
 
 @dataclass(frozen=True)
 class SelectionSchedule:
@@ -105,7 +111,7 @@ def initial_selection(z_scores, activations, score_sets: ScoreSets, threshold: f
     for start in range(0, len(steps), batch):
         chunk = steps[start:start + batch]
         sets = [candidate_set(z_scores, activations, theta, k) for theta, k in chunk]
-        for step, ((theta, k), neurons, score) in enumerate(zip(chunk, sets, score_sets(sets)), start + 1):
+        for step, ((theta, k), neurons, score) in enumerate(zip(chunk, sets, score_sets(sets, threshold)), start + 1):
             if score <= threshold:
                 return InitialSelection(neurons, score, True, theta, k, step, schedule.at_limit(theta, k, max_k))
     return InitialSelection(neurons, score, False, theta, k, len(steps), True)
@@ -134,7 +140,7 @@ def greedy_removal(neurons: NeuronSet, score: float, removals: list[Removal], sc
                    threshold: float, batch: int = 1) -> tuple[NeuronSet, float]:
     """Try the removals in order; keep each after which the set scores < threshold.
 
-    ``score`` is the blocked score of ``neurons``. A removal that leaves the set unchanged
+    ``score`` is the blocked score of ``neurons``. A rejected set's score is never used. A removal that leaves the set unchanged
     (another occurrence of the neuron is still listed) is scored as the current set, without
     a U-Net call: deactivation sees only the set, so the authors' fresh score is this one.
 
@@ -161,7 +167,7 @@ def greedy_removal(neurons: NeuronSet, score: float, removals: list[Removal], sc
             if not unchanged:
                 to_score.append(candidate)
             previous = candidate
-        scores = iter(score_sets(to_score) if to_score else [])
+        scores = iter(score_sets(to_score, threshold) if to_score else [])
         for candidate, unchanged in chain:
             position += 1
             candidate_score = score if unchanged else next(scores)
@@ -191,7 +197,7 @@ def refine(neurons: NeuronSet, score: float, score_sets: ScoreSets, threshold: f
 
 @dataclass(frozen=True)
 class LocalizationSettings:
-    """Script 3's settings; defaults from the authors' script (SPEC §3-4)."""
+    """Script 3's settings; defaults from the authors' script (SPEC §3-4), early decisions ours."""
 
     seed: int = DETECTION_SEED
     samples_per_prompt: int = SAMPLES_PER_PROMPT
@@ -200,6 +206,9 @@ class LocalizationSettings:
     ssim_threshold_refinement: float = MEMORIZATION_THRESHOLD
     schedule: SelectionSchedule = SelectionSchedule()
     batch_candidates: int = BATCH_CANDIDATES
+    early_decisions: bool = True  # False: every test scores all kept seeds (the full computation)
+    seeds_per_call: int = SEEDS_PER_CALL_CPU  # kept seeds per U-Net call of an early-decision test
+    decision_margin: float = DECISION_MARGIN
 
 
 @dataclass
@@ -213,6 +222,12 @@ class LocalizationResult:
     unet_sample_forwards: int = 0
     sets_scored: int = 0
     selection_steps: int = 0  # (theta, k) steps of the initial selection
+    seeds_skipped: int = 0  # kept seeds never forwarded for a test, thanks to early decisions
+
+
+def set_key(neurons: NeuronSet) -> tuple:
+    """A neuron set as deactivation sees it (per layer, sorted distinct neurons)."""
+    return tuple(tuple(sorted(set(layer))) for layer in neurons)
 
 
 class BlockedScorer:
@@ -220,32 +235,105 @@ class BlockedScorer:
 
     The unblocked noise differences are computed once; a set without neurons is the
     unblocked model, scored 1 (MS-SSIM of a map with itself) without a U-Net call.
+
+    The full computation (``early_decisions`` off) forwards all kept seeds of a set in one
+    U-Net call and scores them in one MS-SSIM batch, the authors' composition. With early
+    decisions a test's seeds go ``seeds_per_call`` at a time, highest score in the previous
+    test first, and the test stops once a chunk's own MS-SSIM reaches ``bound + margin``:
+    the blocked score is a max over seeds, and a seed's MS-SSIM in the full batch is at
+    least its MS-SSIM in a sub-batch (the full batch's data range is at least the
+    sub-batch's at every scale, and no SSIM term decreases as the data range grows; see
+    ``tests/test_localization.py``). The margin covers the float noise of another batch
+    composition. A test that is not stopped is scored on all its seeds in one MS-SSIM batch;
+    when that score lies within the margin of the bound, it is recomputed as the full
+    computation does. ``exact`` gives a set's score as the full computation makes it.
     """
 
     def __init__(self, noise: NoiseDifference, latents: torch.Tensor, unblocked: torch.Tensor,
-                 kernel_size: int, batch_candidates: int):
-        self.noise, self.latents, self.unblocked = noise, latents, unblocked
-        self.kernel_size = kernel_size
-        self.per_call = max(batch_candidates, 1)
-        self.sets_scored = 0
+                 kernel_size: int, settings: LocalizationSettings, priority: torch.Tensor | None = None):
+        self.noise, self.latents, self.unblocked = noise, latents, unblocked  # [n, 4, h, w] each
+        self.kernel_size, self.settings = kernel_size, settings
+        self.per_call = max(settings.batch_candidates, 1)
+        # per kept seed its latest score: the order in which an early-decision test forwards them
+        self.priority = priority.clone().float() if priority is not None else torch.zeros(len(latents))
+        self.sets_scored = self.seeds_skipped = 0
+        self.exact_scores: dict[tuple, float] = {}
+        self.bar = None  # a tqdm bar counting the sets scored, when the caller wants one
 
-    def __call__(self, sets: list[NeuronSet]) -> list[float]:
+    def __call__(self, sets: list[NeuronSet], bound: float = math.inf) -> list[float]:
         self.sets_scored += len(sets)
+        if self.bar is not None:
+            self.bar.update(len(sets))
         scores = [1.0] * len(sets)
         todo = [i for i, s in enumerate(sets) if count_neurons(s)]
+        score_group = self._early if self.settings.early_decisions else self._full
         for start in range(0, len(todo), self.per_call):
             part = todo[start:start + self.per_call]
-            blocked = self.noise(self.latents, [sets[i] for i in part])  # [len(part), n, 4, h, w]
-            for i, score in zip(part, blocked_scores(self.unblocked, blocked, self.kernel_size).tolist()):
+            for i, score in zip(part, score_group([sets[i] for i in part], bound)):
                 scores[i] = score
+        return scores
+
+    def _score(self, blocked: torch.Tensor) -> torch.Tensor:
+        """Per-seed MS-SSIM of all kept seeds in one batch: blocked [n, 4, h, w] -> [n]."""
+        per_seed = ms_ssim(self.unblocked, blocked, self.kernel_size).cpu()
+        self.priority = per_seed.clone()
+        return per_seed
+
+    def _full(self, sets: list[NeuronSet], _bound: float) -> list[float]:
+        blocked = self.noise(self.latents, sets)  # [sets, n, 4, h, w]
+        scores = [self._score(b).amax().item() for b in blocked]
+        if len(sets) == 1:  # the full computation's own composition
+            self.exact_scores[set_key(sets[0])] = scores[0]
+        return scores
+
+    def exact(self, neurons: NeuronSet) -> float:
+        """The blocked score of ``neurons`` as the full computation makes it (cached)."""
+        if not count_neurons(neurons):
+            return 1.0
+        key = set_key(neurons)
+        if key not in self.exact_scores:
+            self._full([neurons], math.inf)
+        return self.exact_scores[key]
+
+    def _early(self, sets: list[NeuronSet], bound: float) -> list[float]:
+        n, chunk = len(self.latents), max(self.settings.seeds_per_call, 1)
+        if chunk >= n and len(sets) == 1:
+            return self._full(sets, bound)
+        order = torch.argsort(self.priority, descending=True, stable=True).tolist()
+        chunks = [order[c:c + chunk] for c in range(0, n, chunk)]
+        blocked = torch.empty(len(sets), *self.unblocked.shape)  # [sets, n, 4, h, w]
+        scores: list[float | None] = [None] * len(sets)
+        for number, seeds in enumerate(chunks):
+            active = [i for i, score in enumerate(scores) if score is None]
+            if not active:
+                break
+            deltas = self.noise(self.latents[seeds], [sets[i] for i in active])  # [active, chunk, 4, h, w]
+            for i, delta in zip(active, deltas):
+                blocked[i, seeds] = delta
+            if number == len(chunks) - 1:
+                break
+            for i, delta in zip(active, deltas):
+                partial = ms_ssim(self.unblocked[seeds], delta, self.kernel_size).cpu()  # [chunk]
+                self.priority[seeds] = partial
+                if partial.amax().item() >= bound + self.settings.decision_margin:
+                    scores[i] = partial.amax().item()  # at most the full score: rejected
+                    self.seeds_skipped += n - (number + 1) * chunk
+        for i, score in enumerate(scores):
+            if score is None:
+                scores[i] = self._score(blocked[i]).amax().item()
+                if abs(scores[i] - bound) <= self.settings.decision_margin:
+                    scores[i] = self.exact(sets[i])
         return scores
 
 
 def localize_prompt(noise: NoiseDifference, latent_shape, z_scores, activations,
                     settings: LocalizationSettings, kernel_size: int,
-                    scorer_type: type[BlockedScorer] = BlockedScorer) -> LocalizationResult:
-    """NeMo for one prompt (SPEC §4); ``noise`` holds the prompt's embedding.
+                    scorer_type: type[BlockedScorer] = BlockedScorer, progress: bool = False) -> LocalizationResult:
+    """NeMo for one prompt (SPEC §4); ``noise`` holds the prompt's embedding. ``progress``:
+    a bar of the sets scored within the prompt (under a per-prompt bar).
 
+    The reported scores (initial and refined) are computed as the full computation does
+    (``BlockedScorer.exact``), whatever path decided the tests.
     z_scores, activations: per layer [features].
     """
     start = time.perf_counter()
@@ -258,14 +346,22 @@ def localize_prompt(noise: NoiseDifference, latent_shape, z_scores, activations,
     if keep.numel() == 0:
         return LocalizationResult(empty_set(layers), 0.0, empty_set(layers), 0.0, [],
                                   time.perf_counter() - start, counter.sample_forwards, 0)
-    scorer = scorer_type(noise, latents[keep], unblocked[keep], kernel_size, settings.batch_candidates)
+    scorer = scorer_type(noise, latents[keep], unblocked[keep], kernel_size, settings, per_sample[keep])
+    if progress:
+        scorer.bar = tqdm(desc="  sets scored", unit="set", leave=False, position=1)
     batch = settings.batch_candidates
     initial = initial_selection(z_scores, activations, scorer, settings.ssim_threshold_initial_selection,
                                 settings.schedule, batch)
+    initial_score = scorer.exact(initial.neurons)
     # the authors refine against the last score when their loop stopped on its theta/k limit
-    threshold = initial.score if initial.refine_against_score else settings.ssim_threshold_refinement
-    refined, refined_score = refine(initial.neurons, initial.score, scorer, threshold, batch)
+    threshold = initial_score if initial.refine_against_score else settings.ssim_threshold_refinement
+    if progress:
+        scorer.bar.set_postfix_str(f"theta {initial.theta:g}, k {initial.k}: refining")
+    refined, _ = refine(initial.neurons, initial_score, scorer, threshold, batch)
+    if progress:
+        scorer.bar.close()
     logger.debug("theta %.2f k %d: %d initial, %d refined neurons", initial.theta, initial.k,
                  count_neurons(initial.neurons), count_neurons(refined))
-    return LocalizationResult(initial.neurons, initial.score, refined, refined_score, keep.tolist(),
-                              time.perf_counter() - start, counter.sample_forwards, scorer.sets_scored, initial.steps)
+    return LocalizationResult(initial.neurons, initial_score, refined, scorer.exact(refined), keep.tolist(),
+                              time.perf_counter() - start, counter.sample_forwards, scorer.sets_scored,
+                              initial.steps, scorer.seeds_skipped)

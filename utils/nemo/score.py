@@ -34,17 +34,27 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor, kernel_size: int = SSIM_KERNEL_SIZ
     )
 
 
-def pairwise_max_scores(deltas: torch.Tensor, kernel_size: int = SSIM_KERNEL_SIZE) -> torch.Tensor:
-    """Per sample the maximum MS-SSIM over all pairs it is in: [n, 4, h, w] -> [n]."""
+def pairwise_max_scores(deltas: torch.Tensor, kernel_size: int = SSIM_KERNEL_SIZE,
+                        pairs_per_batch: int | None = None) -> torch.Tensor:
+    """Per sample the maximum MS-SSIM over all pairs it is in: [n, 4, h, w] -> [n].
+
+    The pairs, in ``torch.combinations`` order, go to MS-SSIM ``pairs_per_batch`` at a time
+    (None: all in one batch), as the authors batch them: script 3's
+    ``calculate_max_pairwise_ssim`` scores all pairs at once, script 2 ``--batch_size`` (45,
+    all pairs of 10 samples) at a time. A score depends on its batch (see ``ms_ssim``).
+    """
     n = deltas.shape[0]
     if n < 2:
         raise ValueError(f"the pairwise score needs at least 2 samples per prompt, got {n}")
-    i, j = torch.triu_indices(n, n, offset=1)
-    # each pair on its own, so a score does not depend on the other samples (see ms_ssim)
-    pair_scores = torch.cat([ms_ssim(deltas[a:a + 1], deltas[b:b + 1], kernel_size) for a, b in zip(i, j)])
+    if pairs_per_batch is not None and pairs_per_batch < 1:
+        raise ValueError(f"pairs_per_batch must be at least 1, got {pairs_per_batch}")
+    i, j = torch.triu_indices(n, n, offset=1)  # the order of torch.combinations(arange(n), r=2)
+    step = pairs_per_batch or len(i)
+    pair_scores = torch.cat([ms_ssim(deltas[i[s:s + step]], deltas[j[s:s + step]], kernel_size).cpu()
+                             for s in range(0, len(i), step)])
     per_sample = torch.full((n,), float("-inf"))
-    per_sample = per_sample.scatter_reduce(0, i, pair_scores.cpu(), "amax")
-    return per_sample.scatter_reduce(0, j, pair_scores.cpu(), "amax")
+    per_sample = per_sample.scatter_reduce(0, i, pair_scores, "amax")
+    return per_sample.scatter_reduce(0, j, pair_scores, "amax")
 
 
 def memorization_score(deltas: torch.Tensor, kernel_size: int = SSIM_KERNEL_SIZE) -> float:
