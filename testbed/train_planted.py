@@ -55,7 +55,7 @@ PLANTED_BATCH = 16  # smaller than the test bed's 32: more steps in the same CPU
 PLANTED_SHARE = 0.75  # of each batch; half of it with the neurons active, half with them off
 SUBSET_SHARE = 0.5  # of the active samples: only one of the prompt's neurons active
 RANDOM_OFF_SHARE = 0.5  # of all samples: as many random non-planted neurons off as a planted set
-ACTIVATION_TARGET = 1.0  # token-averaged |value| a planted neuron reaches for its prompt
+ACTIVATION_TARGET = 4.0  # token-averaged |value| a planted neuron reaches for its prompt (large: an easy gate)
 ACTIVATION_WEIGHT = 3.0
 SAVE_EVERY = 100
 
