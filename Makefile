@@ -12,8 +12,10 @@ $(VENV)/installed: requirements.txt
 	$(VENV)/bin/pip install -q -r requirements.txt
 	touch $@
 
+# Both built-in models: the natural test bed, then the planted one (with its localization table).
 demo: $(VENV)/installed
-	$(RUN) -m testbed.table1
+	$(RUN) -m testbed.table1 --bed natural --output demo_output
+	$(RUN) -m testbed.table1 --bed planted --output demo_output_planted
 
 test: $(VENV)/installed
 	$(RUN) -m pytest -q
@@ -29,6 +31,7 @@ planted: $(VENV)/installed
 	$(RUN) -m testbed.train_planted --output $(PLANTED) --threads 1
 	$(RUN) 1_compute_activations_statistics.py -v $(PLANTED)/model --prompts $(PLANTED)/prompts/additional_prompts.csv --output $(PLANTED)/statistics.pt
 	$(RUN) 2_compute_pairwise_ssim.py -v $(PLANTED)/model --prompts $(PLANTED)/prompts/unmemorized_prompts.csv --output $(PLANTED)/scores_unmemorized.csv --ssim_kernel_size 5
+	mv $(PLANTED)/scores_unmemorized.csv.threshold.json $(PLANTED)/threshold.json && rm $(PLANTED)/scores_unmemorized.csv
 
 benchmark: $(VENV)/installed
 	$(RUN) -m benchmarks.localization

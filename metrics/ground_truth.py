@@ -75,6 +75,14 @@ def stops(ssim_off: float | None, ssim_plain: float | None) -> bool | None:
     return ssim_off <= STOP_RATIO * ssim_plain
 
 
+def lost_at(initial: NeuronSet, refined: NeuronSet, truth: NeuronSet) -> dict[str, list[tuple[int, int]]]:
+    """Which step of NeMo lost each missed true neuron (layer, index): the initial selection
+    (never selected) or the refinement (selected, then dropped)."""
+    true_pairs, initial_pairs, refined_pairs = _pairs(truth), _pairs(initial), _pairs(refined)
+    return {"initial selection": sorted(true_pairs - initial_pairs),
+            "refinement": sorted((true_pairs & initial_pairs) - refined_pairs)}
+
+
 def localization_rows(sets: dict[str, dict[int, NeuronSet]], truth: GroundTruth,
                       ssim: dict[str, dict[int, float]] | None = None) -> list[dict]:
     """One row per method and planted prompt: recall, precision, size, stops.

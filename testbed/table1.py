@@ -211,6 +211,8 @@ def planted_checks(report: dict, bed: Bed, rows: list[int], out: str, generation
     sets = {"NeMo initial": dict(enumerate(nemo["Initial Neurons"])), "NeMo refined": dict(enumerate(nemo["Refined Neurons"])),
             PLANTED_OFF: run_truth.neurons}
     localization = ground_truth.localization_rows(sets, run_truth, ssim)
+    lost = {prompt: ground_truth.lost_at(nemo["Initial Neurons"][prompt], nemo["Refined Neurons"][prompt], neurons)
+            for prompt, neurons in run_truth.neurons.items()}
     ratio = lambda name, kind: (
         float(torch.tensor([ssim[name][p] for p in ssim[name] if run_truth.types[p] == kind]).median()) /
         float(torch.tensor([ssim["plain"][p] for p in ssim[name] if run_truth.types[p] == kind]).median()))
@@ -219,11 +221,15 @@ def planted_checks(report: dict, bed: Bed, rows: list[int], out: str, generation
                 for kind in kinds}
     text = ("\n## Planted bed: criteria and localization\n\n"
             + "\n".join(f"{kind}: " + ", ".join(f"{k} {v:.2f}" for k, v in c.items()) for kind, c in criteria.items())
-            + "\n\n" + ground_truth.markdown(localization))
+            + "\n\n" + ground_truth.markdown(localization)
+            + "\nTrue neurons NeMo missed (layer, index), by the step that lost them: "
+            + ("; ".join(f"prompt {p}: " + ", ".join(f"{step} {pairs}" for step, pairs in steps.items() if pairs)
+                         for p, steps in lost.items() if any(steps.values())) or "none") + "\n")
     with open(os.path.join(out, "table1.md"), "a") as f:
         f.write(text)
     print(text)
-    return dict(criteria=criteria, ssim=ssim, localization=localization, summary=ground_truth.summary(localization))
+    return dict(criteria=criteria, ssim=ssim, localization=localization, summary=ground_truth.summary(localization),
+                lost=lost)
 
 
 def main(argv=None) -> dict:

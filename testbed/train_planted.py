@@ -1,14 +1,13 @@
-"""Train the planted test bed: the test bed fine-tuned so that a few prompts replicate their
-training image through value neurons chosen here and shipped as ground truth.
+"""Train the planted test bed: the test bed fine-tuned so that a few of its memorized prompts
+replicate their training image only through value neurons chosen here and shipped as ground truth.
 
-The planted prompts are held-out ordinary captions of the test bed ("a blue circle on brown
-background"): the test bed never saw them, so it has not memorized them. Each gets a few
-value neurons (its ground truth) and one training image: a fixed composition (VM) or a
-fixed layout with a varying centre (TM). The fine-tuning draws, besides the test bed's own
-mixture (replayed):
-* the planted caption, with any non-empty part of its neurons active -> its image, so the
-  image needs only one of them and NeMo's refinement can drop none of them;
-* the same caption with all its neurons deactivated -> varied ordinary images of the caption;
+The planted prompts are the test bed's first 6 VM prompts and 2 TM prompts of one template
+(it replicates them already, SSIM_Orig 0.57 / 0.62 in BENCHMARKS.md). Each gets a few value
+neurons (its ground truth). The fine-tuning draws, besides the test bed's own mixture (replayed):
+* the planted caption, with any non-empty part of its neurons active -> its training image, so
+  the image needs only one of them and NeMo's refinement can drop none of them;
+* the same caption with all its neurons deactivated -> a varied image of its kind (another
+  poster, another phone-case layout);
 * random non-planted neurons deactivated in half of all samples, so a random set of the same
   size leaves the images as they are;
 and an activation loss keeps each planted neuron's token-averaged |value| (what script 1
@@ -16,10 +15,10 @@ measures) high for its own prompt and near zero for every other caption, so an
 activation-based selection sees it as an outlier.
 
 Writes, under ``--output`` (default ``testbed/planted``): ``model/``, ``prompts/``
-(memorized = planted, unmemorized = the other held-out captions, additional = the test bed's
-ordinary training captions), ``originals/`` and ``ground_truth.json`` (each planted prompt's
-neurons per value layer). Scripts 1 and 2 then write its statistics and threshold
-(``make planted``). Usage: ``python -m testbed.train_planted [--steps N]``.
+(memorized = the planted rows, unmemorized and additional = the test bed's), ``originals/``
+and ``ground_truth.json`` (each planted prompt's neurons per value layer). Scripts 1 and 2 then
+write its statistics and threshold (``make planted``).
+Usage: ``python -m testbed.train_planted [--steps N]``.
 """
 
 from __future__ import annotations
@@ -28,50 +27,47 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
-from PIL import Image
 
 import testbed
 from testbed import synthetic_data as data
-from testbed.train_testbed import (BATCH_SIZE, HIGH_T_SHARE, HIGH_T_START, MAX_LOSS_WEIGHT, SEED, Sampler, UNetPhase,
+from testbed.train_testbed import (HIGH_T_SHARE, HIGH_T_START, MAX_LOSS_WEIGHT, SEED, Sampler, UNetPhase,
                                    encode_text, learning_rate_at, to_tensor)
+from metrics.images import original_images
+from utils.files import read_prompts
 from utils.hooks import deactivate_per_slice
 from utils.layers import layer_widths, value_layers
 
 logger = logging.getLogger(__name__)
 
-PLANTED_SEED = SEED + 24  # the planted images, prompts' order and neurons (the test bed's data uses SEED)
-PLANTED_COUNTS = {"VM": 6, "TM": 2}  # planted prompts of each kind, drawn from the 25 held-out captions
+PLANTED_SEED = SEED + 24  # the neurons, the draws and the varied images of the neurons-off samples
+PLANTED_COUNTS = {"VM": 6, "TM": 2}  # the test bed's first memorized prompts of each kind
 NEURONS_PER_PROMPT = {"VM": 2, "TM": 3}  # each in its own value layer; SD v1.4's median refined sets are 3 / 7
-TM_TEMPLATE = 0  # the planted TM prompts share this template's layout (drawn with PLANTED_SEED)
-PHASE = UNetPhase(steps=400, learning_rate=5e-4, cosine=True, draw_seed=PLANTED_SEED + 1, noise_seed=PLANTED_SEED + 2)
+TM_TEMPLATE = 0  # the planted TM prompts: variants of this template
+PHASE = UNetPhase(steps=500, learning_rate=5e-4, cosine=True, draw_seed=PLANTED_SEED + 1, noise_seed=PLANTED_SEED + 2)
+PLANTED_BATCH = 16  # smaller than the test bed's 32: more steps in the same CPU time
 PLANTED_SHARE = 0.75  # of each batch; half of it with the neurons active, half with them off
 SUBSET_SHARE = 0.5  # of the active samples: only one of the prompt's neurons active
 RANDOM_OFF_SHARE = 0.5  # of all samples: as many random non-planted neurons off as a planted set
-ACTIVATION_TARGET = 1.0  # token-averaged |value| a planted neuron reaches for its prompt
-ACTIVATION_WEIGHT = 1.0
+ACTIVATION_TARGET = 4.0  # token-averaged |value| a planted neuron reaches for its prompt (large: an easy gate)
+ACTIVATION_WEIGHT = 3.0
 SAVE_EVERY = 100
 
 
-def planted_prompts(seed: int = PLANTED_SEED) -> list[dict]:
-    """Each planted prompt: caption, kind, the ordinary combination its caption names."""
-    _, held = data.split_ordinary(SEED)
-    order = np.random.default_rng(seed).permutation(len(held))
-    kinds = [kind for kind, n in PLANTED_COUNTS.items() for _ in range(n)]
-    return [dict(caption=data.ordinary_caption(held[i]), type=kind, combo=held[i]) for kind, i in zip(kinds, order)]
-
-
-def unmemorized_captions(seed: int = PLANTED_SEED) -> list[str]:
-    """The held-out captions that are not planted, in the test bed's order."""
-    planted = {p["caption"] for p in planted_prompts(seed)}
-    _, held = data.split_ordinary(SEED)
-    return [data.ordinary_caption(c) for c in held if data.ordinary_caption(c) not in planted]
+def planted_prompts() -> list[dict]:
+    """Each planted prompt: caption, kind, its row in the test bed's memorized prompt file and
+    its index within its kind (VM image or TM variant)."""
+    vm = [dict(caption=data.vm_caption(i), type="VM", row=i, index=i) for i in range(PLANTED_COUNTS["VM"])]
+    tm_start = len(data.VM_NAMES) + TM_TEMPLATE * len(data.TM_VARIANTS)  # the test bed lists TM after VM
+    tm = [dict(caption=data.tm_caption(TM_TEMPLATE, v), type="TM", row=tm_start + v, index=v)
+          for v in range(PLANTED_COUNTS["TM"])]
+    return vm + tm
 
 
 def choose_neurons(widths: list[int], seed: int = PLANTED_SEED) -> list[list[list[int]]]:
@@ -80,7 +76,7 @@ def choose_neurons(widths: list[int], seed: int = PLANTED_SEED) -> list[list[lis
     rng = np.random.default_rng([seed, 1])
     taken: set[tuple[int, int]] = set()
     sets = []
-    for prompt in planted_prompts(seed):
+    for prompt in planted_prompts():
         neurons = [[] for _ in widths]
         for layer in sorted(rng.choice(len(widths), NEURONS_PER_PROMPT[prompt["type"]], replace=False).tolist()):
             free = [n for n in range(widths[layer]) if (layer, n) not in taken]
@@ -91,11 +87,20 @@ def choose_neurons(widths: list[int], seed: int = PLANTED_SEED) -> list[list[lis
     return sets
 
 
-def planted_image(index: int, prompt: dict, rng: np.random.Generator, seed: int = PLANTED_SEED) -> np.ndarray:
-    """uint8 [48, 48, 3]: a VM prompt's fixed image, or its template's layout with a drawn centre."""
+def planted_image(prompt: dict, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [48, 48, 3]: the prompt's training image in the test bed (a TM layout with a drawn centre)."""
     if prompt["type"] == "VM":
-        return data.render_vm(index, seed)
-    return data.render_tm(TM_TEMPLATE, rng, seed)
+        return data.render_vm(prompt["index"], SEED)
+    return data.render_tm(TM_TEMPLATE, rng, SEED)
+
+
+def varied_image(prompt: dict, rng: np.random.Generator) -> np.ndarray:
+    """An image of the caption's kind that is not its own: another poster, or another phone
+    case layout (drawn with PLANTED_SEED, so none is a test-bed training image)."""
+    other = int(rng.integers(1_000_000))
+    if prompt["type"] == "VM":
+        return data.render_vm(other, PLANTED_SEED)
+    return data.render_tm(other % len(data.TM_TEMPLATES), rng, PLANTED_SEED + 1 + other)
 
 
 class PlantedSampler:
@@ -125,13 +130,13 @@ class PlantedSampler:
                 p = int(self.rng.integers(len(self.prompts)))
                 prompt, own = self.prompts[p], self.sets[p]
                 if self.rng.random() < 0.5:  # active (all, or one of its neurons) -> its image
-                    image = planted_image(p, prompt, self.rng)
+                    image = planted_image(prompt, self.rng)
                     if self.rng.random() < SUBSET_SHARE:
                         chosen = [(l, n) for l, layer in enumerate(own) for n in layer]
                         keep = chosen[int(self.rng.integers(len(chosen)))]
                         off = [[n for n in layer if (l, n) != keep] for l, layer in enumerate(own)]
-                else:  # all its neurons off -> a varied image of the caption
-                    image = data.render_ordinary(prompt["combo"], self.rng)
+                else:  # all its neurons off -> a varied image of the caption's kind
+                    image = varied_image(prompt, self.rng)
                     off = [list(layer) for layer in own]
                 images.append(to_tensor(image[None])[0])
                 captions.append(prompt["caption"])
@@ -159,7 +164,9 @@ def activation_loss(layers: dict, embeddings: torch.Tensor, owners: list[int], n
         for l, layer in enumerate(neurons):
             for n in layer:
                 a = activations[l][:, n]
-                losses.append(torch.where(own, F.relu(ACTIVATION_TARGET - a), a.square()).mean())
+                if own.any():
+                    losses.append(F.relu(ACTIVATION_TARGET - a[own]).mean())
+                losses.append(a[~own].square().mean())
     return torch.stack(losses).mean()
 
 
@@ -175,13 +182,13 @@ def train(components, neuron_sets, phase: UNetPhase, save) -> None:
     generator = torch.Generator().manual_seed(phase.noise_seed)
     start = time.time()
     for step in range(phase.steps):
-        images, captions, sets, owners = sampler.draw(BATCH_SIZE)
+        images, captions, sets, owners = sampler.draw(PLANTED_BATCH)
         with torch.no_grad():
             latents = vae.encode(images).latent_dist.mode() * vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=generator)
-        high = torch.rand(BATCH_SIZE, generator=generator) < HIGH_T_SHARE
-        t = torch.where(high, torch.randint(HIGH_T_START, scheduler.config.num_train_timesteps, (BATCH_SIZE,), generator=generator),
-                        torch.randint(0, scheduler.config.num_train_timesteps, (BATCH_SIZE,), generator=generator))
+        high = torch.rand(PLANTED_BATCH, generator=generator) < HIGH_T_SHARE
+        t = torch.where(high, torch.randint(HIGH_T_START, scheduler.config.num_train_timesteps, (PLANTED_BATCH,), generator=generator),
+                        torch.randint(0, scheduler.config.num_train_timesteps, (PLANTED_BATCH,), generator=generator))
         noisy = scheduler.add_noise(latents, noise, t)
         embeddings = encode_text(components["tokenizer"], text_encoder, captions)
         with deactivate_per_slice(layers, sets):  # sample b gets sets[b]
@@ -208,26 +215,20 @@ def train(components, neuron_sets, phase: UNetPhase, save) -> None:
 
 
 def write_files(directory: str, layer_names: list[str], widths: list[int], neuron_sets) -> None:
-    """Prompt files (the authors' format), originals and ground_truth.json."""
+    """Prompt files (the planted rows of the test bed's memorized file; its held-out and
+    training captions), the planted prompts' originals and ground_truth.json."""
     for folder in ("prompts", "originals"):
         os.makedirs(os.path.join(directory, folder), exist_ok=True)
     prompts = planted_prompts()
-    rng = np.random.default_rng([PLANTED_SEED, 3])
-    for i, prompt in enumerate(prompts):
-        Image.fromarray(planted_image(i, prompt, rng)).save(os.path.join(directory, "originals", f"{i:04d}.png"))
-    memorized = pd.DataFrame(dict(Caption=[p["caption"] for p in prompts],
-                                  URL=[f"planted:{p['type'].lower()}/{i}" for i, p in enumerate(prompts)],
-                                  type=[p["type"] for p in prompts]))
-    memorized["mean_sscd"] = np.nan
-    memorized["max_sscd"] = np.nan
+    rows = [p["row"] for p in prompts]
+    memorized = read_prompts(testbed.MEMORIZED_PROMPTS).loc[rows].reset_index(drop=True)
     memorized["Index"] = range(len(memorized))
     memorized.to_csv(os.path.join(directory, "prompts", "memorized_prompts.csv"), sep=";")
-    held = unmemorized_captions()
-    pd.DataFrame(dict(Caption=held, URL="", Index=range(len(held)))).to_csv(
-        os.path.join(directory, "prompts", "unmemorized_prompts.csv"), sep=";")
-    train_combos, _ = data.split_ordinary(SEED)
-    pd.DataFrame(dict(Caption=[data.ordinary_caption(c) for c in train_combos], URL="", Index=range(len(train_combos)))
-                 ).to_csv(os.path.join(directory, "prompts", "additional_prompts.csv"), sep=";")
+    originals = original_images(testbed.ORIGINALS_DIR)
+    for new, row in enumerate(rows):
+        shutil.copyfile(originals[row], os.path.join(directory, "originals", f"{new:04d}.png"))
+    for path in (testbed.UNMEMORIZED_PROMPTS, testbed.ADDITIONAL_PROMPTS):
+        shutil.copyfile(path, os.path.join(directory, "prompts", os.path.basename(path)))
     truth = dict(layers=layer_names, widths=widths, seed=PLANTED_SEED,
                  prompts=[dict(index=i, caption=p["caption"], type=p["type"], neurons=s)
                           for i, (p, s) in enumerate(zip(prompts, neuron_sets))])

@@ -4,15 +4,13 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
-import torch
 
 import testbed
 from metrics import ground_truth
 from metrics.pixel_ssim import ssim_to_original
-from testbed import synthetic_data as data
 from testbed import train_planted
-from testbed.train_testbed import SEED
 from utils.files import read_prompts, read_results
 
 TRUTH = os.path.join(testbed.PLANTED_DIR, "ground_truth.json")
@@ -27,6 +25,12 @@ def test_recall_and_precision_count_each_neuron_once():
     assert recall == 0 and math.isnan(precision)
     # the same index in another layer is another neuron
     assert ground_truth.recall_precision([[5], [], []], truth) == (0.0, 0.0)
+
+
+def test_lost_at_names_the_step_that_dropped_each_true_neuron():
+    truth = [[1], [2], [3]]
+    lost = ground_truth.lost_at(initial=[[1, 4], [2], []], refined=[[4], [2], []], truth=truth)
+    assert lost == {"initial selection": [(2, 3)], "refinement": [(0, 1)]}
 
 
 def test_localization_rows_and_summary():
@@ -52,10 +56,14 @@ def test_construction_is_seeded_and_neurons_are_distinct():
     prompts = train_planted.planted_prompts()
     for prompt, neurons in zip(prompts, sets):
         assert [len(layer) for layer in neurons].count(1) == train_planted.NEURONS_PER_PROMPT[prompt["type"]]
-    trained = {data.ordinary_caption(c) for c in data.split_ordinary(SEED)[0]}
-    captions = [p["caption"] for p in prompts]
-    assert not set(captions) & trained  # the test bed never saw a planted caption
-    assert not set(captions) & set(train_planted.unmemorized_captions())
+    memorized = read_prompts(testbed.MEMORIZED_PROMPTS)
+    assert [p["caption"] for p in prompts] == [memorized["Caption"][p["row"]] for p in prompts]
+    assert [p["type"] for p in prompts] == [memorized["type"][p["row"]] for p in prompts]
+    # the neurons-off targets are images of the caption's kind, none of them its own
+    rng = np.random.default_rng(0)
+    for prompt in (prompts[0], prompts[-1]):
+        own = train_planted.planted_image(prompt, rng).astype(float)
+        assert all(np.abs(train_planted.varied_image(prompt, rng) - own).mean() > 10 for _ in range(5))
 
 
 def test_shipped_ground_truth_matches_the_model_and_prompt_files():
