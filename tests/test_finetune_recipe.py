@@ -62,3 +62,13 @@ def test_distillation_is_zero_for_the_model_itself_and_holds_the_weights_near_it
     free = distance(_finetuned_weights(tiny_pipe, sampler, 1.0, updates=4))
     anchored = distance(_finetuned_weights(tiny_pipe, sampler, 1.0, updates=4, distillation_weight=1e3))
     assert 0 < anchored < free
+
+
+def test_tradeoff_refuses_a_malformed_recipe_before_any_work(tmp_path):
+    from testbed import tradeoff
+
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        tradeoff.main(["--values", "0,1", "--recipe", "utility_batch", "--output", str(tmp_path)])
+    with pytest.raises(ValueError, match="at least one value"):
+        tradeoff.main(["--values", ",", "--output", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
