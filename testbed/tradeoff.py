@@ -122,30 +122,35 @@ def main(argv=None) -> dict:
                     str(read_threshold(os.path.join(testbed.TESTBED_DIR, "threshold.json"))),
                     "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)])
     refined = list(read_results(results, None)["Refined Neurons"])
+    report = dict(knob=args.knob, recipe=args.recipe, sweep={}, references={},
+                  figure=os.path.join(args.output, "tradeoff.png"))
+
+    def record(group: str, name: str, point: dict) -> None:
+        """Add a point; the JSON and the figure are rewritten after every point, so a killed
+        run leaves what it measured."""
+        report[group][name] = point
+        print(f"{name}: attack success {point['success']:.2f}, A_color {point['A_color']:.2f}, "
+              f"KID_pix {point['KID_pix']:.2f}", flush=True)
+        plots.tradeoff({args.knob: [(float(v), p[args.utility], p["success"]) for v, p in report["sweep"].items()]}
+                       if report["sweep"] else {},
+                       {name: (p[args.utility], p["success"]) for name, p in report["references"].items()},
+                       f"{args.utility} on {args.quality} held-out prompts"
+                       + (" (lower is better)" if args.utility == "KID_pix" else ""), report["figure"])
+        write_json(os.path.join(args.output, "tradeoff.json"), report)
+
+    record("references", "unmodified", measure(args, "unmodified", args.model, results, prompts, quality, [], []))
+    for value in values:  # the sweep before the other references: it is what the run is for
+        model, summary = finetuned(args, value, prompts, results, pairs)
+        record("sweep", value, dict(measure(args, f"{args.knob}_{value}", model, results, prompts, quality, [], []),
+                                    seconds=summary["seconds"]))
+    record("references", "NeMo", measure(args, "nemo", args.model, results, prompts, quality,
+                                         ["--block_top_k_neurons", str(len(selection.neuron_frequencies(refined)))],
+                                         ["--neurons_from", results]))
     wanda = os.path.join(args.output, "wanda_model")
     if not os.path.exists(os.path.join(wanda, "wanda.json")):
         script(7).main(["-v", args.model, "-d", prompts, "-o", wanda, "--sparsity", str(WANDA_SPARSITY),
                         "--subset_size", str(wanda_subset_size(args.vm))])
-    all_refined = str(len(selection.neuron_frequencies(refined)))
-    references = {"unmodified": measure(args, "unmodified", args.model, results, prompts, quality, [], []),
-                  "NeMo": measure(args, "nemo", args.model, results, prompts, quality,
-                                  ["--block_top_k_neurons", all_refined], ["--neurons_from", results]),
-                  "Wanda": measure(args, "wanda", wanda, results, prompts, quality, [], [])}
-    sweep = {}
-    for value in values:
-        model, summary = finetuned(args, value, prompts, results, pairs)
-        sweep[value] = dict(measure(args, f"{args.knob}_{value}", model, results, prompts, quality, [], []),
-                            seconds=summary["seconds"])
-    figure = plots.tradeoff({args.knob: [(float(v), p[args.utility], p["success"]) for v, p in sweep.items()]},
-                            {name: (p[args.utility], p["success"]) for name, p in references.items()},
-                            f"{args.utility} on {args.quality} held-out prompts"
-                            + (" (lower is better)" if args.utility == "KID_pix" else ""),
-                            os.path.join(args.output, "tradeoff.png"))
-    report = dict(knob=args.knob, recipe=args.recipe, sweep=sweep, references=references, figure=figure)
-    write_json(os.path.join(args.output, "tradeoff.json"), report)
-    for name, point in [*references.items(), *((f"{args.knob} {v}", p) for v, p in sweep.items())]:
-        print(f"{name}: attack success {point['success']:.2f}, A_color {point['A_color']:.2f}, "
-              f"KID_pix {point['KID_pix']:.2f}")
+    record("references", "Wanda", measure(args, "wanda", wanda, results, prompts, quality, [], []))
     return report
 
 

@@ -22,13 +22,13 @@ def test_the_empty_caption_share_replaces_captions_by_the_empty_prompt(tiny_pipe
         dori.utility_sampler(tiny_pipe, pairs, 2, empty_caption_share=1.5)
 
 
-def _finetuned_weights(pipe, utility, weight):
+def _finetuned_weights(pipe, utility, weight, updates=1, distillation_weight=0.0):
     state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     latent = dori.image_latents(pipe, [Image.new("RGB", (48, 48), (200, 30, 30))])
     target = dori.FinetuneTarget(latent, encode_prompts(pipe.tokenizer, pipe.text_encoder, ["a red cat"]),
                                  dori.image_latents(pipe, [Image.new("RGB", (48, 48), (90, 90, 90))]))
-    dori.adversarial_finetune(pipe, [target], utility, epochs=1, learning_rate=1e-3, attack_steps=1, attack_batch=2,
-                              utility_weight=weight)
+    dori.adversarial_finetune(pipe, [target] * updates, utility, epochs=1, learning_rate=1e-3, attack_steps=1,
+                              attack_batch=2, utility_weight=weight, distillation_weight=distillation_weight)
     tuned = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     pipe.unet.load_state_dict(state)
     return tuned
@@ -47,3 +47,28 @@ def test_tradeoff_figure_is_written(tmp_path):
     path = plots.tradeoff({"utility_weight": [(1, 0.1, 0.2), (4, 0.3, 0.4)]},
                           {"unmodified": (0.3, 1.0), "NeMo": (0.0, 0.6)}, "A_color", str(tmp_path / "t.png"))
     assert Image.open(path).size[0] > 100
+
+
+def test_distillation_is_zero_for_the_model_itself_and_holds_the_weights_near_it(tiny_pipe, tmp_path):
+    import copy
+
+    sampler = dori.utility_sampler(tiny_pipe, write_ordinary_pairs(str(tmp_path / "pairs"), 4, 0, 0), 2)
+    latents, embeddings = sampler(torch.Generator().manual_seed(0))
+    same = dori.distillation_loss(tiny_pipe, copy.deepcopy(tiny_pipe.unet), latents, embeddings,
+                                  torch.Generator().manual_seed(0))
+    assert same.item() == 0
+    start = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
+    distance = lambda weights: sum(((weights[k] - start[k]) ** 2).sum().item() for k in start)
+    free = distance(_finetuned_weights(tiny_pipe, sampler, 1.0, updates=4))
+    anchored = distance(_finetuned_weights(tiny_pipe, sampler, 1.0, updates=4, distillation_weight=1e3))
+    assert 0 < anchored < free
+
+
+def test_tradeoff_refuses_a_malformed_recipe_before_any_work(tmp_path):
+    from testbed import tradeoff
+
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        tradeoff.main(["--values", "0,1", "--recipe", "utility_batch", "--output", str(tmp_path)])
+    with pytest.raises(ValueError, match="at least one value"):
+        tradeoff.main(["--values", ",", "--output", str(tmp_path)])
+    assert not any(tmp_path.iterdir())

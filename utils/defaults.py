@@ -121,7 +121,9 @@ FINETUNE_LEARNING_RATE = 1e-5
 UTILITY_BATCH = 4  # ours: image-caption pairs of the utility loss per update
 UTILITY_WEIGHT = 1.0  # paper §4.4: L_adv + L_utility, 1:1
 UTILITY_EMPTY_CAPTION_SHARE = 0.0  # paper: not stated (ours: none; SD's own training drops 10%)
-DISTILLATION_WEIGHT = 0.0  # placeholder, set by issue 25's evidence
+# ours, not the paper's: a distillation loss on the utility pairs towards the model before
+# fine-tuning; 0 (off) is the paper's recipe. The test bed's Table 1 turns it on (testbed/table1.py).
+DISTILLATION_WEIGHT = 0.0
 
 # ---------------------------------------------------------------------------------------
 # Metrics (SPEC §6)
