@@ -269,7 +269,7 @@ def blocked_like(g, unblocked):
     return normalize_maps((1 - mix) * unblocked + mix * noise_like(g, len(unblocked), unblocked.shape[-1]))
 
 
-@pytest.mark.parametrize("case", range(40))
+@pytest.mark.parametrize("case", range(20))
 def test_a_seeds_ms_ssim_in_a_sub_batch_is_at_most_its_ms_ssim_in_the_full_batch(case):
     # torchmetrics takes each scale's data range R from the batch; a sub-batch's R is at most
     # the full batch's, and c1 = (0.01 R)^2, c2 = (0.03 R)^2 only raise the terms
@@ -316,11 +316,11 @@ def fake_scorers(case, n=10, **settings):
     return make(True), make(False)
 
 
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(2))
 @pytest.mark.parametrize("seeds_per_call,batch", [(1, 0), (3, 0), (2, 4)])
 def test_early_decisions_decide_as_the_full_batch_also_within_1e_6_of_the_bound(case, seeds_per_call, batch):
     early, full = fake_scorers(case, seeds_per_call=seeds_per_call, batch_candidates=batch)
-    sets = [[[case, i], [i % 3]] for i in range(4)]
+    sets = [[[case, i], [i % 3]] for i in range(3)]
     exact = full(sets)
     first = int(torch.argmax(early.priority))  # the seed an early test forwards first
     per_seed = [ms_ssim(full.unblocked[first:first + 1], full.noise.blocked(first, s)[None], KERNEL).item()
