@@ -32,7 +32,7 @@ def main(argv=None) -> None:
     from utils.files import COST_COLUMNS, RESULT_COLUMNS, RowWriter, merge_rows, read_prompts
     from utils.layers import count_neurons
     from utils.models import load_detection_model, resolve_device
-    from utils.nemo.localization import localize_prompt
+    from utils.nemo.localization import localize_prompt, localize_prompts
     from utils.nemo.noise import prompt_noise_difference
     from utils.nemo.statistics import load_statistics, prompt_activations
 
@@ -49,26 +49,36 @@ def main(argv=None) -> None:
     # every input is checked: only now is the output touched (an earlier run's is continued or refused)
     recorded = cli.run_settings(args, inputs=("dataset", "statistics"))
     with RowWriter(shard.part(output), RESULT_COLUMNS + COST_COLUMNS, recorded, args.overwrite) as writer:
-        for i in tqdm(cli.pending(shard, len(frame), writer.done, args.limit), desc="localizing", unit="prompt"):
-            prompt = frame["Caption"][i]
-            noise = prompt_noise_difference(pipe, layers, prompt, num_inference_steps=args.num_inference_steps,
-                                            timestep_index=args.timestep_index, guidance_scale=args.guidance_scale,
-                                            scaling_factor=args.scaling_factor)
-            activations = prompt_activations(layers, noise.text_embedding)  # the embedding the noise uses
-            result = localize_prompt(noise, shape, stats.z_scores(activations), activations, settings,
-                                     args.ssim_kernel_size, progress=True)
-            writer.write(i, {"Caption": prompt, "URL": frame["URL"][i] if "URL" in frame else "",
-                          "Initial Neurons": result.initial_neurons, "Initial SSIM": result.initial_score,
-                          "Refined Neurons": result.refined_neurons, "Refined SSIM": result.refined_score,
-                          "Seconds": round(result.seconds, 3), "UNet Sample Forwards": result.unet_sample_forwards,
-                          "Sets Scored": result.sets_scored, "Seeds Skipped": result.seeds_skipped})
-            logger.info("prompt %d: %d initial, %d refined neurons, score %.3f, %.1f s", i,
-                        count_neurons(result.initial_neurons), count_neurons(result.refined_neurons),
-                        result.refined_score, result.seconds)
-            totals["seconds"] += result.seconds
-            totals["forwards"] += result.unet_sample_forwards
-            totals["sets"] += result.sets_scored
-            totals["skipped"] += result.seeds_skipped
+        pending = cli.pending(shard, len(frame), writer.done, args.limit)
+        groups = [pending[g:g + args.parallel_prompts] for g in range(0, len(pending), args.parallel_prompts)]
+        bar = tqdm(total=len(pending), desc="localizing", unit="prompt")
+        for group in groups:
+            noises = [prompt_noise_difference(pipe, layers, frame["Caption"][i], num_inference_steps=args.num_inference_steps,
+                                              timestep_index=args.timestep_index, guidance_scale=args.guidance_scale,
+                                              scaling_factor=args.scaling_factor) for i in group]
+            activations = [prompt_activations(layers, noise.text_embedding) for noise in noises]  # the noise's embedding
+            z_scores = [stats.z_scores(a) for a in activations]
+            if len(group) == 1:
+                results = [localize_prompt(noises[0], shape, z_scores[0], activations[0], settings,
+                                           args.ssim_kernel_size, progress=True)]
+            else:
+                results = localize_prompts(noises, shape, z_scores, activations, settings, args.ssim_kernel_size)
+            for i, result in zip(group, results):
+                prompt = frame["Caption"][i]
+                writer.write(i, {"Caption": prompt, "URL": frame["URL"][i] if "URL" in frame else "",
+                              "Initial Neurons": result.initial_neurons, "Initial SSIM": result.initial_score,
+                              "Refined Neurons": result.refined_neurons, "Refined SSIM": result.refined_score,
+                              "Seconds": round(result.seconds, 3), "UNet Sample Forwards": result.unet_sample_forwards,
+                              "Sets Scored": result.sets_scored, "Seeds Skipped": result.seeds_skipped})
+                logger.info("prompt %d: %d initial, %d refined neurons, score %.3f, %.1f s", i,
+                            count_neurons(result.initial_neurons), count_neurons(result.refined_neurons),
+                            result.refined_score, result.seconds)
+                totals["seconds"] += result.seconds
+                totals["forwards"] += result.unet_sample_forwards
+                totals["sets"] += result.sets_scored
+                totals["skipped"] += result.seeds_skipped
+            bar.update(len(group))
+        bar.close()
     shard.finish(output, merge_rows)
     print(f"localization: {totals['seconds']:.1f} s, {totals['forwards']} U-Net sample-forwards, "
           f"{totals['sets']} candidate sets scored, {totals['skipped']} seeds skipped by early decisions -> {output}")

@@ -132,6 +132,9 @@ def add_localization_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--full_scores", action="store_true",
                        help="score every test on all kept seeds (the full computation) instead of stopping at the "
                             "first chunk of seeds that rejects it (ours; same rows)")
+    group.add_argument("--parallel_prompts", type=positive_int, default=defaults.PARALLEL_PROMPTS,
+                       help="advance N prompts' walks side by side, one U-Net call carrying each one's current test "
+                            "(for GPUs; same rows; ours)")
     group.add_argument("--seeds_per_call", type=positive_int, default=None,
                        help=f"kept seeds per U-Net call of an early-decision test (default: "
                             f"{defaults.SEEDS_PER_CALL_CPU} on the CPU, {defaults.SEEDS_PER_CALL_CUDA} on CUDA; ours)")
@@ -197,7 +200,7 @@ def setup_logging(level: str = "INFO") -> None:
 # (batch sizes: how many prompts share a call, not what each image or row is; a script whose
 # batch size does change its results records it itself; the early-decision switches).
 NON_RESULT_FLAGS = ("resume", "overwrite", "limit", "log_level", "device", "batch_candidates", "batch_size",
-                    "full_scores", "seeds_per_call")
+                    "full_scores", "seeds_per_call", "parallel_prompts")
 
 
 def file_digest(path: str) -> str:

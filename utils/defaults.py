@@ -57,6 +57,7 @@ BATCH_CANDIDATES = 0
 # CUDA a chunk keeps the device busy (not yet measured on a GPU).
 SEEDS_PER_CALL_CPU = 1
 SEEDS_PER_CALL_CUDA = 4
+PARALLEL_PROMPTS = 1  # prompts whose walks share U-Net calls (ours); no gain on the CPU
 # A partial score must pass the threshold by this much to decide a test, and a full score
 # within it is recomputed in the full computation's U-Net batch. It covers the float noise of
 # other batch compositions: up to 2.4e-5 on the test bed in float32 (a U-Net batch of 1 or 2

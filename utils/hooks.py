@@ -81,20 +81,33 @@ def deactivate_neurons(layers: dict[str, nn.Linear], neurons: NeuronSet, factor:
 
 @contextmanager
 def deactivate_per_slice(
-    layers: dict[str, nn.Linear], neuron_sets: Sequence[NeuronSet], factor: float = 0.0
+    layers: dict[str, nn.Linear], neuron_sets: Sequence[NeuronSet], factor: float = 0.0,
+    slice_sizes: Sequence[int] | None = None,
 ) -> Iterator[None]:
-    """Like ``deactivate_neurons`` with S sets: the batch is cut into S equal consecutive
-    slices and slice s gets ``neuron_sets[s]``, so S candidate sets share one U-Net call."""
+    """Like ``deactivate_neurons`` with S sets: the batch is cut into S consecutive slices and
+    slice s gets ``neuron_sets[s]``, so S candidate sets share one U-Net call. The slices are
+    equal unless ``slice_sizes`` gives each one's batch elements."""
     widths = [layer.out_features for layer in layers.values()]
     weight = next(iter(layers.values())).weight
     masks = dict(zip(layers, neuron_masks(neuron_sets, widths, factor, weight.device, weight.dtype)))
     n_sets = len(neuron_sets)
+    if slice_sizes is not None:
+        if len(slice_sizes) != n_sets:
+            raise ValueError(f"{len(slice_sizes)} slice sizes for {n_sets} neuron sets")
+        repeats = torch.as_tensor(list(slice_sizes), device=weight.device)
+        # per batch element its slice's multiplier: [batch, 1, features]
+        masks = {name: None if mask is None else mask[:, 0].repeat_interleave(repeats, dim=0)
+                 for name, mask in masks.items()}
 
     def scale(output: torch.Tensor, name: str) -> torch.Tensor | None:
         mask = masks[name]
         if mask is None:
             return None
         batch = output.shape[0]  # [batch, tokens, features]
+        if slice_sizes is not None:
+            if batch != mask.shape[0]:
+                raise ValueError(f"a batch of {batch} does not match slices of {sum(slice_sizes)}")
+            return output * mask
         if batch % n_sets:
             raise ValueError(f"a batch of {batch} cannot be cut into {n_sets} neuron-set slices")
         sliced = output.reshape(n_sets, batch // n_sets, *output.shape[1:])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -24,7 +25,7 @@ from utils.defaults import (BATCH_CANDIDATES, DECISION_MARGIN, DETECTION_SEED, I
                             THETA_REDUCTION_PER_STEP)
 from utils.diffusion import initial_latents
 from utils.layers import NeuronSet, count_neurons, empty_set
-from utils.nemo.noise import NoiseDifference, UNetCounter
+from utils.nemo.noise import NoiseDifference, UNetCounter, merged_noise_differences
 from utils.nemo.score import ms_ssim, pairwise_max_scores
 
 logger = logging.getLogger(__name__)
@@ -280,7 +281,7 @@ class BlockedScorer:
         return per_seed
 
     def _full(self, sets: list[NeuronSet], _bound: float) -> list[float]:
-        blocked = self.noise(self.latents, sets)  # [sets, n, 4, h, w]
+        blocked = self.noise(self.latents, sets, solo=True)  # [sets, n, 4, h, w]
         scores = [self._score(b).amax().item() for b in blocked]
         if len(sets) == 1:  # the full computation's own composition
             self.exact_scores[set_key(sets[0])] = scores[0]
@@ -297,8 +298,8 @@ class BlockedScorer:
 
     def _early(self, sets: list[NeuronSet], bound: float) -> list[float]:
         n, chunk = len(self.latents), max(self.settings.seeds_per_call, 1)
-        if chunk >= n and len(sets) == 1:
-            return self._full(sets, bound)
+        if chunk >= n and len(sets) == 1 and not isinstance(self.noise, LockstepNoise):
+            return self._full(sets, bound)  # already the full computation's composition
         order = torch.argsort(self.priority, descending=True, stable=True).tolist()
         chunks = [order[c:c + chunk] for c in range(0, n, chunk)]
         blocked = torch.empty(len(sets), *self.unblocked.shape)  # [sets, n, 4, h, w]
@@ -339,7 +340,7 @@ def localize_prompt(noise: NoiseDifference, latent_shape, z_scores, activations,
     start = time.perf_counter()
     counter = noise.counter = UNetCounter()
     latents = initial_latents(settings.seed, settings.samples_per_prompt, latent_shape)  # [n, 4, h, w]
-    unblocked = noise(latents)[0]  # [n, 4, h, w]
+    unblocked = noise(latents, solo=True)[0]  # [n, 4, h, w]
     per_sample = pairwise_max_scores(unblocked, kernel_size)
     keep = torch.nonzero(per_sample > settings.pairwise_ssim_threshold).flatten()
     layers = len(activations)
@@ -365,3 +366,100 @@ def localize_prompt(noise: NoiseDifference, latent_shape, z_scores, activations,
     return LocalizationResult(initial.neurons, initial_score, refined, scorer.exact(refined), keep.tolist(),
                               time.perf_counter() - start, counter.sample_forwards, scorer.sets_scored,
                               initial.steps, scorer.seeds_skipped)
+
+
+class Lockstep:
+    """Prompts' walks side by side: each runs in its own thread, and a U-Net call waits until
+    every running walk has one; then one merged call serves them all, in prompt order
+    (``merged_noise_differences``). Solo requests (the full computation's calls) get a call
+    of their own each, so their numbers are the sequential walk's."""
+
+    def __init__(self, walks: int):
+        self.condition = threading.Condition()
+        self.running = walks
+        self.pending: dict[int, tuple] = {}  # walk -> (noise, latents, sets, solo)
+        self.results: dict[int, object] = {}  # walk -> deltas, or the exception of its call
+        self.calls = 0
+
+    def call(self, walk: int, noise: NoiseDifference, latents: torch.Tensor, sets: list[NeuronSet], solo: bool):
+        with self.condition:
+            self.pending[walk] = (noise, latents, sets, solo)
+            self._run_when_all_wait()
+            while walk not in self.results:
+                self.condition.wait()
+            result = self.results.pop(walk)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def finish(self) -> None:
+        with self.condition:
+            self.running -= 1
+            self._run_when_all_wait()
+
+    def _run_when_all_wait(self) -> None:
+        if not self.pending or len(self.pending) < self.running:
+            return
+        walks = sorted(self.pending)
+        merged = [w for w in walks if not self.pending[w][3]]
+        try:
+            if merged:
+                self.calls += 1
+                self.results.update(zip(merged, merged_noise_differences([self.pending[w][:3] for w in merged])))
+            for w in walks:
+                if self.pending[w][3]:
+                    noise, latents, sets, _ = self.pending[w]
+                    self.calls += 1
+                    self.results[w] = noise(latents, sets)
+        except Exception as error:  # every waiting walk gets it
+            self.results.update({w: error for w in walks if w not in self.results})
+        self.pending.clear()
+        self.condition.notify_all()
+
+
+class LockstepNoise:
+    """A prompt's ``NoiseDifference`` whose calls go through a ``Lockstep``."""
+
+    def __init__(self, noise: NoiseDifference, lockstep: Lockstep, walk: int):
+        self.noise, self.lockstep, self.walk = noise, lockstep, walk
+
+    @property
+    def counter(self):
+        return self.noise.counter
+
+    @counter.setter
+    def counter(self, counter: UNetCounter) -> None:
+        self.noise.counter = counter
+
+    def __call__(self, latents: torch.Tensor, neuron_sets=None, solo: bool = False) -> torch.Tensor:
+        sets = list(neuron_sets) if neuron_sets else [empty_set(len(self.noise.layers))]
+        return self.lockstep.call(self.walk, self.noise, latents, sets, solo)
+
+
+def localize_prompts(noises: list[NoiseDifference], latent_shape, z_scores: list, activations: list,
+                     settings: LocalizationSettings, kernel_size: int) -> list[LocalizationResult]:
+    """``localize_prompt`` for several prompts side by side: one U-Net call carries every
+    prompt's current test (each slice its own text embedding and neuron set). The decisions
+    and rows are the sequential walk's (early decisions and the full computation's reported
+    scores make them independent of the batch); ``seconds`` overlap."""
+    lockstep = Lockstep(len(noises))
+    results: list[LocalizationResult | None] = [None] * len(noises)
+    errors: list[BaseException] = []
+
+    def walk(i: int) -> None:
+        try:
+            results[i] = localize_prompt(LockstepNoise(noises[i], lockstep, i), latent_shape, z_scores[i],
+                                         activations[i], settings, kernel_size)
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            lockstep.finish()
+
+    threads = [threading.Thread(target=walk, args=(i,), daemon=True) for i in range(len(noises))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results

@@ -44,11 +44,13 @@ class NoiseDifference:
     normalized: bool = True  # False: the raw eps - x_T (diagnostics of the test bed)
 
     @torch.no_grad()
-    def __call__(self, latents: torch.Tensor, neuron_sets: Sequence[NeuronSet] | None = None) -> torch.Tensor:
+    def __call__(self, latents: torch.Tensor, neuron_sets: Sequence[NeuronSet] | None = None,
+                 solo: bool = False) -> torch.Tensor:
         """eps(x_T, t, y) - x_T (min-max normalized per map unless ``normalized`` is False) for
         each set: latents [n, 4, h, w] -> [sets, n, 4, h, w].
 
-        All sets go through one U-Net call (set s deactivated in batch slice s).
+        All sets go through one U-Net call (set s deactivated in batch slice s). ``solo``
+        asks for a call of its own (always so here; see ``LockstepNoise``).
         """
         sets = list(neuron_sets) if neuron_sets else [[[] for _ in self.layers]]
         param = next(self.unet.parameters())
@@ -66,8 +68,7 @@ class NoiseDifference:
             sets = sets + sets
         model_input = self.scheduler.scale_model_input(batch, self.timestep)
         with deactivate_per_slice(self.layers, sets, self.scaling_factor):
-            output = self.unet(model_input, self.timestep, encoder_hidden_states=embedding).sample
-        eps = predicted_noise(self.scheduler, output, batch, self.timestep)
+            eps = self.predict(model_input, embedding, batch)
         if self.counter is not None:
             self.counter.calls += 1
             self.counter.sample_forwards += batch.shape[0]
@@ -79,6 +80,47 @@ class NoiseDifference:
         if self.normalized:
             delta = normalize_maps(delta)
         return delta.reshape(-1, *latents.shape).cpu()  # [sets, n, 4, h, w]
+
+    def predict(self, model_input: torch.Tensor, embedding: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """The noise the U-Net predicts for a scaled batch [b, 4, h, w] of the latents x_t
+        [b, 4, h, w] and embeddings [b, 77, dim], whatever its prediction type (utils.diffusion)."""
+        output = self.unet(model_input, self.timestep, encoder_hidden_states=embedding).sample
+        return predicted_noise(self.scheduler, output, x_t, self.timestep)
+
+
+@torch.no_grad()
+def merged_noise_differences(requests: Sequence[tuple[NoiseDifference, torch.Tensor, list[NeuronSet]]]):
+    """Several prompts' calls in one U-Net call: each (noise, latents [n, 4, h, w], sets) gets a
+    slice per set with its own text embedding and neuron set. -> per request [sets, n, 4, h, w].
+
+    The noise differences share the U-Net, layers and timestep; guidance 0 (detection's) only.
+    """
+    first = requests[0][0]
+    if any(noise.guidance_scale > 0 or not noise.normalized or noise.unet is not first.unet for noise, _, _ in requests):
+        raise ValueError("prompts side by side need one U-Net, guidance_scale 0 and normalized noise differences")
+    param = next(first.unet.parameters())
+    inputs, embeddings, slice_sets, sizes = [], [], [], []
+    for noise, latents, sets in requests:
+        x = latents.to(param.device, param.dtype)
+        for neurons in sets:
+            inputs.append(x)
+            embeddings.append(noise.text_embedding.to(param.dtype).expand(len(x), -1, -1))
+            slice_sets.append(neurons)
+            sizes.append(len(x))
+    batch = torch.cat(inputs)  # [sum of sets * n, 4, h, w]
+    model_input = first.scheduler.scale_model_input(batch, first.timestep)
+    with deactivate_per_slice(first.layers, slice_sets, first.scaling_factor, sizes):
+        eps = first.predict(model_input, torch.cat(embeddings), batch)
+    delta = normalize_maps((eps - batch).float()).cpu()
+    results, start = [], 0
+    for noise, latents, sets in requests:
+        count = len(sets) * len(latents)
+        results.append(delta[start:start + count].reshape(len(sets), *latents.shape))
+        start += count
+        if noise.counter is not None:
+            noise.counter.calls += 1
+            noise.counter.sample_forwards += count
+    return results
 
 
 
