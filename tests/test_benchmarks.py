@@ -16,3 +16,10 @@ def test_testbed_benchmark_modes_agree_and_beat_the_authors_schedule():
 def test_sd14_layout_benchmark_runs_reduced_on_the_cpu():
     per_set = localization.main(["--unet", "sd14", "--device", "cpu", "--sets_per_call", "1,2", "--repeats", "1"])
     assert set(per_set) == {1, 2} and all(seconds > 0 for seconds in per_set.values())
+
+
+def test_generation_benchmark_measures_both_ways_of_calling_the_pipeline():
+    from benchmarks import generation
+
+    rates = generation.main(["--prompts", "1", "-n", "2", "--steps", "1"])
+    assert len(rates) == 2 and all(rate > 0 for rate in rates.values())
