@@ -268,7 +268,7 @@ def main(argv=None) -> dict:
         *(["--finetune_epochs", str(args.finetune_epochs)] if args.finetune_epochs else []),
         *(["--attack_steps", str(args.attack_steps)] if args.attack_steps else [])])
     measures = testbed_measures(rows, bed.originals)
-    report = reproduce.reproduce(table_args, measures, f"{args.bed.capitalize()} test-bed Table 1 (tau_mem = {threshold:.3f})")
+    report = reproduce.reproduce(table_args, measures, ("Test-bed" if args.bed == "natural" else "Planted test-bed") + f" Table 1 (tau_mem = {threshold:.3f})")
     report["checks"] = checks(report["rows"])
     if bed.ground_truth:
         report["planted"] = planted_checks(report, bed, rows, out, [
