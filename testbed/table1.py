@@ -66,12 +66,12 @@ def planted_path(*parts: str) -> str:
     return os.path.join(testbed.PLANTED_DIR, *parts)
 
 
-# Demo size: prompts of both beds that fit the demo's 15-minute budget on 2 CPU cores
-# (BENCHMARKS.md); the natural test bed has 12 memorized prompts of each type and 25 held-out
-# ordinary prompts, the planted one 6 VM and 2 TM planted prompts and 17 held-out prompts.
+# Demo size: the natural bed's prompts fit the README's ~10-minute budget on 2 CPU cores
+# (BENCHMARKS.md); it has 12 memorized prompts of each type and 25 held-out ordinary prompts.
+# The planted bed has 6 VM and 2 TM planted prompts (its count is ours, not yet timed).
 BEDS = {
     "natural": Bed(testbed.MODEL_DIR, testbed.MEMORIZED_PROMPTS, testbed.UNMEMORIZED_PROMPTS, testbed.ADDITIONAL_PROMPTS,
-                   testbed.ORIGINALS_DIR, demo_prompts=(("VM", 2), ("TM", 1))),
+                   testbed.ORIGINALS_DIR, demo_prompts=(("VM", 4), ("TM", 2))),
     "planted": Bed(planted_path("model"), *(planted_path("prompts", f"{kind}_prompts.csv")
                                             for kind in ("memorized", "unmemorized", "additional")),
                    planted_path("originals"), planted_path("ground_truth.json"), demo_prompts=(("VM", 3), ("TM", 1))),
@@ -253,7 +253,7 @@ def main(argv=None) -> dict:
         parser.add_argument(f"--{kind.lower()}", type=cli.non_negative_int, default=None,
                             help=f"how many {kind} prompts (default: the bed's demo count, " + ", ".join(
                                 f"{name} {dict(bed.demo_prompts)[kind]}" for name, bed in BEDS.items())
-                            + "; sized to fit both demos in 15 minutes on 2 CPU cores)")
+                            + "; the natural bed's sized to fit the demo in about 11 minutes on 2 CPU cores)")
     parser.add_argument("--quality", type=cli.positive_int, default=DEMO_QUALITY_PROMPTS,
                         help="held-out ordinary prompts for the A_color column (sized for the demo)")
     parser.add_argument("--unmemorized", type=cli.positive_int, default=None,
@@ -305,8 +305,8 @@ def main(argv=None) -> dict:
         *(["--finetune_epochs", str(args.finetune_epochs)] if args.finetune_epochs else []),
         *(["--attack_steps", str(args.attack_steps)] if args.attack_steps else [])])
     measures = testbed_measures(rows, bed.originals)
-    report = reproduce.reproduce(table_args, measures, f"{args.bed.capitalize()} test-bed Table 1 (tau_mem = {threshold:.3f})",
-                                 claim=False)
+    report = reproduce.reproduce(table_args, measures, ("Test-bed" if args.bed == "natural" else "Planted test-bed")
+                                 + f" Table 1 (tau_mem = {threshold:.3f})", claim=False)
     report["checks"] = checks(report["rows"])
     if bed.ground_truth:
         report["planted"] = planted_checks(report, bed, rows, out, [

@@ -58,6 +58,7 @@ RANDOM_OFF_SHARE = 0.5  # of all samples: as many random non-planted neurons off
 ACTIVATION_TARGET = 4.0  # token-averaged |value| a planted neuron reaches for its prompt (large: an easy gate)
 ACTIVATION_WEIGHT = 3.0
 SAVE_EVERY = 100
+SHIPPED_STEPS = 300  # the shipped model: the step-300 save of the 500-step schedule
 
 
 def planted_prompts() -> list[dict]:
@@ -170,8 +171,9 @@ def activation_loss(layers: dict, embeddings: torch.Tensor, owners: list[int], n
     return torch.stack(losses).mean()
 
 
-def train(components, neuron_sets, phase: UNetPhase, save) -> None:
-    """Fine-tune the U-Net and the text encoder; ``save()`` every SAVE_EVERY steps and at the end."""
+def train(components, neuron_sets, phase: UNetPhase, save, stop_after: int | None = None) -> None:
+    """Fine-tune the U-Net and the text encoder; ``save()`` every SAVE_EVERY steps and at the
+    end; ``stop_after``: end after that many steps of the phase's schedule."""
     unet, text_encoder, vae, scheduler = (components[k] for k in ("unet", "text_encoder", "vae", "scheduler"))
     layers = value_layers(unet)
     sampler = PlantedSampler(layer_widths(layers), neuron_sets, phase.draw_seed)
@@ -181,7 +183,7 @@ def train(components, neuron_sets, phase: UNetPhase, save) -> None:
     opt = torch.optim.AdamW(params, lr=phase.learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(phase.noise_seed)
     start = time.time()
-    for step in range(phase.steps):
+    for step in range(min(phase.steps, stop_after or phase.steps)):
         images, captions, sets, owners = sampler.draw(PLANTED_BATCH)
         with torch.no_grad():
             latents = vae.encode(images).latent_dist.mode() * vae.config.scaling_factor
@@ -208,7 +210,7 @@ def train(components, neuron_sets, phase: UNetPhase, save) -> None:
             rate = (time.time() - start) / (step + 1)
             logger.info("step %d/%d diffusion %.4f activation %.4f (%.2f s/step, %.0f min left)",
                         step, phase.steps, diffusion.item(), activation.item(), rate, rate * (phase.steps - step) / 60)
-        if (step + 1) % SAVE_EVERY == 0 or step == phase.steps - 1:
+        if (step + 1) % SAVE_EVERY == 0 or step + 1 == min(phase.steps, stop_after or phase.steps):
             save()
     unet.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
@@ -241,6 +243,9 @@ def main(argv=None) -> None:
     parser.add_argument("--base", default=testbed.MODEL_DIR, help="the model fine-tuned (default: the test bed)")
     parser.add_argument("--output", default=testbed.PLANTED_DIR, help="folder written (default: testbed/planted)")
     parser.add_argument("--steps", type=int, default=PHASE.steps, help=f"fine-tuning steps (default: {PHASE.steps})")
+    parser.add_argument("--stop-after", type=int, default=SHIPPED_STEPS,
+                        help=f"end after this many steps of the schedule (default: {SHIPPED_STEPS}, where the shipped "
+                             "model was saved: the 2 shared cores gave no time for the rest, BENCHMARKS.md)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -257,7 +262,7 @@ def main(argv=None) -> None:
         pipe.save_pretrained(os.path.join(args.output, "model"))
         logger.info("saved %s", os.path.join(args.output, "model"))
 
-    train(components, neuron_sets, UNetPhase(**{**PHASE.__dict__, "steps": args.steps}), save)
+    train(components, neuron_sets, UNetPhase(**{**PHASE.__dict__, "steps": args.steps}), save, args.stop_after)
 
 
 if __name__ == "__main__":
