@@ -69,6 +69,13 @@ def build_tokenizer(words: list[str], directory: str) -> CLIPTokenizer:
                 known.add(merged)
                 vocab.append(merged)
                 merges.append(pair)
+    return write_bpe_tokenizer(directory, vocab, merges, dict(
+        model_max_length=MAX_TOKENS, pad_token=END_TOKEN, bos_token=START_TOKEN, eos_token=END_TOKEN, unk_token=END_TOKEN))
+
+
+def write_bpe_tokenizer(directory: str, vocab: list[str], merges: list[tuple[str, str]], config: dict) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer (token ids in ``vocab`` order, ``merges`` by rank, special tokens
+    in ``config``) written to ``directory`` and read back."""
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "vocab.json"), "w") as f:
         json.dump({token: i for i, token in enumerate(vocab)}, f)
@@ -76,8 +83,7 @@ def build_tokenizer(words: list[str], directory: str) -> CLIPTokenizer:
         f.write("#version: 0.2\n")
         f.writelines(f"{a} {b}\n" for a, b in merges)
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump(dict(model_max_length=MAX_TOKENS, pad_token=END_TOKEN, bos_token=START_TOKEN,
-                       eos_token=END_TOKEN, unk_token=END_TOKEN), f)
+        json.dump(config, f)
     # from_pretrained reads vocab.json + merges.txt in transformers 4 and 5 alike.
     return CLIPTokenizer.from_pretrained(directory)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -202,9 +201,12 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, codes)))
 
 
-def write_clip_vocabulary(directory: str) -> None:
-    """vocab.json and merges.txt of CLIP's tokenizer (49,408 tokens) from open_clip's BPE file."""
+def build_tokenizer(directory: str, config: dict):
+    """CLIP's tokenizer (49,408 tokens, from open_clip's BPE file) with ``config``'s special
+    tokens, written to and read from ``directory``."""
     import open_clip
+
+    from testbed.components import write_bpe_tokenizer
 
     path = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
     lines = gzip.open(path).read().decode("utf-8").split("\n")[1:BPE_MERGES + 1]
@@ -212,22 +214,7 @@ def write_clip_vocabulary(directory: str) -> None:
     characters = list(_bytes_to_unicode().values())
     vocab = characters + [c + "</w>" for c in characters] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "vocab.json"), "w") as f:
-        json.dump({token: i for i, token in enumerate(vocab)}, f)
-    with open(os.path.join(directory, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n")
-        f.writelines(f"{a} {b}\n" for a, b in merges)
-
-
-def build_tokenizer(directory: str, config: dict):
-    """CLIP's tokenizer with ``config``'s special tokens, written to and read from ``directory``."""
-    from transformers import CLIPTokenizer
-
-    write_clip_vocabulary(directory)
-    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump(config, f)
-    return CLIPTokenizer.from_pretrained(directory)
+    return write_bpe_tokenizer(directory, vocab, merges, config)
 
 
 def seeded_weights(build, seed: int, dtype):
