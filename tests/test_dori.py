@@ -57,8 +57,7 @@ def test_an_embedding_found_from_another_prompt_reproduces_a_memorized_image():
     held_out = read_prompts(testbed.UNMEMORIZED_PROMPTS)["Caption"][0]
     initial = encode_prompts(pipe.tokenizer, pipe.text_encoder, [held_out])
     latents = generation_latents(pipe.unet, num_samples=2)
-    generate = lambda embedding: generate_prompt_images(pipe, PromptCondition(embedding), latents, steps=25,
-                                                        batch_size=2)
+    generate = lambda embedding: generate_prompt_images(pipe, PromptCondition(embedding), latents, steps=25)
     before = ssim_to_original(original, generate(initial)).max().item()
     found = dori.attack(pipe, dori.image_latents(pipe, [original]), initial, seed=0)
     after = ssim_to_original(original, generate(found.embedding)).max().item()

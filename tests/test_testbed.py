@@ -61,7 +61,7 @@ def test_memorized_prompt_is_localized_and_its_neurons_change_the_images(pipe, t
     caption = read_prompts(testbed.MEMORIZED_PROMPTS)["Caption"][0]
     latents = generation_latents(pipe.unet, num_samples=4)
     plain, nemo = (generate_prompt_images(pipe, with_neurons(pipe, {0: blocked})(0, caption, latents), latents,
-                                          steps=20, batch_size=4) for blocked in (None, neurons))
+                                          steps=20) for blocked in (None, neurons))
     original = Image.open(original_images(testbed.ORIGINALS_DIR)[0])
     copied, mitigated = (median(ssim_to_original(original, images)) for images in (plain, nemo))
     assert copied > 0.6 and mitigated < 0.6 * copied, (copied, mitigated)
