@@ -61,9 +61,11 @@ def recall_precision(found: NeuronSet, truth: NeuronSet) -> tuple[float, float]:
 
 def results_frame(truth: GroundTruth) -> pd.DataFrame:
     """The ground truth as a results file of script 3 (its neurons as initial and refined), so
-    script 4 deactivates them (--refined_neurons) or as many random ones (--block_random_neurons)."""
+    script 4 deactivates them (--refined_neurons) or as many random ones (--block_random_neurons).
+    The SSIM columns hold 0, script 3's value for a prompt it did not score: the ground truth
+    is not a NeMo run (a results file must hold numbers there)."""
     rows = [{"Caption": truth.captions[i], "URL": f"planted:{i}", "Initial Neurons": str(truth.neurons[i]),
-             "Initial SSIM": math.nan, "Refined Neurons": str(truth.neurons[i]), "Refined SSIM": math.nan}
+             "Initial SSIM": 0.0, "Refined Neurons": str(truth.neurons[i]), "Refined SSIM": 0.0}
             for i in sorted(truth.neurons)]
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 

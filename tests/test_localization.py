@@ -360,25 +360,33 @@ def tiny_walk_inputs(tiny_pipe, prompt, seed):
     return noise, latent_shape(tiny_pipe.unet), z_scores, activations
 
 
-@pytest.mark.parametrize("prompt", range(4))
-def test_early_decisions_write_the_full_computations_rows_on_a_tiny_model(tiny_pipe, prompt):
+def tiny_walk(tiny_pipe, prompt: int, early: bool, batch: int):
+    """NeMo on the tiny model for one prompt, with tau and random z-scores chosen by ``prompt``."""
     noise, shape, z, a = tiny_walk_inputs(tiny_pipe, f"prompt number {prompt}", prompt)
     tau = (0.25, 0.5, 0.75, 0.9)[prompt]
-    common = dict(samples_per_prompt=4, pairwise_ssim_threshold=-1.0, ssim_threshold_initial_selection=tau,
-                  ssim_threshold_refinement=tau, schedule=SelectionSchedule(initial_theta=2.0))
+    settings = LocalizationSettings(samples_per_prompt=4, pairwise_ssim_threshold=-1.0,
+                                    ssim_threshold_initial_selection=tau, ssim_threshold_refinement=tau,
+                                    schedule=SelectionSchedule(initial_theta=2.0), early_decisions=early,
+                                    batch_candidates=batch)
+    return localize_prompt(noise, shape, z, a, settings, KERNEL)
+
+
+@pytest.mark.parametrize("prompt", range(4))
+def test_early_decisions_write_the_full_computations_rows_on_a_tiny_model(tiny_pipe, prompt):
     rows = {}
     for early in (False, True):
         for batch in (0, 3):
-            r = localize_prompt(noise, shape, z, a, LocalizationSettings(early_decisions=early, batch_candidates=batch,
-                                                                         **common), KERNEL)
+            r = tiny_walk(tiny_pipe, prompt, early, batch)
             rows[early, batch] = (r.initial_neurons, r.initial_score, r.refined_neurons, r.refined_score)
-            if early and batch == 0:
-                early_cost = r.unet_sample_forwards, r.seeds_skipped
-            if not early and batch == 0:
-                full_cost = r.unet_sample_forwards
     assert rows[True, 0] == rows[False, 0] == rows[True, 3]
     assert rows[False, 3][0::2] == rows[False, 0][0::2]  # batched full: same lists, scores up to float noise
-    assert early_cost[0] <= full_cost
+
+
+@pytest.mark.xfail(strict=True, reason="issue 23, open: on the tiny model early decisions make more U-Net "
+                                       "forwards than the full walk (349 against 192), so they are off by default")
+def test_early_decisions_make_no_more_forwards_than_the_full_walk(tiny_pipe):
+    early, full = (tiny_walk(tiny_pipe, 0, early, 0).unet_sample_forwards for early in (True, False))
+    assert early <= full
 
 
 def test_prompts_side_by_side_decide_and_write_as_the_sequential_walk(tiny_pipe):

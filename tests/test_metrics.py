@@ -344,7 +344,7 @@ def test_detection_overall_and_vm_only(tmp_path, score_files, prompts, capsys):
 
 def test_plots_write_pngs(tmp_path, score_files, prompts):
     rows = [[c, "", str([[1], [], [2, 3], [], [], [], [4]]), 0.3, str([[1], [], [2], [], [], [], []]), 0.4,
-             1.0, 10, 3] for c in CAPTIONS]
+             1.0, 10, 3, 0] for c in CAPTIONS]
     results = tmp_path / "results.csv"
     pd.DataFrame(rows, columns=RESULT_COLUMNS + COST_COLUMNS).to_csv(results, sep=";")
     written = plots.main(["-m", score_files["memorized"], "-u", score_files["unmemorized"], "--results", str(results),

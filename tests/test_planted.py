@@ -97,8 +97,6 @@ def test_bad_ground_truth_file_is_a_value_error(tmp_path):
         ground_truth.read_ground_truth(str(path))
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped planted model has not learned its gate yet (BENCHMARKS.md, issue 24): "
-                                       "remove this mark once it has")
 def test_deactivating_the_planted_neurons_lowers_replication():
     """One VM prompt, 2 images of 10 DDIM steps: SSIM to its image falls with its neurons off."""
     from diffusers import StableDiffusionPipeline

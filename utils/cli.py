@@ -129,9 +129,10 @@ def add_localization_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch_candidates", "--batch-candidates", type=non_negative_int,
                        default=defaults.BATCH_CANDIDATES,
                        help="candidate sets scored per U-Net call; 0 = one at a time (same results)")
-    group.add_argument("--full_scores", action="store_true",
-                       help="score every test on all kept seeds (the full computation) instead of stopping at the "
-                            "first chunk of seeds that rejects it (ours; same rows)")
+    group.add_argument("--early_decisions", action="store_true",
+                       help="ours, experimental: stop scoring a test at the first chunk of seeds that rejects it "
+                            "(same rows; off by default: on the tiny test model it made more U-Net forwards, "
+                            "BENCHMARKS.md issue 23)")
     group.add_argument("--parallel_prompts", type=positive_int, default=defaults.PARALLEL_PROMPTS,
                        help="advance N prompts' walks side by side, one U-Net call carrying each one's current test "
                             "(for GPUs; same rows; ours)")
@@ -151,7 +152,7 @@ def localization_settings(args: argparse.Namespace, device_type: str = "cpu"):
                                               args.initial_k, not args.no_theta, not args.no_top_k)
     return localization.LocalizationSettings(args.seed, args.samples_per_prompt, args.pairwise_ssim_threshold,
                                              args.ssim_threshold_initial_selection, args.ssim_threshold_refinement,
-                                             schedule, args.batch_candidates, not args.full_scores,
+                                             schedule, args.batch_candidates, args.early_decisions,
                                              args.seeds_per_call or (defaults.SEEDS_PER_CALL_CUDA if device_type == "cuda"
                                                                      else defaults.SEEDS_PER_CALL_CPU))
 
@@ -200,7 +201,7 @@ def setup_logging(level: str = "INFO") -> None:
 # (batch sizes: how many prompts share a call, not what each image or row is; a script whose
 # batch size does change its results records it itself; the early-decision switches).
 NON_RESULT_FLAGS = ("resume", "overwrite", "limit", "log_level", "device", "batch_candidates", "batch_size",
-                    "full_scores", "seeds_per_call", "parallel_prompts")
+                    "early_decisions", "seeds_per_call", "parallel_prompts")
 
 
 def file_digest(path: str) -> str:

@@ -156,6 +156,8 @@ def claim_output(output: str, settings: dict, overwrite: bool, *, folder: bool =
     """
     record_path = settings_path(output, folder)
     exists = [p for p in (output, record_path, *companions) if os.path.lexists(p)]
+    if folder and exists == [output] and os.path.isdir(output) and not os.listdir(output):
+        exists = []  # an empty folder (made beforehand, e.g. by mkdir) holds nothing to protect
     if overwrite:
         for path in exists:
             _discard(path)

@@ -207,7 +207,9 @@ class LocalizationSettings:
     ssim_threshold_refinement: float = MEMORIZATION_THRESHOLD
     schedule: SelectionSchedule = SelectionSchedule()
     batch_candidates: int = BATCH_CANDIDATES
-    early_decisions: bool = True  # False: every test scores all kept seeds (the full computation)
+    # True: a test stops at the first chunk of seeds that rejects it (issue 23; opt-in until it
+    # saves forwards: on the tiny test model it made more, BENCHMARKS.md)
+    early_decisions: bool = False
     seeds_per_call: int = SEEDS_PER_CALL_CPU  # kept seeds per U-Net call of an early-decision test
     decision_margin: float = DECISION_MARGIN
 
@@ -318,6 +320,8 @@ class BlockedScorer:
                 self.priority[seeds] = partial
                 if partial.amax().item() >= bound + self.settings.decision_margin:
                     scores[i] = partial.amax().item()  # at most the full score: rejected
+                    # the seed that rejected goes first in the next test
+                    self.priority[seeds[int(partial.argmax())]] = self.priority.max() + 1
                     self.seeds_skipped += n - (number + 1) * chunk
         for i, score in enumerate(scores):
             if score is None:
