@@ -37,8 +37,8 @@ from diffusers import StableDiffusionPipeline
 
 import testbed
 from testbed import synthetic_data as data
-from testbed.train_testbed import (HIGH_T_SHARE, HIGH_T_START, MAX_LOSS_WEIGHT, SEED, Sampler, UNetPhase,
-                                   encode_text, learning_rate_at, to_tensor)
+from testbed.train_testbed import (MAX_LOSS_WEIGHT, SEED, Sampler, UNetPhase, encode_text, learning_rate_at,
+                                   noised_batch, to_tensor, weighted_denoising_loss)
 from metrics.images import original_images
 from utils.files import read_prompts
 from utils.hooks import deactivate_per_slice
@@ -185,19 +185,11 @@ def train(components, neuron_sets, phase: UNetPhase, save, stop_after: int | Non
     start = time.time()
     for step in range(min(phase.steps, stop_after or phase.steps)):
         images, captions, sets, owners = sampler.draw(PLANTED_BATCH)
-        with torch.no_grad():
-            latents = vae.encode(images).latent_dist.mode() * vae.config.scaling_factor
-        noise = torch.randn(latents.shape, generator=generator)
-        high = torch.rand(PLANTED_BATCH, generator=generator) < HIGH_T_SHARE
-        t = torch.where(high, torch.randint(HIGH_T_START, scheduler.config.num_train_timesteps, (PLANTED_BATCH,), generator=generator),
-                        torch.randint(0, scheduler.config.num_train_timesteps, (PLANTED_BATCH,), generator=generator))
-        noisy = scheduler.add_noise(latents, noise, t)
+        noise, noisy, t = noised_batch(vae, scheduler, images, generator)
         embeddings = encode_text(components["tokenizer"], text_encoder, captions)
         with deactivate_per_slice(layers, sets):  # sample b gets sets[b]
             pred = unet(noisy, t, encoder_hidden_states=embeddings).sample
-        alpha = scheduler.alphas_cumprod[t]
-        weight = ((1 - alpha) / alpha).clamp(1.0, MAX_LOSS_WEIGHT)  # [B]: 1/SNR, capped, as the test bed
-        diffusion = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        diffusion = weighted_denoising_loss(scheduler, pred, noise, t, MAX_LOSS_WEIGHT)  # as the test bed
         activation = activation_loss(layers, embeddings, owners, neuron_sets)
         loss = diffusion + ACTIVATION_WEIGHT * activation
         for group in opt.param_groups:

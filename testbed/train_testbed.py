@@ -199,6 +199,27 @@ class MovingAverage:
             torch._foreach_copy_(self.params, trained)
 
 
+def noised_batch(vae, scheduler, images: torch.Tensor, generator: torch.Generator):
+    """A training batch's inputs: images [B, 3, H, W] -> (noise, noisy latents [B, 4, h, w],
+    timesteps [B]), a share HIGH_T_SHARE of the timesteps drawn from [HIGH_T_START, T)."""
+    with torch.no_grad():
+        latents = vae.encode(images).latent_dist.mode() * vae.config.scaling_factor
+    batch, steps = len(images), scheduler.config.num_train_timesteps
+    noise = torch.randn(latents.shape, generator=generator)
+    high = torch.rand(batch, generator=generator) < HIGH_T_SHARE
+    t = torch.where(high, torch.randint(HIGH_T_START, steps, (batch,), generator=generator),
+                    torch.randint(0, steps, (batch,), generator=generator))
+    return noise, scheduler.add_noise(latents, noise, t), t
+
+
+def weighted_denoising_loss(scheduler, pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                            max_weight: float) -> torch.Tensor:
+    """Epsilon MSE per sample [B] weighted by 1/SNR between 1 and ``max_weight``, averaged."""
+    alpha = scheduler.alphas_cumprod[t]
+    weight = ((1 - alpha) / alpha).clamp(1.0, max_weight)
+    return (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+
+
 def train_unet(components, phase: UNetPhase, save) -> None:
     """Train the U-Net and the text encoder for one phase; ``save(step)`` every 500 steps."""
     unet, text_encoder, vae = components["unet"], components["text_encoder"], components["vae"]
@@ -213,17 +234,9 @@ def train_unet(components, phase: UNetPhase, save) -> None:
     start = time.time()
     for step in range(phase.steps):
         images, captions = sampler.draw(BATCH_SIZE)
-        with torch.no_grad():
-            latents = vae.encode(images).latent_dist.mode() * vae.config.scaling_factor
-        noise = torch.randn(latents.shape, generator=generator)
-        high = torch.rand(BATCH_SIZE, generator=generator) < HIGH_T_SHARE
-        t = torch.where(high, torch.randint(HIGH_T_START, scheduler.config.num_train_timesteps, (BATCH_SIZE,), generator=generator),
-                        torch.randint(0, scheduler.config.num_train_timesteps, (BATCH_SIZE,), generator=generator))
-        noisy = scheduler.add_noise(latents, noise, t)
+        noise, noisy, t = noised_batch(vae, scheduler, images, generator)
         pred = unet(noisy, t, encoder_hidden_states=encode_text(components["tokenizer"], text_encoder, captions)).sample
-        alpha = scheduler.alphas_cumprod[t]
-        weight = ((1 - alpha) / alpha).clamp(1.0, phase.max_loss_weight)  # [B]: 1/SNR, between 1 and the cap
-        loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        loss = weighted_denoising_loss(scheduler, pred, noise, t, phase.max_loss_weight)
         for group in opt.param_groups:
             group["lr"] = learning_rate_at(phase, step)
         opt.zero_grad()
