@@ -129,15 +129,15 @@ def add_localization_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch_candidates", "--batch-candidates", type=non_negative_int,
                        default=defaults.BATCH_CANDIDATES,
                        help="candidate sets scored per U-Net call; 0 = one at a time (same results)")
-    group.add_argument("--early_decisions", action="store_true",
-                       help="ours, experimental: stop scoring a test at the first chunk of seeds that rejects it "
-                            "(same rows; off by default: on the tiny test model it made more U-Net forwards, "
-                            "BENCHMARKS.md issue 23)")
+    group.add_argument("--no_early_decisions", dest="early_decisions", action="store_false",
+                       help="score every test on all kept seeds, the full computation (same rows, more U-Net "
+                            "forwards; by default a test is first probed on its likeliest seeds and rejected "
+                            "there when their score proves it: ours, BENCHMARKS.md issue 23)")
     group.add_argument("--parallel_prompts", type=positive_int, default=defaults.PARALLEL_PROMPTS,
                        help="advance N prompts' walks side by side, one U-Net call carrying each one's current test "
                             "(for GPUs; same rows; ours)")
     group.add_argument("--seeds_per_call", type=positive_int, default=None,
-                       help=f"kept seeds per U-Net call of an early-decision test (default: "
+                       help=f"kept seeds in an early-decision probe (default: "
                             f"{defaults.SEEDS_PER_CALL_CPU} on the CPU, {defaults.SEEDS_PER_CALL_CUDA} on CUDA; ours)")
 
 

@@ -51,12 +51,16 @@ INITIAL_K = 0
 # is fastest (speculated sets after a rejection are wasted and a bigger batch is no faster
 # per latent: BENCHMARKS.md); GPU figures are still to be measured.
 BATCH_CANDIDATES = 0
-# Early decisions (ours, issue 23): a test's kept seeds are scored this many per U-Net call,
-# highest previous score first, and a test is rejected at the first chunk whose MS-SSIM
-# proves it. On the CPU one seed a call costs no throughput (BENCHMARKS.md, issue 5); on
-# CUDA a chunk keeps the device busy (not yet measured on a GPU).
+# Early decisions (ours, issue 23): a test is first probed on this many kept seeds, highest
+# previous score first, and rejected there when their MS-SSIM proves it; otherwise all kept
+# seeds are scored in one call. On the CPU one seed a call costs no throughput (BENCHMARKS.md,
+# issue 5); on CUDA a bigger probe keeps the device busy (not yet measured on a GPU).
 SEEDS_PER_CALL_CPU = 1
 SEEDS_PER_CALL_CUDA = 4
+# A probe is made while the estimated share of tests it decides is at least its seeds over
+# the kept seeds (its cost over the forwards a decision saves); the estimate moves this far
+# towards each test's outcome (ours: recent tests, a walk's phases differ: BENCHMARKS.md, issue 23).
+PROBE_SHARE_RATE = 0.25
 PARALLEL_PROMPTS = 1  # prompts whose walks share U-Net calls (ours); no gain on the CPU
 # A partial score must pass the threshold by this much to decide a test, and a full score
 # within it is recomputed in the full computation's U-Net batch. It covers the float noise of

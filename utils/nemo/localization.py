@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from utils.defaults import (BATCH_CANDIDATES, DECISION_MARGIN, DETECTION_SEED, INITIAL_K, INITIAL_THETA,
-                            MEMORIZATION_THRESHOLD, MIN_THETA, SAMPLES_PER_PROMPT, SEEDS_PER_CALL_CPU,
+                            MEMORIZATION_THRESHOLD, MIN_THETA, PROBE_SHARE_RATE, SAMPLES_PER_PROMPT, SEEDS_PER_CALL_CPU,
                             THETA_REDUCTION_PER_STEP)
 from utils.diffusion import initial_latents
 from utils.layers import NeuronSet, count_neurons, empty_set
@@ -207,10 +207,10 @@ class LocalizationSettings:
     ssim_threshold_refinement: float = MEMORIZATION_THRESHOLD
     schedule: SelectionSchedule = SelectionSchedule()
     batch_candidates: int = BATCH_CANDIDATES
-    # True: a test stops at the first chunk of seeds that rejects it (issue 23; opt-in until it
-    # saves forwards: on the tiny test model it made more, BENCHMARKS.md)
-    early_decisions: bool = False
-    seeds_per_call: int = SEEDS_PER_CALL_CPU  # kept seeds per U-Net call of an early-decision test
+    # True: a test is first probed on its likeliest seeds, and rejected there when their score
+    # proves it (issue 23, ``BlockedScorer``); False: the full computation, every test on all seeds
+    early_decisions: bool = True
+    seeds_per_call: int = SEEDS_PER_CALL_CPU  # kept seeds in an early-decision probe
     decision_margin: float = DECISION_MARGIN
 
 
@@ -239,17 +239,18 @@ class BlockedScorer:
     The unblocked noise differences are computed once; a set without neurons is the
     unblocked model, scored 1 (MS-SSIM of a map with itself) without a U-Net call.
 
-    The full computation (``early_decisions`` off) forwards all kept seeds of a set in one
-    U-Net call and scores them in one MS-SSIM batch, the authors' composition. With early
-    decisions a test's seeds go ``seeds_per_call`` at a time, highest score in the previous
-    test first, and the test stops once a chunk's own MS-SSIM reaches ``bound + margin``:
+    The full computation forwards all kept seeds of a set in one U-Net call and scores them
+    in one MS-SSIM batch, the authors' composition. With early decisions (the default) a
+    test first forwards a probe: the ``seeds_per_call`` seeds with the highest score in the
+    previous test. It is rejected when the probe's own MS-SSIM reaches ``bound + margin``:
     the blocked score is a max over seeds, and a seed's MS-SSIM in the full batch is at
     least its MS-SSIM in a sub-batch (the full batch's data range is at least the
     sub-batch's at every scale, and no SSIM term decreases as the data range grows; see
-    ``tests/test_localization.py``). The margin covers the float noise of another batch
-    composition. A test that is not stopped is scored on all its seeds in one MS-SSIM batch;
-    when that score lies within the margin of the bound, it is recomputed as the full
-    computation does. ``exact`` gives a set's score as the full computation makes it.
+    ``tests/test_localization.py``). The margin covers the float noise of another U-Net
+    batch. A test the probe does not decide gets the full computation, so its score is the
+    full computation's number. A probe is made only while it pays: while the estimated share
+    of tests a probe decides is at least ``seeds_per_call / kept seeds`` (its cost over what a
+    decided test saves). ``exact`` gives a set's score as the full computation makes it.
     """
 
     def __init__(self, noise: NoiseDifference, latents: torch.Tensor, unblocked: torch.Tensor,
@@ -257,8 +258,13 @@ class BlockedScorer:
         self.noise, self.latents, self.unblocked = noise, latents, unblocked  # [n, 4, h, w] each
         self.kernel_size, self.settings = kernel_size, settings
         self.per_call = max(settings.batch_candidates, 1)
-        # per kept seed its latest score: the order in which an early-decision test forwards them
+        # per kept seed its latest score: the order in which a probe takes them
         self.priority = priority.clone().float() if priority is not None else torch.zeros(len(latents))
+        self.probe_size = min(max(settings.seeds_per_call, 1), len(latents))
+        self.probe_share = 1.0  # estimated share of tests a probe decides (recency-weighted)
+        # a test the probe leaves open: a call of its own in the sequential walk (the full
+        # computation's number), one shared call for prompts side by side (their point)
+        self.solo_fallback = not isinstance(noise, LockstepNoise)
         self.sets_scored = self.seeds_skipped = 0
         self.exact_scores: dict[tuple, float] = {}
         self.bar = None  # a tqdm bar counting the sets scored, when the caller wants one
@@ -269,24 +275,10 @@ class BlockedScorer:
             self.bar.update(len(sets))
         scores = [1.0] * len(sets)
         todo = [i for i, s in enumerate(sets) if count_neurons(s)]
-        score_group = self._early if self.settings.early_decisions else self._full
         for start in range(0, len(todo), self.per_call):
             part = todo[start:start + self.per_call]
-            for i, score in zip(part, score_group([sets[i] for i in part], bound)):
+            for i, score in zip(part, self._score_group([sets[i] for i in part], bound)):
                 scores[i] = score
-        return scores
-
-    def _score(self, blocked: torch.Tensor) -> torch.Tensor:
-        """Per-seed MS-SSIM of all kept seeds in one batch: blocked [n, 4, h, w] -> [n]."""
-        per_seed = ms_ssim(self.unblocked, blocked, self.kernel_size).cpu()
-        self.priority = per_seed.clone()
-        return per_seed
-
-    def _full(self, sets: list[NeuronSet], _bound: float) -> list[float]:
-        blocked = self.noise(self.latents, sets, solo=True)  # [sets, n, 4, h, w]
-        scores = [self._score(b).amax().item() for b in blocked]
-        if len(sets) == 1:  # the full computation's own composition
-            self.exact_scores[set_key(sets[0])] = scores[0]
         return scores
 
     def exact(self, neurons: NeuronSet) -> float:
@@ -295,39 +287,59 @@ class BlockedScorer:
             return 1.0
         key = set_key(neurons)
         if key not in self.exact_scores:
-            self._full([neurons], math.inf)
+            self._full([neurons], solo=True)
         return self.exact_scores[key]
 
-    def _early(self, sets: list[NeuronSet], bound: float) -> list[float]:
-        n, chunk = len(self.latents), max(self.settings.seeds_per_call, 1)
-        if chunk >= n and len(sets) == 1 and not isinstance(self.noise, LockstepNoise):
-            return self._full(sets, bound)  # already the full computation's composition
-        order = torch.argsort(self.priority, descending=True, stable=True).tolist()
-        chunks = [order[c:c + chunk] for c in range(0, n, chunk)]
-        blocked = torch.empty(len(sets), *self.unblocked.shape)  # [sets, n, 4, h, w]
+    def _full(self, sets: list[NeuronSet], solo: bool) -> list[torch.Tensor]:
+        """Per set the MS-SSIM of each kept seed [n], all seeds of a set in one MS-SSIM batch
+        and all sets in one U-Net call. One set in a call of its own (``solo``) is the full
+        computation's number: its max is cached."""
+        blocked = self.noise(self.latents, sets, solo=solo)  # [sets, n, 4, h, w]
+        per_seed = [ms_ssim(self.unblocked, b, self.kernel_size).cpu() for b in blocked]
+        self.priority = per_seed[-1].clone()
+        if len(sets) == 1 and solo:
+            self.exact_scores[set_key(sets[0])] = per_seed[0].amax().item()
+        return per_seed
+
+    def _probe_seeds(self) -> list[int] | None:
+        """The seeds of the next probe, or None while a probe does not pay."""
+        if self.probe_size >= len(self.latents) or self.probe_share < self.probe_size / len(self.latents):
+            return None
+        return torch.argsort(self.priority, descending=True, stable=True)[:self.probe_size].tolist()
+
+    def _learn(self, decided: bool) -> None:
+        self.probe_share += PROBE_SHARE_RATE * (float(decided) - self.probe_share)
+
+    def _score_group(self, sets: list[NeuronSet], bound: float) -> list[float]:
+        if not self.settings.early_decisions:
+            return [s.amax().item() for s in self._full(sets, solo=True)]
+        n, margin = len(self.latents), self.settings.decision_margin
         scores: list[float | None] = [None] * len(sets)
-        for number, seeds in enumerate(chunks):
-            active = [i for i, score in enumerate(scores) if score is None]
-            if not active:
-                break
-            deltas = self.noise(self.latents[seeds], [sets[i] for i in active])  # [active, chunk, 4, h, w]
-            for i, delta in zip(active, deltas):
-                blocked[i, seeds] = delta
-            if number == len(chunks) - 1:
-                break
-            for i, delta in zip(active, deltas):
-                partial = ms_ssim(self.unblocked[seeds], delta, self.kernel_size).cpu()  # [chunk]
-                self.priority[seeds] = partial
-                if partial.amax().item() >= bound + self.settings.decision_margin:
+        seeds = self._probe_seeds()
+        if seeds is not None:
+            for i, delta in enumerate(self.noise(self.latents[seeds], sets)):  # delta [probe, 4, h, w]
+                partial = ms_ssim(self.unblocked[seeds], delta, self.kernel_size).cpu()
+                decided = partial.amax().item() >= bound + margin
+                self._learn(decided)
+                if decided:
                     scores[i] = partial.amax().item()  # at most the full score: rejected
+                    self.priority[seeds] = partial
                     # the seed that rejected goes first in the next test
                     self.priority[seeds[int(partial.argmax())]] = self.priority.max() + 1
-                    self.seeds_skipped += n - (number + 1) * chunk
-        for i, score in enumerate(scores):
-            if score is None:
-                scores[i] = self._score(blocked[i]).amax().item()
-                if abs(scores[i] - bound) <= self.settings.decision_margin:
-                    scores[i] = self.exact(sets[i])
+                    self.seeds_skipped += n - len(seeds)
+        undecided = [i for i, score in enumerate(scores) if score is None]
+        if not undecided:
+            return scores
+        would_probe = torch.argsort(self.priority, descending=True, stable=True)[:self.probe_size]
+        if self.solo_fallback:  # one exact call per set: no score is ever recomputed
+            per_seeds = [self._full([sets[i]], solo=True)[0] for i in undecided]
+        else:  # prompts side by side: one shared call, a score within the margin recomputed
+            per_seeds = self._full([sets[i] for i in undecided], solo=False)
+        for i, per_seed in zip(undecided, per_seeds):
+            score = per_seed.amax().item()
+            scores[i] = score if self.solo_fallback or abs(score - bound) > margin else self.exact(sets[i])
+            if seeds is None:  # would a probe have decided? (its seeds' full-batch scores: an estimate)
+                self._learn(per_seed[would_probe].amax().item() >= bound + margin)
         return scores
 
 
