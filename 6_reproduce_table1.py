@@ -50,6 +50,9 @@ def add_args(parser) -> None:
     parser.add_argument("--settings", default=None,
                         help=f"comma-separated subset of the rows ({'; '.join(s.name for s in SETTINGS)}); "
                              "default: all")
+    parser.add_argument("--smoke", action="store_true",
+                        help="smoke test, not results: script 3 runs with --smoke (each step of its walk once; see "
+                             "its --help), e.g. with --limit 1 --steps 1 -n 1 at real model size")
     gen = parser.add_argument_group("generation (script 4's defaults, SPEC §5)")
     gen.add_argument("--steps", type=cli.positive_int, default=defaults.GENERATION_STEPS, help="DDIM steps")
     gen.add_argument("-n", "--num_samples", type=cli.positive_int, default=defaults.NUM_SAMPLES, help="images per prompt")

@@ -29,16 +29,7 @@ import pandas as pd
 REDUCED_PROMPTS = 2  # the authors' first memorized prompts: one VM, one TM
 IMAGE_SIZE = 512  # SD v1.4's resolution: the originals and utility images of the pass
 FORWARD_LATENTS = 10  # SPEC §3: a scored set is one U-Net call over 10 latents
-# Script 3's flags for one initial-selection step and one refinement call at real shapes:
-# 2 seeds kept whatever their score, the first (theta, k) step accepted (theta 1000 and the
-# top-1 activation per layer, so the authors' z-scores are computed but the set stays 7
-# neurons), every layer re-activation accepted (their 6 non-empty sets speculated into one
-# U-Net call).
-SCRIPT3_SMOKE_FLAGS = ["--samples_per_prompt", "2", "--pairwise_ssim_threshold", "-1", "--initial_theta", "1000",
-                       "--min_theta", "1000", "--initial_k", "1", "--ssim_threshold_initial_selection", "1",
-                       "--ssim_threshold_refinement", "1.1", "--batch_candidates", "8"]
-# Script 5 removes one neuron of each value layer (the smoke flags above leave script 3's
-# refined set empty: every layer re-activation is accepted).
+# Script 5 removes one neuron of each value layer (script 3's smoke run refines nothing away).
 PRUNED_NEURONS = [[layer] for layer in range(7)]
 # Script 4's modes (one image, one DDIM step each); guidance 0 except where the mode needs
 # both halves of classifier-free guidance.
@@ -100,7 +91,7 @@ def reduced_pass(model: str, inputs: dict[str, str], sscd: str, clip: str, work:
          [*model_flags, "--prompts", inputs["prompts"], "--output", path("scores.csv"), "--samples_per_prompt", "2"]),
         ("script 3", "3_detect_memorized_neurons",
          [*model_flags, "-d", inputs["prompts"], "-o", results, "--statistics", inputs["statistics"], "--limit", "1",
-          *SCRIPT3_SMOKE_FLAGS]),
+          "--smoke"]),
     ]
     commands += [(f"script 4 {mode}", "4_generate_images", [*model_flags, *generation, "-o", path("images", mode), *flags])
                  for mode, flags in SCRIPT4_MODES.items()]
@@ -108,6 +99,10 @@ def reduced_pass(model: str, inputs: dict[str, str], sscd: str, clip: str, work:
         ("script 5", "5_export_pruned_model", [*model_flags, "--neurons", json.dumps(PRUNED_NEURONS), "-o", path("pruned"),
                                                "--dtype", "float16"]),
         ("script 5 reloaded", "4_generate_images", ["-v", path("pruned"), *device, *generation, "-o", path("images", "pruned")]),
+        ("script 6", "6_reproduce_table1",
+         [*model_flags, "-d", inputs["prompts"], "-o", path("table1"), "--statistics", inputs["statistics"], "--smoke",
+          "--limit", "1", "--steps", "1", "-n", "1", "-g", "0", "--settings", "all neurons active,NeMo",
+          "--originals", inputs["originals"], "--sscd-model", sscd, "--clip-model", clip]),
         ("script 7", "7_prune_memorized_weights",
          [*model_flags, "-d", inputs["prompts"], "-o", path("wanda"), "--subset_size", "1", "--calls", "1",
           "--steps", "1", "--guidance_scale", "0", "--dtype", "float16"]),
@@ -140,8 +135,8 @@ def peak_memory(module: str, argv: list[str]) -> tuple[float, float, int]:
     return time.perf_counter() - start, usage.ru_maxrss / 2 ** 20, child.returncode  # ru_maxrss: KiB on Linux
 
 
-def unet_seconds(device: str, dtype_name: str, repeats: int) -> float:
-    """Seconds per U-Net forward of ``FORWARD_LATENTS`` 64x64 latents, SD v1.4's U-Net."""
+def unet_seconds(device: str, dtype_name: str, repeats: int, latents: int = FORWARD_LATENTS) -> float:
+    """Seconds per U-Net forward of ``latents`` 64x64 latents, SD v1.4's U-Net."""
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -149,8 +144,8 @@ def unet_seconds(device: str, dtype_name: str, repeats: int) -> float:
 
     dtype = getattr(torch, dtype_name)
     unet = seeded_weights(lambda: UNet2DConditionModel(**SD14_UNET_CONFIG), 0, dtype).to(device)
-    latents = torch.randn(FORWARD_LATENTS, 4, 64, 64, device=device, dtype=dtype)
-    text = torch.randn(FORWARD_LATENTS, 77, 768, device=device, dtype=dtype)
+    text = torch.randn(latents, 77, 768, device=device, dtype=dtype)
+    latents = torch.randn(latents, 4, 64, 64, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with torch.no_grad():
         unet(latents[:1], 961, encoder_hidden_states=text[:1])  # warm-up
@@ -203,6 +198,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", default="float32,float16", help="dtypes of the U-Net timing")
     parser.add_argument("--repeats", type=int, default=1, help="timed forwards per dtype")
+    parser.add_argument("--latents", type=int, default=FORWARD_LATENTS,
+                        help=f"latents per timed forward (default {FORWARD_LATENTS}, a scored set; fewer for fp16 on "
+                             "the CPU, which is slow; the projection scales the time to a set)")
     parser.add_argument("--skip", default="", help="comma-separated command names to leave out of the memory pass")
     parser.add_argument("--forward_only", action="store_true", help="only the U-Net timing, no command")
     parser.add_argument("-o", "--output", default=None, help="JSON file for the figures")
@@ -211,10 +209,11 @@ def main(argv=None) -> dict:
     if not args.forward_only:
         figures["commands"] = command_figures(args)
     for dtype in args.dtypes.split(","):
-        seconds = unet_seconds(args.device, dtype, args.repeats)
+        seconds = unet_seconds(args.device, dtype, args.repeats, args.latents) * FORWARD_LATENTS / args.latents
         figures["forward_seconds"][dtype] = round(seconds, 2)
         figures["projected_prompt_seconds"][dtype] = {k: round(v, 1) for k, v in projected_prompt_seconds(seconds).items()}
-        print(f"U-Net forward of {FORWARD_LATENTS} latents, {dtype}: {seconds:.2f} s; script 3 per prompt, "
+        print(f"U-Net forward of {FORWARD_LATENTS} latents, {dtype}: {seconds:.2f} s"
+              + (f" ({args.latents} timed, scaled)" if args.latents != FORWARD_LATENTS else "") + "; script 3 per prompt, "
               + ", ".join(f"{k} {v:.0f} s" for k, v in figures["projected_prompt_seconds"][dtype].items()), flush=True)
     if args.output:
         with open(args.output, "w") as f:

@@ -168,7 +168,7 @@ def reproduce(args, measures: table1.Measures, title: str, claim: bool = True) -
     script(3).main(["-v", args.version, "-d", args.dataset, "-o", os.path.join(args.output, "memorization_statistics.csv"),
                     "--statistics", args.statistics, "--resume", "--memorization_threshold",
                     str(args.memorization_threshold), "--ssim_kernel_size", str(args.ssim_kernel_size),
-                    *(["--limit", str(args.limit)] if args.limit else []),
+                    *(["--limit", str(args.limit)] if args.limit else []), *(["--smoke"] if args.smoke else []),
                     *model_flags(args)])
     frame = read_results(results, None)
     refined = dict(enumerate(frame["Refined Neurons"]))

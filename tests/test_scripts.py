@@ -72,6 +72,19 @@ def test_script3_localizes_and_batching_changes_nothing(tiny_model_dir, prompt_f
     assert any(any(layer) for layer in refined)
 
 
+def test_script3_smoke_runs_each_step_of_the_walk_once(tiny_model_dir, prompt_files, statistics, tmp_path):
+    output = str(tmp_path / "smoke.csv")
+    script[3].main(["-v", tiny_model_dir, "-d", prompt_files["memorized"], "-o", output, "--statistics", statistics,
+                    "--limit", "1", "--ssim_kernel_size", str(TINY_KERNEL), "--smoke"])
+    row = read_results(output, [8, 8, 16, 16, 16, 16, 16]).iloc[0]
+    assert [len(layer) for layer in row["Initial Neurons"]] == [1] * 7  # the first step: top-1 per layer
+    assert row["Refined Neurons"] == row["Initial Neurons"]  # every refinement test rejected
+    # 7 layer and 7 neuron tests, each rejected by its one-seed probe, besides the first step
+    assert row["Sets Scored"] == 1 + 7 + 7 and row["Seeds Skipped"] == 14
+    # the unblocked call and the first step's probe and call (2 seeds each), one forward per test
+    assert row["UNet Sample Forwards"] == 2 + 1 + 2 + 14
+
+
 def test_script3_resume_after_a_crash_gives_the_same_file(tiny_model_dir, prompt_files, statistics, tmp_path,
                                                           monkeypatch):
     full = localize(tiny_model_dir, prompt_files["memorized"], statistics, str(tmp_path / "full.csv"))

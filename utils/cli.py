@@ -133,6 +133,11 @@ def add_localization_args(parser: argparse.ArgumentParser) -> None:
                        help="score every test on all kept seeds, the full computation (same rows, more U-Net "
                             "forwards; by default a test is first probed on its likeliest seeds and rejected "
                             "there when their score proves it: ours, BENCHMARKS.md issue 23)")
+    group.add_argument("--smoke", action="store_true",
+                       help="smoke test, not results (ours): 2 seeds kept whatever their score, the first (theta, k) "
+                            "step's top-1 neuron per layer accepted, every refinement test rejected by its probe: "
+                            "each step of the walk once, at any model size (CI's real-shape pass); overrides the "
+                            "flags above")
     group.add_argument("--parallel_prompts", type=positive_int, default=defaults.PARALLEL_PROMPTS,
                        help="advance N prompts' walks side by side, one U-Net call carrying each one's current test "
                             "(for GPUs; same rows; ours)")
@@ -148,6 +153,13 @@ def localization_settings(args: argparse.Namespace, device_type: str = "cpu"):
     if args.memorization_threshold is not None:
         args.pairwise_ssim_threshold = args.ssim_threshold_initial_selection = args.memorization_threshold
         args.ssim_threshold_refinement = args.memorization_threshold
+    if args.smoke:
+        args.samples_per_prompt, args.pairwise_ssim_threshold = defaults.SMOKE_SAMPLES_PER_PROMPT, defaults.SMOKE_REJECT_ALL
+        args.ssim_threshold_initial_selection = defaults.SMOKE_ACCEPT_ALL
+        args.ssim_threshold_refinement = defaults.SMOKE_REJECT_ALL
+        args.initial_theta = args.min_theta = defaults.SMOKE_THETA
+        args.initial_k, args.no_theta, args.no_top_k = defaults.SMOKE_K, False, False
+        args.batch_candidates, args.early_decisions = 0, True
     schedule = localization.SelectionSchedule(args.initial_theta, args.theta_reduction_per_step, args.min_theta,
                                               args.initial_k, not args.no_theta, not args.no_top_k)
     return localization.LocalizationSettings(args.seed, args.samples_per_prompt, args.pairwise_ssim_threshold,

@@ -67,6 +67,16 @@ PARALLEL_PROMPTS = 1  # prompts whose walks share U-Net calls (ours); no gain on
 # other batch compositions: up to 2.4e-5 on the test bed in float32 (a U-Net batch of 1 or 2
 # rounds otherwise on the CPU; BENCHMARKS.md, issue 23). Half precision is not measured.
 DECISION_MARGIN = 1e-3
+# Script 3 --smoke (ours; CI's real-shape pass): the least work that runs every step of the
+# walk at any model size. 2 seeds (the pairwise score needs 2) kept whatever their score; no
+# z-score passes theta, so the first step's set is the top-1 neuron of each layer, accepted
+# (every blocked score is <= 1); every refinement test is rejected (no score is below -1),
+# each by its one-seed probe.
+SMOKE_SAMPLES_PER_PROMPT = 2
+SMOKE_THETA = 1000.0
+SMOKE_K = 1
+SMOKE_ACCEPT_ALL = 1.0
+SMOKE_REJECT_ALL = -1.0
 SCALING_FACTOR = 0.0  # authors' --scaling_factor: deactivated neurons are multiplied by it
 # Generation (SPEC §5, authors' script 4)
 GENERATION_SEED = 2
