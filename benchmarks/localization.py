@@ -28,6 +28,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
 import testbed
+from testbed.rehearsal import SD14_UNET_CONFIG
 from utils import cli
 from utils.defaults import SEEDS_PER_CALL_CPU, SEEDS_PER_CALL_CUDA
 from utils.files import read_prompts, read_threshold
@@ -42,11 +43,6 @@ from utils.nemo.statistics import compute_statistics, prompt_activations
 BATCH_SIZES = (0,)
 # Paper §4.3 / SPEC §4: median neurons after the initial selection (VM, TM).
 PAPER_MEDIAN_INITIAL_NEURONS = {"VM": 26.5, "TM": 674.5}
-# SD v1.4's U-Net (CompVis/stable-diffusion-v1-4, unet/config.json).
-SD14_UNET_CONFIG = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-                        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
 
 
 def authors_scorer(all_latents: torch.Tensor):
@@ -101,7 +97,7 @@ def testbed_benchmark(args) -> dict:
     captions = prompts["Caption"].tolist()[: args.limit]
     shape = latent_shape(pipe.unet)
     modes = ["authors"] + [f"{path} {b}" for b in args.batch_sizes for path in ("full", "early")]
-    totals = {m: dict(seconds=0.0, forwards=0, sets=0, skipped=0) for m in modes}
+    totals = {m: dict(seconds=0.0, forwards=0, sets=0, skipped=0, floor=0) for m in modes}
     print(f"{len(captions)} prompts, threshold {threshold:.4f}, modes: {', '.join(modes)} "
           f"(full/early N: the full computation or early decisions, --batch_candidates N)")
     for caption in captions:
@@ -125,6 +121,7 @@ def testbed_benchmark(args) -> dict:
             totals[mode]["forwards"] += result.unet_sample_forwards
             totals[mode]["sets"] += result.sets_scored
             totals[mode]["skipped"] += result.seeds_skipped
+            totals[mode]["floor"] += result.forward_floor
         reference = found[modes[0]]
         for mode in modes[1:]:
             if found[mode][:2] != reference[:2]:
@@ -141,7 +138,21 @@ def testbed_benchmark(args) -> dict:
         t = totals[mode]
         print(f"{mode:<10} {t['seconds']:>9.1f} {t['forwards']:>16} {t['sets']:>12} {t['skipped']:>14} "
               f"{authors['seconds'] / t['seconds']:>10.2f}x {authors['forwards'] / max(t['forwards'], 1):>13.2f}x")
+    floor = totals[modes[1]]["floor"]
+    print(f"{'floor':<10} {'':>9} {floor:>16} {'':>12} {'':>14} {'':>11} {authors['forwards'] / max(floor, 1):>13.2f}x"
+          "  (any walk with these decisions: every kept seed for a test scored below its bound, one for the rest)")
     return totals
+
+
+def time_call(call, device: torch.device, repeats: int) -> float:
+    """Mean seconds of ``repeats`` calls (synchronized on CUDA)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    sync()
+    return (time.perf_counter() - start) / repeats
 
 
 @torch.no_grad()
@@ -161,20 +172,16 @@ def sd14_benchmark(args) -> dict:
     neurons = [[0, 1]] + [[]] * (len(layers) - 1)
     print(f"U-Net widths {config['block_out_channels']}, latents {size}x{size}, {device}, {dtype}")
     per_set = {}
+    noise(latents, [neurons])  # warm-up
     for sets in args.sets_per_call:
-        noise(latents, [neurons])  # warm-up
-        repeats = max(1, args.repeats)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            noise(latents, [neurons] * sets)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = (time.perf_counter() - start) / repeats
+        seconds = time_call(lambda: noise(latents, [neurons] * sets), device, max(1, args.repeats))
         per_set[sets] = seconds / sets
         print(f"{sets:>3} sets per call: {1000 * per_set[sets]:8.1f} ms per scored set, "
               f"{10 * sets / seconds:8.1f} sample-forwards/s")
+    probe = time_call(lambda: noise(latents[:1], [neurons]), device, max(1, args.repeats))
+    full = per_set[1] if 1 in per_set else per_set[min(per_set)] * min(per_set)
+    print(f"one test: authors' schedule {2 * full:.2f} s (two calls of 10 latents), full computation {full:.2f} s, "
+          f"early decision {probe:.2f} s when its one-seed probe rejects, {probe + full:.2f} s when it does not")
     best = min(per_set.values())
     for kind, initial in PAPER_MEDIAN_INITIAL_NEURONS.items():
         # unblocked + about 4 selection steps + 7 layers + one set per initial neuron

@@ -25,6 +25,8 @@ import time
 
 import pandas as pd
 
+from utils.defaults import SSCD_COPY_THRESHOLD
+
 
 REDUCED_PROMPTS = 2  # the authors' first memorized prompts: one VM, one TM
 IMAGE_SIZE = 512  # SD v1.4's resolution: the originals and utility images of the pass
@@ -102,7 +104,8 @@ def reduced_pass(model: str, inputs: dict[str, str], sscd: str, clip: str, work:
         ("script 6", "6_reproduce_table1",
          [*model_flags, "-d", inputs["prompts"], "-o", path("table1"), "--statistics", inputs["statistics"], "--smoke",
           "--limit", "1", "--steps", "1", "-n", "1", "-g", "0", "--settings", "all neurons active,NeMo",
-          "--originals", inputs["originals"], "--sscd-model", sscd, "--clip-model", clip]),
+          "--originals", inputs["originals"], "--sscd-model", sscd, "--clip-model", clip,
+          "--copy_threshold", str(SSCD_COPY_THRESHOLD)]),  # the stand-in SSCD has no threshold of its own
         ("script 7", "7_prune_memorized_weights",
          [*model_flags, "-d", inputs["prompts"], "-o", path("wanda"), "--subset_size", "1", "--calls", "1",
           "--steps", "1", "--guidance_scale", "0", "--dtype", "float16"]),

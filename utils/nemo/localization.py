@@ -226,6 +226,9 @@ class LocalizationResult:
     sets_scored: int = 0
     selection_steps: int = 0  # (theta, k) steps of the initial selection
     seeds_skipped: int = 0  # kept seeds never forwarded for a test, thanks to early decisions
+    # the least sample-forwards any walk with these decisions makes: a test scored below its
+    # bound needs every kept seed, any other one seed (plus the unblocked call)
+    forward_floor: int = 0
 
 
 def set_key(neurons: NeuronSet) -> tuple:
@@ -266,6 +269,7 @@ class BlockedScorer:
         # computation's number), one shared call for prompts side by side (their point)
         self.solo_fallback = not isinstance(noise, LockstepNoise)
         self.sets_scored = self.seeds_skipped = 0
+        self.forward_floor = len(latents)  # see LocalizationResult.forward_floor (the unblocked call's share)
         self.exact_scores: dict[tuple, float] = {}
         self.bar = None  # a tqdm bar counting the sets scored, when the caller wants one
 
@@ -279,6 +283,7 @@ class BlockedScorer:
             part = todo[start:start + self.per_call]
             for i, score in zip(part, self._score_group([sets[i] for i in part], bound)):
                 scores[i] = score
+                self.forward_floor += len(self.latents) if score < bound else 1
         return scores
 
     def exact(self, neurons: NeuronSet) -> float:
@@ -381,7 +386,7 @@ def localize_prompt(noise: NoiseDifference, latent_shape, z_scores, activations,
                  count_neurons(initial.neurons), count_neurons(refined))
     return LocalizationResult(initial.neurons, initial_score, refined, scorer.exact(refined), keep.tolist(),
                               time.perf_counter() - start, counter.sample_forwards, scorer.sets_scored,
-                              initial.steps, scorer.seeds_skipped)
+                              initial.steps, scorer.seeds_skipped, scorer.forward_floor)
 
 
 class Lockstep:
