@@ -22,7 +22,7 @@ from utils import dori
 from utils.baselines import wen
 from utils.diffusion import encode_prompts
 from utils.files import read_threshold
-from utils.generation import generation_latents
+from utils.generation import generation_latents, image_path
 from utils.models import load_pipeline, resolve_dtype
 
 PROMPTS = 2  # the first memorized prompts of the test bed
@@ -86,8 +86,7 @@ def test_script4_in_float16_draws_the_float32_images(localized, tmp_path):
             "-v", testbed.MODEL_DIR, "-f", results,
             "-d", testbed.MEMORIZED_PROMPTS, "-o", str(output), "--refined_neurons", "--limit", "1", "-n", "1",
             "--steps", "10", "--dtype", dtype, "--device", "cpu"])
-        images[dtype] = np.asarray(Image.open(next(p for p in sorted(output.iterdir()) if p.suffix == ".png")),
-                                   dtype=np.float32)
+        images[dtype] = np.asarray(Image.open(image_path(str(output), 0, 0)), dtype=np.float32)
     assert images["float16"].std() > 5  # not a blank (NaN-decoded) image
     assert np.abs(images["float16"] - images["float32"]).mean() < 8, "fp16 images drift from fp32"
 
