@@ -108,7 +108,7 @@ def reduced_pass(model: str, inputs: dict[str, str], sscd: str, clip: str, work:
           "--copy_threshold", str(SSCD_COPY_THRESHOLD)]),  # the stand-in SSCD has no threshold of its own
         ("script 7", "7_prune_memorized_weights",
          [*model_flags, "-d", inputs["prompts"], "-o", path("wanda"), "--subset_size", "1", "--calls", "1",
-          "--steps", "1", "--guidance_scale", "0", "--dtype", "float16"]),
+          "--steps", "1", "--guidance_scale", "0"]),
         ("script 8", "8_attack_mitigation",
          [*model_flags, "-d", inputs["prompts"], "--originals", inputs["originals"], "-o", path("attack"),
           "--neurons_from", results, "--limit", "1", "--attack_steps", "1", "--attack_batch", "1", "-n", "1",
