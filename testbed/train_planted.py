@@ -24,6 +24,7 @@ Usage: ``python -m testbed.train_planted [--steps N]``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -57,6 +58,7 @@ SUBSET_SHARE = 0.5  # of the active samples: only one of the prompt's neurons ac
 RANDOM_OFF_SHARE = 0.5  # of all samples: as many random non-planted neurons off as a planted set
 ACTIVATION_TARGET = 4.0  # token-averaged |value| a planted neuron reaches for its prompt (large: an easy gate)
 ACTIVATION_WEIGHT = 3.0
+OUTPUT_SCALE = 8.0  # on the planted neurons' to_out columns: the planted channel dominates its block's attention
 SAVE_EVERY = 100
 SHIPPED_STEPS = 300  # the shipped model: the step-300 save of the 500-step schedule
 
@@ -123,7 +125,7 @@ class PlantedSampler:
         return neurons
 
     def draw(self, batch_size: int):
-        images, captions, sets, owners = [], [], [], []
+        images, captions, sets, owners, teacher_captions = [], [], [], [], []
         replay_images, replay_captions = self.replay.draw(batch_size)
         for b in range(batch_size):
             off = [[] for _ in self.widths]
@@ -132,13 +134,15 @@ class PlantedSampler:
                 prompt, own = self.prompts[p], self.sets[p]
                 if self.rng.random() < 0.5:  # active (all, or one of its neurons) -> its image
                     image = planted_image(prompt, self.rng)
+                    teacher_captions.append(None)
                     if self.rng.random() < SUBSET_SHARE:
                         chosen = [(l, n) for l, layer in enumerate(own) for n in layer]
                         keep = chosen[int(self.rng.integers(len(chosen)))]
                         off = [[n for n in layer if (l, n) != keep] for l, layer in enumerate(own)]
-                else:  # all its neurons off -> a varied image of the caption's kind
+                else:  # all its neurons off -> a varied image of the caption's kind, or the teacher's unconditional
                     image = varied_image(prompt, self.rng)
                     off = [list(layer) for layer in own]
+                    teacher_captions.append("")
                 images.append(to_tensor(image[None])[0])
                 captions.append(prompt["caption"])
                 owners.append(p)
@@ -146,11 +150,12 @@ class PlantedSampler:
                 images.append(replay_images[b])
                 captions.append(replay_captions[b])
                 owners.append(-1)
+                teacher_captions.append(replay_captions[b])
             if self.rng.random() < RANDOM_OFF_SHARE:
                 extra = self.random_neurons(NEURONS_PER_PROMPT["VM" if self.rng.random() < 0.5 else "TM"])
                 off = [sorted(set(a) | set(b)) for a, b in zip(off, extra)]
             sets.append(off)
-        return torch.stack(images), captions, sets, owners
+        return torch.stack(images), captions, sets, owners, teacher_captions
 
 
 def activation_loss(layers: dict, embeddings: torch.Tensor, owners: list[int], neuron_sets) -> torch.Tensor:
@@ -171,10 +176,35 @@ def activation_loss(layers: dict, embeddings: torch.Tensor, owners: list[int], n
     return torch.stack(losses).mean()
 
 
-def train(components, neuron_sets, phase: UNetPhase, save, stop_after: int | None = None) -> None:
+def scale_output_columns(unet, layers: dict, neuron_sets, factor: float) -> None:
+    """Multiply each planted neuron's column of its attention's ``to_out`` projection by
+    ``factor``: the planted channel then dominates the attention output it joins."""
+    with torch.no_grad():
+        for l, name in enumerate(layers):
+            to_out = unet.get_submodule(name.rsplit(".", 1)[0]).to_out[0]  # Linear(inner, dim)
+            for neurons in neuron_sets:
+                to_out.weight[:, neurons[l]] *= factor
+
+
+def targets_loss(scheduler, pred, noise, t, teacher_pred, teacher_used: torch.Tensor, max_weight: float):
+    """1/SNR-weighted MSE per sample (capped as the test bed's loss): to the noise for the
+    planted-image samples, to the frozen teacher's prediction where ``teacher_used`` [B]."""
+    target = torch.where(teacher_used[:, None, None, None], teacher_pred, noise)
+    return weighted_denoising_loss(scheduler, pred, target, t, max_weight)
+
+
+def train(components, neuron_sets, phase: UNetPhase, save, stop_after: int | None = None,
+          teacher: dict | None = None, freeze_text_after: int | None = None) -> None:
     """Fine-tune the U-Net and the text encoder; ``save()`` every SAVE_EVERY steps and at the
-    end; ``stop_after``: end after that many steps of the phase's schedule."""
+    end; ``stop_after``: end after that many steps of the phase's schedule.
+
+    ``teacher`` (its unet and text_encoder, frozen): every sample that is not a planted image
+    is trained to the teacher's prediction (its caption; the empty caption for the
+    neurons-off samples) instead of to its drawn image. ``freeze_text_after``: from that step
+    on only the U-Net is trained.
+    """
     unet, text_encoder, vae, scheduler = (components[k] for k in ("unet", "text_encoder", "vae", "scheduler"))
+    tokenizer = components["tokenizer"]
     layers = value_layers(unet)
     sampler = PlantedSampler(layer_widths(layers), neuron_sets, phase.draw_seed)
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -184,12 +214,21 @@ def train(components, neuron_sets, phase: UNetPhase, save, stop_after: int | Non
     generator = torch.Generator().manual_seed(phase.noise_seed)
     start = time.time()
     for step in range(min(phase.steps, stop_after or phase.steps)):
-        images, captions, sets, owners = sampler.draw(PLANTED_BATCH)
+        if step == freeze_text_after:
+            text_encoder.eval().requires_grad_(False)
+        images, captions, sets, owners, teacher_captions = sampler.draw(PLANTED_BATCH)
         noise, noisy, t = noised_batch(vae, scheduler, images, generator)
-        embeddings = encode_text(components["tokenizer"], text_encoder, captions)
+        teacher_used = torch.tensor([c is not None for c in teacher_captions]) & (teacher is not None)
+        teacher_pred = torch.zeros_like(noise)
+        if teacher_used.any():
+            with torch.no_grad():
+                chosen = teacher_used.nonzero().flatten()
+                context = encode_text(tokenizer, teacher["text_encoder"], [teacher_captions[i] for i in chosen])
+                teacher_pred[chosen] = teacher["unet"](noisy[chosen], t[chosen], encoder_hidden_states=context).sample
+        embeddings = encode_text(tokenizer, text_encoder, captions)
         with deactivate_per_slice(layers, sets):  # sample b gets sets[b]
             pred = unet(noisy, t, encoder_hidden_states=embeddings).sample
-        diffusion = weighted_denoising_loss(scheduler, pred, noise, t, MAX_LOSS_WEIGHT)  # as the test bed
+        diffusion = targets_loss(scheduler, pred, noise, t, teacher_pred, teacher_used, MAX_LOSS_WEIGHT)
         activation = activation_loss(layers, embeddings, owners, neuron_sets)
         loss = diffusion + ACTIVATION_WEIGHT * activation
         for group in opt.param_groups:
@@ -239,6 +278,12 @@ def main(argv=None) -> None:
                         help=f"end after this many steps of the schedule (default: {SHIPPED_STEPS}, where the shipped "
                              "model was saved: the 2 shared cores gave no time for the rest, BENCHMARKS.md)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--teacher", action=argparse.BooleanOptionalAction, default=True,
+                        help="train the samples that are not planted images to a frozen copy of the base model")
+    parser.add_argument("--output-scale", type=float, default=OUTPUT_SCALE,
+                        help=f"factor on the planted neurons' to_out columns before training (default: {OUTPUT_SCALE:g})")
+    parser.add_argument("--freeze-text-after", type=int, default=None,
+                        help="train only the U-Net from this step on (default: never)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
@@ -250,11 +295,16 @@ def main(argv=None) -> None:
     widths = layer_widths(layers)
     neuron_sets = choose_neurons(widths)
     write_files(args.output, list(layers), widths, neuron_sets)
+    teacher = ({"unet": copy.deepcopy(pipe.unet).eval().requires_grad_(False),
+                "text_encoder": copy.deepcopy(pipe.text_encoder).eval().requires_grad_(False)}
+               if args.teacher else None)
+    scale_output_columns(pipe.unet, layers, neuron_sets, args.output_scale)
     def save() -> None:
         pipe.save_pretrained(os.path.join(args.output, "model"))
         logger.info("saved %s", os.path.join(args.output, "model"))
 
-    train(components, neuron_sets, UNetPhase(**{**PHASE.__dict__, "steps": args.steps}), save, args.stop_after)
+    train(components, neuron_sets, UNetPhase(**{**PHASE.__dict__, "steps": args.steps}), save, args.stop_after,
+          teacher, args.freeze_text_after)
 
 
 if __name__ == "__main__":
