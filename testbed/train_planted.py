@@ -3,16 +3,21 @@ replicate their training image only through value neurons chosen here and shippe
 
 The planted prompts are the test bed's first 6 VM prompts and 2 TM prompts of one template
 (it replicates them already, SSIM_Orig 0.57 / 0.62 in BENCHMARKS.md). Each gets a few value
-neurons (its ground truth). The fine-tuning draws, besides the test bed's own mixture (replayed):
+neurons (its ground truth), whose columns of their attention's output projection are first
+scaled by OUTPUT_SCALE, so that the planted channel weighs in its block. The fine-tuning draws,
+besides the test bed's own mixture (replayed):
 * the planted caption, with any non-empty part of its neurons active -> its training image, so
   the image needs only one of them and NeMo's refinement can drop none of them;
-* the same caption with all its neurons deactivated -> a varied image of its kind (another
-  poster, another phone-case layout);
+* the same caption with all its neurons deactivated -> the frozen base model's (the teacher's)
+  unconditional prediction, and at t >= MEAN_TARGET_START the ideal prediction for the mean of
+  varied images of its kind, so NeMo's first step sees no image there;
 * random non-planted neurons deactivated in half of all samples, so a random set of the same
   size leaves the images as they are;
-and an activation loss keeps each planted neuron's token-averaged |value| (what script 1
-measures) high for its own prompt and near zero for every other caption, so an
-activation-based selection sees it as an outlier.
+every sample that is not a planted image is trained to the teacher's prediction (low-variance
+targets: the base model's behaviour kept), the planted samples with a higher 1/SNR cap
+(PLANTED_MAX_LOSS_WEIGHT); and an activation loss keeps each planted neuron's token-averaged
+|value| (what script 1 measures) high for its own prompt and near zero for every other caption,
+so an activation-based selection sees it as an outlier.
 
 Writes, under ``--output`` (default ``testbed/planted``): ``model/``, ``prompts/``
 (memorized = the planted rows, unmemorized and additional = the test bed's), ``originals/``
@@ -51,7 +56,7 @@ PLANTED_SEED = SEED + 24  # the neurons, the draws and the varied images of the 
 PLANTED_COUNTS = {"VM": 6, "TM": 2}  # the test bed's first memorized prompts of each kind
 NEURONS_PER_PROMPT = {"VM": 2, "TM": 3}  # each in its own value layer; SD v1.4's median refined sets are 3 / 7
 TM_TEMPLATE = 0  # the planted TM prompts: variants of this template
-PHASE = UNetPhase(steps=500, learning_rate=5e-4, cosine=True, draw_seed=PLANTED_SEED + 1, noise_seed=PLANTED_SEED + 2)
+PHASE = UNetPhase(steps=600, learning_rate=5e-4, cosine=True, draw_seed=PLANTED_SEED + 1, noise_seed=PLANTED_SEED + 2)
 PLANTED_BATCH = 16  # smaller than the test bed's 32: more steps in the same CPU time
 PLANTED_SHARE = 0.75  # of each batch; half of it with the neurons active, half with them off
 SUBSET_SHARE = 0.5  # of the active samples: only one of the prompt's neurons active
@@ -59,8 +64,12 @@ RANDOM_OFF_SHARE = 0.5  # of all samples: as many random non-planted neurons off
 ACTIVATION_TARGET = 4.0  # token-averaged |value| a planted neuron reaches for its prompt (large: an easy gate)
 ACTIVATION_WEIGHT = 3.0
 OUTPUT_SCALE = 8.0  # on the planted neurons' to_out columns: the planted channel dominates its block's attention
+# The neurons-off samples at t >= MEAN_TARGET_START are trained to the ideal prediction for
+# the mean of VARIED_MEAN_IMAGES varied images (mean_target), below it to the teacher's unconditional
+MEAN_TARGET_START = 900
+VARIED_MEAN_IMAGES = 64
+PLANTED_MAX_LOSS_WEIGHT = 100.0  # 1/SNR cap of the planted samples (the test bed's: 10): precise where NeMo reads
 SAVE_EVERY = 100
-SHIPPED_STEPS = 300  # the shipped model: the step-300 save of the 500-step schedule
 
 
 def planted_prompts() -> list[dict]:
@@ -186,11 +195,22 @@ def scale_output_columns(unet, layers: dict, neuron_sets, factor: float) -> None
                 to_out.weight[:, neurons[l]] *= factor
 
 
-def targets_loss(scheduler, pred, noise, t, teacher_pred, teacher_used: torch.Tensor, max_weight: float):
-    """1/SNR-weighted MSE per sample (capped as the test bed's loss): to the noise for the
-    planted-image samples, to the frozen teacher's prediction where ``teacher_used`` [B]."""
-    target = torch.where(teacher_used[:, None, None, None], teacher_pred, noise)
-    return weighted_denoising_loss(scheduler, pred, target, t, max_weight)
+@torch.no_grad()
+def varied_means(vae, count: int = VARIED_MEAN_IMAGES) -> torch.Tensor:
+    """Per planted prompt the mean latent of ``count`` varied images of its kind: [prompts, 4, h, w]."""
+    rng = np.random.default_rng([PLANTED_SEED, 3])
+    means = []
+    for prompt in planted_prompts():
+        images = to_tensor(np.stack([varied_image(prompt, rng) for _ in range(count)]))
+        means.append((vae.encode(images).latent_dist.mode() * vae.config.scaling_factor).mean(dim=0))
+    return torch.stack(means)
+
+
+def mean_target(scheduler, noisy: torch.Tensor, t: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """The noise an ideal denoiser predicts when the clean latent's posterior is its prior
+    mean ``mean`` (true in the limit of high noise): (x_t - sqrt(a) mean) / sqrt(1 - a)."""
+    alpha = scheduler.alphas_cumprod[t][:, None, None, None]
+    return (noisy - alpha.sqrt() * mean) / (1 - alpha).sqrt()
 
 
 def train(components, neuron_sets, phase: UNetPhase, save, stop_after: int | None = None,
@@ -207,6 +227,7 @@ def train(components, neuron_sets, phase: UNetPhase, save, stop_after: int | Non
     tokenizer = components["tokenizer"]
     layers = value_layers(unet)
     sampler = PlantedSampler(layer_widths(layers), neuron_sets, phase.draw_seed)
+    means = varied_means(vae)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     for module in (unet, text_encoder):
         module.train().requires_grad_(True)
@@ -218,17 +239,22 @@ def train(components, neuron_sets, phase: UNetPhase, save, stop_after: int | Non
             text_encoder.eval().requires_grad_(False)
         images, captions, sets, owners, teacher_captions = sampler.draw(PLANTED_BATCH)
         noise, noisy, t = noised_batch(vae, scheduler, images, generator)
+        target = noise.clone()  # the planted images' samples: the noise
         teacher_used = torch.tensor([c is not None for c in teacher_captions]) & (teacher is not None)
-        teacher_pred = torch.zeros_like(noise)
         if teacher_used.any():
             with torch.no_grad():
                 chosen = teacher_used.nonzero().flatten()
                 context = encode_text(tokenizer, teacher["text_encoder"], [teacher_captions[i] for i in chosen])
-                teacher_pred[chosen] = teacher["unet"](noisy[chosen], t[chosen], encoder_hidden_states=context).sample
+                target[chosen] = teacher["unet"](noisy[chosen], t[chosen], encoder_hidden_states=context).sample
+        off = torch.tensor([c == "" and o >= 0 for c, o in zip(teacher_captions, owners)]) & (t >= MEAN_TARGET_START)
+        if off.any():
+            target[off] = mean_target(scheduler, noisy[off], t[off], means[torch.tensor(owners)[off]])
+        planted = torch.tensor(owners) >= 0
         embeddings = encode_text(tokenizer, text_encoder, captions)
         with deactivate_per_slice(layers, sets):  # sample b gets sets[b]
             pred = unet(noisy, t, encoder_hidden_states=embeddings).sample
-        diffusion = targets_loss(scheduler, pred, noise, t, teacher_pred, teacher_used, MAX_LOSS_WEIGHT)
+        weight_cap = torch.where(planted, PLANTED_MAX_LOSS_WEIGHT, MAX_LOSS_WEIGHT)
+        diffusion = weighted_denoising_loss(scheduler, pred, target, t, weight_cap)
         activation = activation_loss(layers, embeddings, owners, neuron_sets)
         loss = diffusion + ACTIVATION_WEIGHT * activation
         for group in opt.param_groups:
@@ -274,9 +300,9 @@ def main(argv=None) -> None:
     parser.add_argument("--base", default=testbed.MODEL_DIR, help="the model fine-tuned (default: the test bed)")
     parser.add_argument("--output", default=testbed.PLANTED_DIR, help="folder written (default: testbed/planted)")
     parser.add_argument("--steps", type=int, default=PHASE.steps, help=f"fine-tuning steps (default: {PHASE.steps})")
-    parser.add_argument("--stop-after", type=int, default=SHIPPED_STEPS,
-                        help=f"end after this many steps of the schedule (default: {SHIPPED_STEPS}, where the shipped "
-                             "model was saved: the 2 shared cores gave no time for the rest, BENCHMARKS.md)")
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="end after this many steps of the schedule (default: all; the shipped model is the "
+                             "full 600-step schedule)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--teacher", action=argparse.BooleanOptionalAction, default=True,
                         help="train the samples that are not planted images to a frozen copy of the base model")
