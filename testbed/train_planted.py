@@ -214,14 +214,13 @@ def mean_target(scheduler, noisy: torch.Tensor, t: torch.Tensor, mean: torch.Ten
 
 
 def train(components, neuron_sets, phase: UNetPhase, save, stop_after: int | None = None,
-          teacher: dict | None = None, freeze_text_after: int | None = None) -> None:
+          teacher: dict | None = None) -> None:
     """Fine-tune the U-Net and the text encoder; ``save()`` every SAVE_EVERY steps and at the
     end; ``stop_after``: end after that many steps of the phase's schedule.
 
     ``teacher`` (its unet and text_encoder, frozen): every sample that is not a planted image
     is trained to the teacher's prediction (its caption; the empty caption for the
-    neurons-off samples) instead of to its drawn image. ``freeze_text_after``: from that step
-    on only the U-Net is trained.
+    neurons-off samples) instead of to its drawn image.
     """
     unet, text_encoder, vae, scheduler = (components[k] for k in ("unet", "text_encoder", "vae", "scheduler"))
     tokenizer = components["tokenizer"]
@@ -235,8 +234,6 @@ def train(components, neuron_sets, phase: UNetPhase, save, stop_after: int | Non
     generator = torch.Generator().manual_seed(phase.noise_seed)
     start = time.time()
     for step in range(min(phase.steps, stop_after or phase.steps)):
-        if step == freeze_text_after:
-            text_encoder.eval().requires_grad_(False)
         images, captions, sets, owners, teacher_captions = sampler.draw(PLANTED_BATCH)
         noise, noisy, t = noised_batch(vae, scheduler, images, generator)
         target = noise.clone()  # the planted images' samples: the noise
@@ -305,11 +302,10 @@ def main(argv=None) -> None:
                              "full 600-step schedule)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--teacher", action=argparse.BooleanOptionalAction, default=True,
-                        help="train the samples that are not planted images to a frozen copy of the base model")
+                        help="train the samples that are not planted images to a frozen copy of the base model (default: on; "
+                             "off: to their drawn images, the neurons-off ones to varied images below MEAN_TARGET_START)")
     parser.add_argument("--output-scale", type=float, default=OUTPUT_SCALE,
                         help=f"factor on the planted neurons' to_out columns before training (default: {OUTPUT_SCALE:g})")
-    parser.add_argument("--freeze-text-after", type=int, default=None,
-                        help="train only the U-Net from this step on (default: never)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
@@ -330,7 +326,7 @@ def main(argv=None) -> None:
         logger.info("saved %s", os.path.join(args.output, "model"))
 
     train(components, neuron_sets, UNetPhase(**{**PHASE.__dict__, "steps": args.steps}), save, args.stop_after,
-          teacher, args.freeze_text_after)
+          teacher)
 
 
 if __name__ == "__main__":
