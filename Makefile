@@ -27,10 +27,11 @@ testbed: $(VENV)/installed
 # neurons (testbed/planted/ground_truth.json), then its statistics (script 1) and tau_mem (script 2).
 PLANTED := testbed/planted
 planted: $(VENV)/installed
-	$(RUN) -m testbed.train_planted --output $(PLANTED) --threads 1  # about 22 min on the shared cores
-	$(RUN) 1_compute_activations_statistics.py -v $(PLANTED)/model --prompts $(PLANTED)/prompts/additional_prompts.csv --output $(PLANTED)/statistics.pt
-	$(RUN) 2_compute_pairwise_ssim.py -v $(PLANTED)/model --prompts $(PLANTED)/prompts/unmemorized_prompts.csv --output $(PLANTED)/scores_unmemorized.csv --ssim_kernel_size 5
-	mv $(PLANTED)/scores_unmemorized.csv.threshold.json $(PLANTED)/threshold.json && rm $(PLANTED)/scores_unmemorized.csv
+	$(RUN) -m testbed.train_planted --output $(PLANTED) --threads 1  # about 13 min on the shared cores
+	$(RUN) 1_compute_activations_statistics.py -v $(PLANTED)/model --prompts $(PLANTED)/prompts/additional_prompts.csv --output $(PLANTED)/statistics.pt --overwrite
+	$(RUN) 2_compute_pairwise_ssim.py -v $(PLANTED)/model --prompts $(PLANTED)/prompts/unmemorized_prompts.csv --output $(PLANTED)/scores_unmemorized.csv --ssim_kernel_size 5 --overwrite
+	mv $(PLANTED)/scores_unmemorized.csv.threshold.json $(PLANTED)/threshold.json && rm $(PLANTED)/scores_unmemorized.csv*
+	rm $(PLANTED)/statistics.pt.settings.json
 
 benchmark: $(VENV)/installed
 	$(RUN) -m benchmarks.localization

@@ -3,16 +3,21 @@ replicate their training image only through value neurons chosen here and shippe
 
 The planted prompts are the test bed's first 6 VM prompts and 2 TM prompts of one template
 (it replicates them already, SSIM_Orig 0.57 / 0.62 in BENCHMARKS.md). Each gets a few value
-neurons (its ground truth). The fine-tuning draws, besides the test bed's own mixture (replayed):
+neurons (its ground truth), whose columns of their attention's output projection are first
+scaled by OUTPUT_SCALE, so that the planted channel weighs in its block. The fine-tuning draws,
+besides the test bed's own mixture (replayed):
 * the planted caption, with any non-empty part of its neurons active -> its training image, so
   the image needs only one of them and NeMo's refinement can drop none of them;
-* the same caption with all its neurons deactivated -> a varied image of its kind (another
-  poster, another phone-case layout);
+* the same caption with all its neurons deactivated -> the frozen base model's (the teacher's)
+  unconditional prediction, and at t >= MEAN_TARGET_START the ideal prediction for the mean of
+  varied images of its kind, so NeMo's first step sees no image there;
 * random non-planted neurons deactivated in half of all samples, so a random set of the same
   size leaves the images as they are;
-and an activation loss keeps each planted neuron's token-averaged |value| (what script 1
-measures) high for its own prompt and near zero for every other caption, so an
-activation-based selection sees it as an outlier.
+every sample that is not a planted image is trained to the teacher's prediction (low-variance
+targets: the base model's behaviour kept), the planted samples with a higher 1/SNR cap
+(PLANTED_MAX_LOSS_WEIGHT); and an activation loss keeps each planted neuron's token-averaged
+|value| (what script 1 measures) high for its own prompt and near zero for every other caption,
+so an activation-based selection sees it as an outlier.
 
 Writes, under ``--output`` (default ``testbed/planted``): ``model/``, ``prompts/``
 (memorized = the planted rows, unmemorized and additional = the test bed's), ``originals/``
@@ -24,6 +29,7 @@ Usage: ``python -m testbed.train_planted [--steps N]``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -50,15 +56,20 @@ PLANTED_SEED = SEED + 24  # the neurons, the draws and the varied images of the 
 PLANTED_COUNTS = {"VM": 6, "TM": 2}  # the test bed's first memorized prompts of each kind
 NEURONS_PER_PROMPT = {"VM": 2, "TM": 3}  # each in its own value layer; SD v1.4's median refined sets are 3 / 7
 TM_TEMPLATE = 0  # the planted TM prompts: variants of this template
-PHASE = UNetPhase(steps=500, learning_rate=5e-4, cosine=True, draw_seed=PLANTED_SEED + 1, noise_seed=PLANTED_SEED + 2)
+PHASE = UNetPhase(steps=600, learning_rate=5e-4, cosine=True, draw_seed=PLANTED_SEED + 1, noise_seed=PLANTED_SEED + 2)
 PLANTED_BATCH = 16  # smaller than the test bed's 32: more steps in the same CPU time
 PLANTED_SHARE = 0.75  # of each batch; half of it with the neurons active, half with them off
 SUBSET_SHARE = 0.5  # of the active samples: only one of the prompt's neurons active
 RANDOM_OFF_SHARE = 0.5  # of all samples: as many random non-planted neurons off as a planted set
 ACTIVATION_TARGET = 4.0  # token-averaged |value| a planted neuron reaches for its prompt (large: an easy gate)
 ACTIVATION_WEIGHT = 3.0
+OUTPUT_SCALE = 8.0  # on the planted neurons' to_out columns: the planted channel dominates its block's attention
+# The neurons-off samples at t >= MEAN_TARGET_START are trained to the ideal prediction for
+# the mean of VARIED_MEAN_IMAGES varied images (mean_target), below it to the teacher's unconditional
+MEAN_TARGET_START = 900
+VARIED_MEAN_IMAGES = 64
+PLANTED_MAX_LOSS_WEIGHT = 100.0  # 1/SNR cap of the planted samples (the test bed's: 10): precise where NeMo reads
 SAVE_EVERY = 100
-SHIPPED_STEPS = 300  # the shipped model: the step-300 save of the 500-step schedule
 
 
 def planted_prompts() -> list[dict]:
@@ -123,7 +134,7 @@ class PlantedSampler:
         return neurons
 
     def draw(self, batch_size: int):
-        images, captions, sets, owners = [], [], [], []
+        images, captions, sets, owners, teacher_captions = [], [], [], [], []
         replay_images, replay_captions = self.replay.draw(batch_size)
         for b in range(batch_size):
             off = [[] for _ in self.widths]
@@ -132,13 +143,15 @@ class PlantedSampler:
                 prompt, own = self.prompts[p], self.sets[p]
                 if self.rng.random() < 0.5:  # active (all, or one of its neurons) -> its image
                     image = planted_image(prompt, self.rng)
+                    teacher_captions.append(None)
                     if self.rng.random() < SUBSET_SHARE:
                         chosen = [(l, n) for l, layer in enumerate(own) for n in layer]
                         keep = chosen[int(self.rng.integers(len(chosen)))]
                         off = [[n for n in layer if (l, n) != keep] for l, layer in enumerate(own)]
-                else:  # all its neurons off -> a varied image of the caption's kind
+                else:  # all its neurons off -> a varied image of the caption's kind, or the teacher's unconditional
                     image = varied_image(prompt, self.rng)
                     off = [list(layer) for layer in own]
+                    teacher_captions.append("")
                 images.append(to_tensor(image[None])[0])
                 captions.append(prompt["caption"])
                 owners.append(p)
@@ -146,11 +159,12 @@ class PlantedSampler:
                 images.append(replay_images[b])
                 captions.append(replay_captions[b])
                 owners.append(-1)
+                teacher_captions.append(replay_captions[b])
             if self.rng.random() < RANDOM_OFF_SHARE:
                 extra = self.random_neurons(NEURONS_PER_PROMPT["VM" if self.rng.random() < 0.5 else "TM"])
                 off = [sorted(set(a) | set(b)) for a, b in zip(off, extra)]
             sets.append(off)
-        return torch.stack(images), captions, sets, owners
+        return torch.stack(images), captions, sets, owners, teacher_captions
 
 
 def activation_loss(layers: dict, embeddings: torch.Tensor, owners: list[int], neuron_sets) -> torch.Tensor:
@@ -171,12 +185,48 @@ def activation_loss(layers: dict, embeddings: torch.Tensor, owners: list[int], n
     return torch.stack(losses).mean()
 
 
-def train(components, neuron_sets, phase: UNetPhase, save, stop_after: int | None = None) -> None:
+def scale_output_columns(unet, layers: dict, neuron_sets, factor: float) -> None:
+    """Multiply each planted neuron's column of its attention's ``to_out`` projection by
+    ``factor``: the planted channel then dominates the attention output it joins."""
+    with torch.no_grad():
+        for l, name in enumerate(layers):
+            to_out = unet.get_submodule(name.rsplit(".", 1)[0]).to_out[0]  # Linear(inner, dim)
+            for neurons in neuron_sets:
+                to_out.weight[:, neurons[l]] *= factor
+
+
+@torch.no_grad()
+def varied_means(vae, count: int = VARIED_MEAN_IMAGES) -> torch.Tensor:
+    """Per planted prompt the mean latent of ``count`` varied images of its kind: [prompts, 4, h, w]."""
+    rng = np.random.default_rng([PLANTED_SEED, 3])
+    means = []
+    for prompt in planted_prompts():
+        images = to_tensor(np.stack([varied_image(prompt, rng) for _ in range(count)]))
+        means.append((vae.encode(images).latent_dist.mode() * vae.config.scaling_factor).mean(dim=0))
+    return torch.stack(means)
+
+
+def mean_target(scheduler, noisy: torch.Tensor, t: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """The noise an ideal denoiser predicts when the clean latent's posterior is its prior
+    mean ``mean`` (true in the limit of high noise): (x_t - sqrt(a) mean) / sqrt(1 - a)."""
+    alpha = scheduler.alphas_cumprod[t][:, None, None, None]
+    return (noisy - alpha.sqrt() * mean) / (1 - alpha).sqrt()
+
+
+def train(components, neuron_sets, phase: UNetPhase, save, stop_after: int | None = None,
+          teacher: dict | None = None) -> None:
     """Fine-tune the U-Net and the text encoder; ``save()`` every SAVE_EVERY steps and at the
-    end; ``stop_after``: end after that many steps of the phase's schedule."""
+    end; ``stop_after``: end after that many steps of the phase's schedule.
+
+    ``teacher`` (its unet and text_encoder, frozen): every sample that is not a planted image
+    is trained to the teacher's prediction (its caption; the empty caption for the
+    neurons-off samples) instead of to its drawn image.
+    """
     unet, text_encoder, vae, scheduler = (components[k] for k in ("unet", "text_encoder", "vae", "scheduler"))
+    tokenizer = components["tokenizer"]
     layers = value_layers(unet)
     sampler = PlantedSampler(layer_widths(layers), neuron_sets, phase.draw_seed)
+    means = varied_means(vae)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     for module in (unet, text_encoder):
         module.train().requires_grad_(True)
@@ -184,12 +234,24 @@ def train(components, neuron_sets, phase: UNetPhase, save, stop_after: int | Non
     generator = torch.Generator().manual_seed(phase.noise_seed)
     start = time.time()
     for step in range(min(phase.steps, stop_after or phase.steps)):
-        images, captions, sets, owners = sampler.draw(PLANTED_BATCH)
+        images, captions, sets, owners, teacher_captions = sampler.draw(PLANTED_BATCH)
         noise, noisy, t = noised_batch(vae, scheduler, images, generator)
-        embeddings = encode_text(components["tokenizer"], text_encoder, captions)
+        target = noise.clone()  # the planted images' samples: the noise
+        teacher_used = torch.tensor([c is not None for c in teacher_captions]) & (teacher is not None)
+        if teacher_used.any():
+            with torch.no_grad():
+                chosen = teacher_used.nonzero().flatten()
+                context = encode_text(tokenizer, teacher["text_encoder"], [teacher_captions[i] for i in chosen])
+                target[chosen] = teacher["unet"](noisy[chosen], t[chosen], encoder_hidden_states=context).sample
+        off = torch.tensor([c == "" and o >= 0 for c, o in zip(teacher_captions, owners)]) & (t >= MEAN_TARGET_START)
+        if off.any():
+            target[off] = mean_target(scheduler, noisy[off], t[off], means[torch.tensor(owners)[off]])
+        planted = torch.tensor(owners) >= 0
+        embeddings = encode_text(tokenizer, text_encoder, captions)
         with deactivate_per_slice(layers, sets):  # sample b gets sets[b]
             pred = unet(noisy, t, encoder_hidden_states=embeddings).sample
-        diffusion = weighted_denoising_loss(scheduler, pred, noise, t, MAX_LOSS_WEIGHT)  # as the test bed
+        weight_cap = torch.where(planted, PLANTED_MAX_LOSS_WEIGHT, MAX_LOSS_WEIGHT)
+        diffusion = weighted_denoising_loss(scheduler, pred, target, t, weight_cap)
         activation = activation_loss(layers, embeddings, owners, neuron_sets)
         loss = diffusion + ACTIVATION_WEIGHT * activation
         for group in opt.param_groups:
@@ -235,10 +297,15 @@ def main(argv=None) -> None:
     parser.add_argument("--base", default=testbed.MODEL_DIR, help="the model fine-tuned (default: the test bed)")
     parser.add_argument("--output", default=testbed.PLANTED_DIR, help="folder written (default: testbed/planted)")
     parser.add_argument("--steps", type=int, default=PHASE.steps, help=f"fine-tuning steps (default: {PHASE.steps})")
-    parser.add_argument("--stop-after", type=int, default=SHIPPED_STEPS,
-                        help=f"end after this many steps of the schedule (default: {SHIPPED_STEPS}, where the shipped "
-                             "model was saved: the 2 shared cores gave no time for the rest, BENCHMARKS.md)")
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="end after this many steps of the schedule (default: all; the shipped model is the "
+                             "full 600-step schedule)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--teacher", action=argparse.BooleanOptionalAction, default=True,
+                        help="train the samples that are not planted images to a frozen copy of the base model (default: on; "
+                             "off: to their drawn images, the neurons-off ones to varied images below MEAN_TARGET_START)")
+    parser.add_argument("--output-scale", type=float, default=OUTPUT_SCALE,
+                        help=f"factor on the planted neurons' to_out columns before training (default: {OUTPUT_SCALE:g})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
@@ -250,11 +317,16 @@ def main(argv=None) -> None:
     widths = layer_widths(layers)
     neuron_sets = choose_neurons(widths)
     write_files(args.output, list(layers), widths, neuron_sets)
+    teacher = ({"unet": copy.deepcopy(pipe.unet).eval().requires_grad_(False),
+                "text_encoder": copy.deepcopy(pipe.text_encoder).eval().requires_grad_(False)}
+               if args.teacher else None)
+    scale_output_columns(pipe.unet, layers, neuron_sets, args.output_scale)
     def save() -> None:
         pipe.save_pretrained(os.path.join(args.output, "model"))
         logger.info("saved %s", os.path.join(args.output, "model"))
 
-    train(components, neuron_sets, UNetPhase(**{**PHASE.__dict__, "steps": args.steps}), save, args.stop_after)
+    train(components, neuron_sets, UNetPhase(**{**PHASE.__dict__, "steps": args.steps}), save, args.stop_after,
+          teacher)
 
 
 if __name__ == "__main__":

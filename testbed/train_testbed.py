@@ -213,10 +213,11 @@ def noised_batch(vae, scheduler, images: torch.Tensor, generator: torch.Generato
 
 
 def weighted_denoising_loss(scheduler, pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                            max_weight: float) -> torch.Tensor:
-    """Epsilon MSE per sample [B] weighted by 1/SNR between 1 and ``max_weight``, averaged."""
+                            max_weight: float | torch.Tensor) -> torch.Tensor:
+    """Epsilon MSE per sample [B] weighted by 1/SNR between 1 and ``max_weight`` (one cap, or
+    one per sample [B]), averaged."""
     alpha = scheduler.alphas_cumprod[t]
-    weight = ((1 - alpha) / alpha).clamp(1.0, max_weight)
+    weight = torch.minimum(((1 - alpha) / alpha).clamp_min(1.0), torch.as_tensor(max_weight))
     return (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
 
 

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 import testbed
 from metrics import ground_truth
@@ -66,6 +67,75 @@ def test_construction_is_seeded_and_neurons_are_distinct():
         assert all(np.abs(train_planted.varied_image(prompt, rng) - own).mean() > 10 for _ in range(5))
 
 
+def test_sampler_targets_each_kind_of_sample():
+    """Planted image: no teacher; neurons off: all the prompt's neurons off and the teacher's
+    empty caption; replayed mixture: the teacher on its own caption."""
+    widths = [16, 16, 32, 32, 32, 32, 32]
+    sets = train_planted.choose_neurons(widths)
+    sampler = train_planted.PlantedSampler(widths, sets, draw_seed=5)
+    images, captions, offs, owners, teacher_captions = sampler.draw(64)
+    assert images.shape == (64, 3, 48, 48)
+    kinds = set()
+    for caption, off, owner, teacher in zip(captions, offs, owners, teacher_captions):
+        if owner < 0:
+            kinds.add("replay")
+            assert teacher == caption
+            continue
+        own = {(l, n) for l, layer in enumerate(sets[owner]) for n in layer}
+        deactivated = {(l, n) for l, layer in enumerate(off) for n in layer}
+        assert caption == train_planted.planted_prompts()[owner]["caption"]
+        if teacher is None:
+            kinds.add("planted image")
+            assert len(own - deactivated) >= 1  # at least one of its neurons active
+        else:
+            kinds.add("neurons off")
+            assert teacher == "" and own <= deactivated
+    assert kinds == {"replay", "planted image", "neurons off"}
+
+
+def test_mean_target_is_the_noise_when_the_image_is_the_mean():
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    mean, noise = torch.randn(1, 4, 6, 6), torch.randn(3, 4, 6, 6)
+    t = torch.tensor([10, 500, 990])
+    noisy = scheduler.add_noise(mean.expand(3, -1, -1, -1), noise, t)
+    assert torch.allclose(train_planted.mean_target(scheduler, noisy, t, mean), noise, atol=1e-4)
+    other = train_planted.mean_target(scheduler, noisy, t, mean + 1)
+    assert not torch.allclose(other, noise, atol=1e-2)
+
+
+def test_output_columns_scaled_are_the_planted_neurons_only():
+    from diffusers import UNet2DConditionModel
+
+    from utils.layers import layer_widths, value_layers
+
+    unet = UNet2DConditionModel.from_pretrained(MODEL, subfolder="unet")
+    layers = value_layers(unet)
+    sets = train_planted.choose_neurons(layer_widths(layers))
+    out = {name: unet.get_submodule(name.rsplit(".", 1)[0]).to_out[0].weight for name in layers}
+    before = {name: w.detach().clone() for name, w in out.items()}
+    train_planted.scale_output_columns(unet, layers, sets, 3.0)
+    assert any(s[l] for s in sets for l in range(len(layers)))
+    for l, name in enumerate(layers):
+        planted = sorted({n for s in sets for n in s[l]})  # none: the layer's projection unchanged
+        expected = before[name].clone()
+        expected[:, planted] *= 3.0
+        assert torch.equal(out[name], expected)
+
+
+def test_loss_cap_per_sample():
+    from diffusers import DDPMScheduler
+
+    from testbed.train_testbed import weighted_denoising_loss
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    pred, noise, t = torch.ones(2, 4, 3, 3), torch.zeros(2, 4, 3, 3), torch.tensor([990, 990])
+    one_cap = weighted_denoising_loss(scheduler, pred, noise, t, 10.0)
+    per_sample = weighted_denoising_loss(scheduler, pred, noise, t, torch.tensor([10.0, 100.0]))
+    assert one_cap.item() == pytest.approx(10.0) and per_sample.item() == pytest.approx(55.0)
+
+
 def test_shipped_ground_truth_matches_the_model_and_prompt_files():
     from diffusers import UNet2DConditionModel
 
@@ -97,23 +167,61 @@ def test_bad_ground_truth_file_is_a_value_error(tmp_path):
         ground_truth.read_ground_truth(str(path))
 
 
-def test_deactivating_the_planted_neurons_lowers_replication():
-    """One VM prompt, 2 images of 10 DDIM steps: SSIM to its image falls with its neurons off."""
+def test_deactivating_the_planted_neurons_stops_replication_random_ones_do_not():
+    """One VM prompt, 2 images of 10 DDIM steps: SSIM to its image falls to at most half with
+    its neurons off (the issue's criterion), and stays within 10% with as many random ones."""
+    import random
+
     from diffusers import StableDiffusionPipeline
     from PIL import Image
 
     from utils.generation import caption_condition, generate_prompt_images, generation_latents
     from utils.generation import PromptCondition
     from utils.hooks import deactivate_neurons
-    from utils.layers import value_layers
+    from utils.layers import layer_widths, value_layers
+    from utils.nemo.selection import random_like
 
     pipe = StableDiffusionPipeline.from_pretrained(MODEL, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
+    layers = value_layers(pipe.unet)
     truth = ground_truth.read_ground_truth(TRUTH)
     original = Image.open(os.path.join(testbed.PLANTED_DIR, "originals", "0000.png"))
     plain = caption_condition(pipe, truth.captions[0])
-    off = PromptCondition(plain.embedding, lambda: deactivate_neurons(value_layers(pipe.unet), truth.neurons[0]))
+    random_set = random_like(truth.neurons[0], layer_widths(layers), random.Random(0))
+    conditions = {"plain": plain, "off": PromptCondition(plain.embedding, lambda: deactivate_neurons(layers, truth.neurons[0])),
+                  "random": PromptCondition(plain.embedding, lambda: deactivate_neurons(layers, random_set))}
     latents = generation_latents(pipe.unet, num_samples=2)
     ssim = {name: ssim_to_original(original, generate_prompt_images(pipe, condition, latents, steps=10)).median().item()
-            for name, condition in (("plain", plain), ("off", off))}
-    assert ssim["off"] < ssim["plain"] - 0.1, ssim
+            for name, condition in conditions.items()}
+    assert ssim["off"] <= ground_truth.STOP_RATIO * ssim["plain"], ssim
+    assert abs(ssim["random"] - ssim["plain"]) <= 0.1 * ssim["plain"], ssim
+
+
+def test_first_step_reads_the_planted_neurons_not_random_ones():
+    """NeMo's signal (first DDIM step, 10 seeds): each planted prompt is memorized, its planted
+    neurons off make its noise differences unlike the plain ones and unmemorized-looking, as
+    many random neurons leave them as they are."""
+    import random
+
+    from diffusers import StableDiffusionPipeline
+
+    from utils.diffusion import initial_latents, latent_shape
+    from utils.layers import layer_widths, value_layers
+    from utils.nemo.noise import prompt_noise_difference
+    from utils.nemo.score import blocked_scores, pairwise_max_scores
+    from utils.nemo.selection import random_like
+
+    pipe = StableDiffusionPipeline.from_pretrained(MODEL, safety_checker=None, requires_safety_checker=False)
+    layers = value_layers(pipe.unet)
+    truth = ground_truth.read_ground_truth(TRUTH)
+    with open(os.path.join(testbed.PLANTED_DIR, "threshold.json")) as f:
+        tau = json.load(f)["threshold"]
+    latents = initial_latents(1, 10, latent_shape(pipe.unet))
+    rng = random.Random(0)
+    for prompt in (0, 6):  # a VM and a TM prompt
+        sets = [[[] for _ in layers], truth.neurons[prompt], random_like(truth.neurons[prompt], layer_widths(layers), rng)]
+        deltas = prompt_noise_difference(pipe, layers, truth.captions[prompt])(latents, sets)  # [3, 10, 4, 24, 24]
+        plain, off = (pairwise_max_scores(d, testbed.SSIM_KERNEL_SIZE).max().item() for d in deltas[:2])
+        blocked = blocked_scores(deltas[0], deltas[1:], testbed.SSIM_KERNEL_SIZE)
+        assert plain > 3 * tau and off < 1.5 * tau, (prompt, plain, off, tau)
+        assert blocked[0] < 0.6 and blocked[1] > 0.8, (prompt, blocked)
