@@ -89,7 +89,9 @@ def tradeoff(sweep: dict[str, list[tuple[float, float, float]]], references: dic
     for (name, (x, y)), marker in zip(references.items(), "s^vDP*"):
         axis.scatter([x], [y], marker=marker, s=40, label=name, zorder=3)
     axis.set(xlabel=utility_name, ylabel="attack success rate (re-triggered)", ylim=(-0.05, 1.05))
-    axis.legend(fontsize=7)
+    axis.margins(x=0.1)  # room for the knob values' labels at the ends
+    # below the axes: inside, it hides the reference points that sit at success 1 or 0
+    axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     return save_figure(axis, path)
 
 
