@@ -49,6 +49,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--attack_learning_rate", type=cli.positive_float, default=defaults.ATTACK_LEARNING_RATE, help="attack's Adam")
     parser.add_argument("--attack_batch", type=cli.positive_int, default=defaults.ATTACK_BATCH, help="noise samples per attack step")
     parser.add_argument("--seed", type=int, default=defaults.ATTACK_SEED, help="seed of the noise, timesteps and pairs")
+    parser.add_argument("--surrogate_steps", type=cli.positive_int, default=defaults.GENERATION_STEPS,
+                        help="DDIM steps of each NeMo-mitigated surrogate image (default: script 4's, SPEC §5; fewer "
+                             "for a smoke run)")
     cli.add_model_args(parser, dtype_help="compute precision: the weights are trained and saved in float32, "
                                           "float16/bfloat16 run under autocast (mixed precision)")
     parser.add_argument("--gradient_checkpointing", action="store_true",
@@ -93,7 +96,7 @@ def main(argv=None) -> dict:
     targets = []
     for i in rows:
         condition = prepare(i, frame["Caption"][i], first_latent)
-        surrogate = generate_prompt_images(pipe, condition, first_latent)[0]  # the NeMo-mitigated image
+        surrogate = generate_prompt_images(pipe, condition, first_latent, steps=args.surrogate_steps)[0]  # NeMo-mitigated
         targets.append(dori.FinetuneTarget(dori.image_latents(pipe, load_images([originals[i]])),
                                            condition.embedding, dori.image_latents(pipe, [surrogate])))
     random.Random(args.seed).shuffle(targets)
