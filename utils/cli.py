@@ -130,9 +130,10 @@ def add_localization_args(parser: argparse.ArgumentParser) -> None:
                        default=defaults.BATCH_CANDIDATES,
                        help="candidate sets scored per U-Net call; 0 = one at a time (same results)")
     group.add_argument("--no_early_decisions", dest="early_decisions", action="store_false",
-                       help="score every test on all kept seeds, the full computation (same rows, more U-Net "
-                            "forwards; by default a test is first probed on its likeliest seeds and rejected "
-                            "there when their score proves it: ours, BENCHMARKS.md issue 23)")
+                       help="turn early decisions off and score every test on all kept seeds, the full "
+                            "computation (same rows, more U-Net forwards). Early decisions (ours, BENCHMARKS.md "
+                            "issue 23): a test is first probed on its likeliest seeds and rejected there when "
+                            "their score proves it; the default below says whether they are on")
     group.add_argument("--smoke", action="store_true",
                        help="smoke test, not results (ours): 2 seeds kept whatever their score, the first (theta, k) "
                             "step's top-1 neuron per layer accepted, every refinement test rejected by its probe: "

@@ -306,11 +306,15 @@ class BlockedScorer:
             self.exact_scores[set_key(sets[0])] = per_seed[0].amax().item()
         return per_seed
 
+    def _likeliest_seeds(self) -> list[int]:
+        """The ``probe_size`` kept seeds with the highest latest score."""
+        return torch.argsort(self.priority, descending=True, stable=True)[:self.probe_size].tolist()
+
     def _probe_seeds(self) -> list[int] | None:
         """The seeds of the next probe, or None while a probe does not pay."""
         if self.probe_size >= len(self.latents) or self.probe_share < self.probe_size / len(self.latents):
             return None
-        return torch.argsort(self.priority, descending=True, stable=True)[:self.probe_size].tolist()
+        return self._likeliest_seeds()
 
     def _learn(self, decided: bool) -> None:
         self.probe_share += PROBE_SHARE_RATE * (float(decided) - self.probe_share)
@@ -335,7 +339,7 @@ class BlockedScorer:
         undecided = [i for i, score in enumerate(scores) if score is None]
         if not undecided:
             return scores
-        would_probe = torch.argsort(self.priority, descending=True, stable=True)[:self.probe_size]
+        would_probe = self._likeliest_seeds()
         if self.solo_fallback:  # one exact call per set: no score is ever recomputed
             per_seeds = [self._full([sets[i]], solo=True)[0] for i in undecided]
         else:  # prompts side by side: one shared call, a score within the margin recomputed
