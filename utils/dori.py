@@ -39,6 +39,8 @@ from utils.diffusion import denoising_target, encode_prompts
 from utils.files import read_csv
 from utils.models import frozen
 
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # where torch's fused AdamW kernel runs (torch.optim.AdamW, fused=)
+
 
 @torch.no_grad()
 def image_latents(pipe, images: list[Image.Image]) -> torch.Tensor:
@@ -148,7 +150,9 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
     """
     unet = pipe.unet
     original = copy.deepcopy(unet).eval().requires_grad_(False) if distillation_weight > 0 else None
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate)
+    # The fused kernel updates each weight in place; torch's default (foreach) step holds one more
+    # copy of all weights as a temporary: 3.2 GiB at SD's size (BENCHMARKS.md, issue 20).
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, fused=unet.device.type in FUSED_ADAMW_DEVICES)
     scaler = torch.amp.GradScaler(unet.device.type, enabled=compute_dtype == torch.float16)
     mixed = functools.partial(torch.autocast, unet.device.type, dtype=compute_dtype,
                               enabled=compute_dtype != unet.dtype)
