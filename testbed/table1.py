@@ -190,19 +190,29 @@ def folder_ssim(folder: str, originals: dict[int, str], measures: table1.Measure
             for prompt, paths in generated_images(folder).items()}
 
 
-def planted_checks(report: dict, bed: Bed, rows: list[int], out: str, generation: list[str],
-                   measures: table1.Measures) -> dict:
+def planted_run_truth(bed: Bed, rows: list[int]) -> ground_truth.GroundTruth:
+    """The bed's ground truth renumbered to the run's prompt file (``rows``: each prompt's row
+    in the full file)."""
+    truth = ground_truth.read_ground_truth(bed.ground_truth)
+    return ground_truth.GroundTruth(truth.layers, truth.widths, *(
+        {new: mapping[row] for new, row in enumerate(rows)} for mapping in (truth.neurons, truth.captions, truth.types)))
+
+
+def write_truth_file(run_truth: ground_truth.GroundTruth, out: str) -> str:
+    """The run's ground truth as a results file of script 3 (what scripts 4 and 8 deactivate)."""
+    path = os.path.join(out, "ground_truth_neurons.csv")
+    write_csv(ground_truth.results_frame(run_truth), path)
+    return path
+
+
+def planted_checks(report: dict, run_truth: ground_truth.GroundTruth, truth_file: str, out: str,
+                   generation: list[str], measures: table1.Measures) -> dict:
     """The planted bed's criteria and localization table.
 
-    Script 4 deactivates the ground truth (written as a results file of script 3), as many
+    Script 4 deactivates the ground truth (``truth_file``, a results file of script 3), as many
     random neurons per layer, and NeMo's initial neurons; the localization table compares
     NeMo's sets with the ground truth and says which sets stop the replication.
     """
-    truth = ground_truth.read_ground_truth(bed.ground_truth)
-    run_truth = ground_truth.GroundTruth(truth.layers, truth.widths, *(
-        {new: mapping[row] for new, row in enumerate(rows)} for mapping in (truth.neurons, truth.captions, truth.types)))
-    truth_file = os.path.join(out, "ground_truth_neurons.csv")
-    ground_truth.results_frame(run_truth).to_csv(truth_file, sep=";")
     nemo_file = os.path.join(out, "memorization_statistics.csv")
     folders = {PLANTED_OFF: (truth_file, "--refined_neurons"), PLANTED_RANDOM: (truth_file, "--block_random_neurons"),
                "NeMo initial": (nemo_file, "--initial_neurons")}
@@ -214,7 +224,7 @@ def planted_checks(report: dict, bed: Bed, rows: list[int], out: str, generation
         reproduce.script(4).main(["-f", results, "-d", os.path.join(out, "memorized_prompts.csv"), "-o", folder,
                                       *generation, flag])
         ssim[name] = folder_ssim(folder, originals, measures)
-    nemo = read_results(nemo_file, truth.widths)
+    nemo = read_results(nemo_file, run_truth.widths)
     sets = {"NeMo initial": dict(enumerate(nemo["Initial Neurons"])), "NeMo refined": dict(enumerate(nemo["Refined Neurons"])),
             PLANTED_OFF: run_truth.neurons}
     localization = ground_truth.localization_rows(sets, run_truth, ssim)
@@ -264,6 +274,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--dori", action="store_true",
                         help="also adversarial fine-tuning and the Dori attack on every mitigation (scripts 8, 9; "
                              "about 25 minutes on 2 CPU cores for 12 VM prompts)")
+    parser.add_argument("--dori_type", choices=("VM", "TM", "all"), default="VM",
+                        help="with --dori: the memorized prompts attacked and erased (script 6's default: VM, as the paper)")
+    parser.add_argument("--memorization_threshold", type=float, default=None,
+                        help="tau_mem of NeMo's localization (default: the bed's own, script 2 on its held-out prompts; "
+                             "SD v1.4's is 0.428)")
     parser.add_argument("--finetune_epochs", type=cli.positive_int, default=None, help="script 9's epochs (default: the paper's 5)")
     parser.add_argument("--attack_steps", type=cli.positive_int, default=None, help="steps of every attack (default: the paper's 50)")
     cli.add_run_args(parser, resumable=False, limit=False)
@@ -280,17 +295,21 @@ def main(argv=None) -> dict:
     statistics = os.path.join(out, "statistics.pt")
     importlib.import_module("1_compute_activations_statistics").main(
         ["--prompts", bed.additional, "--output", statistics, *model])
-    scores = os.path.join(out, "scores_unmemorized.csv")
-    reproduce.script(2).main(["--prompts", bed.unmemorized, "--output", scores, "--resume", *model,
-                              "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)])
+    threshold = args.memorization_threshold
+    if threshold is None:
+        scores = os.path.join(out, "scores_unmemorized.csv")
+        reproduce.script(2).main(["--prompts", bed.unmemorized, "--output", scores, "--resume", *model,
+                                  "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)])
+        threshold = read_threshold(threshold_path(scores))
     held_out = read_prompts(bed.unmemorized)
     quality, unmemorized = os.path.join(out, "quality_prompts.csv"), os.path.join(out, "unmemorized_prompts.csv")
     write_csv(held_out[: args.quality], quality)
     write_csv(held_out[: args.unmemorized], unmemorized)
     table_parser = argparse.ArgumentParser()
     table_command.add_args(table_parser)
-    threshold = read_threshold(threshold_path(scores))
     prompts, rows = subset(counts, out, bed)
+    run_truth = planted_run_truth(bed, rows) if bed.ground_truth else None
+    truth_file = write_truth_file(run_truth, out) if run_truth else None
     table_args = table_parser.parse_args([
         "-d", prompts, "-o", out, "--statistics", statistics,
         "--memorization_threshold", str(threshold), "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE),
@@ -302,16 +321,17 @@ def main(argv=None) -> dict:
         *(["--dori", "--utility_data", write_ordinary_pairs(os.path.join(out, "utility_pairs"), UTILITY_PAIRS,
                                                             SEED, SEED + 3),
            "--attack_similarity", "pixel_ssim", "--finetune_learning_rate", str(FINETUNE_LEARNING_RATE),
-           "--finetune_distillation_weight", str(FINETUNE_DISTILLATION_WEIGHT)]
+           "--finetune_distillation_weight", str(FINETUNE_DISTILLATION_WEIGHT), "--dori_type", args.dori_type]
           if args.dori else []),
         *(["--finetune_epochs", str(args.finetune_epochs)] if args.finetune_epochs else []),
         *(["--attack_steps", str(args.attack_steps)] if args.attack_steps else [])])
     measures = testbed_measures(rows, bed.originals)
     report = reproduce.reproduce(table_args, measures, ("Test-bed" if args.bed == "natural" else "Planted test-bed")
-                                 + f" Table 1 (tau_mem = {threshold:.3f})", claim=False)
+                                 + f" Table 1 (tau_mem = {threshold:.3f})", claim=False,
+                                 attack_neuron_sets={PLANTED_OFF: truth_file} if truth_file else None)
     report["checks"] = checks(report["rows"])
-    if bed.ground_truth:
-        report["planted"] = planted_checks(report, bed, rows, out, [
+    if run_truth:
+        report["planted"] = planted_checks(report, run_truth, truth_file, out, [
             *model, "--steps", str(args.steps), "-n", str(args.num_samples), "-b", str(args.num_samples)], measures)
     for kind, ratios in report["checks"].items():
         print(f"{kind}: " + ", ".join(f"{name} {value:.2f}" for name, value in ratios.items()))
