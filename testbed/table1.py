@@ -77,7 +77,7 @@ BEDS = {
                    planted_path("originals"), planted_path("ground_truth.json"), demo_prompts=(("VM", 2), ("TM", 1))),
 }
 PLANTED_OFF, PLANTED_RANDOM = "planted neurons", "random neurons (planted count)"
-DEMO_QUALITY_PROMPTS = 4
+DEMO_QUALITY_PROMPTS = 2  # held-out prompts of A_color in the demo (ours, sized like the prompt counts above)
 # Wanda's share of each weight row: the authors' 1% prunes nothing on the test bed's ff.net.2
 # rows of 32 and 64 inputs (int(0.01 * 64) = 0); 5% is the smallest round share that prunes at
 # least one weight of every row (1 and 3).
