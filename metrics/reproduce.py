@@ -78,9 +78,12 @@ def finetuned_model(args, results: str) -> tuple[str, dict]:
     return folder, script(9).main([*flags, *model_flags(args)])
 
 
-def run_attacks(args, results: str, models: dict[str, str]) -> dict:
-    """Script 8 against every mitigation: its success rate per memorization type."""
+def run_attacks(args, results: str, models: dict[str, str], neuron_sets: dict[str, str] | None = None) -> dict:
+    """Script 8 against every mitigation: its success rate per memorization type.
+    neuron_sets: further rows, name -> a results file whose refined neurons are deactivated
+    (e.g. the planted bed's ground truth), attacked on the given model after NeMo's."""
     targets = {"none": (models[""], []), "NeMo": (models[""], ["--neurons_from", results])}
+    targets.update({name: (models[""], ["--neurons_from", path]) for name, path in (neuron_sets or {}).items()})
     if WANDA in models:
         targets["Wanda"] = (models[WANDA], [])
     if FINETUNED in models:
@@ -151,9 +154,11 @@ def claim_table_folder(args, output: str) -> None:
         logger.warning("%s: continuing a run with the same settings (finished steps are kept)", output)
 
 
-def reproduce(args, measures: table1.Measures, title: str, claim: bool = True) -> dict:
+def reproduce(args, measures: table1.Measures, title: str, claim: bool = True,
+              attack_neuron_sets: dict[str, str] | None = None) -> dict:
     """Every step of the table; ``measures`` decide its columns. ``claim``: check and record
-    the output folder's settings here (False: the caller has)."""
+    the output folder's settings here (False: the caller has). ``attack_neuron_sets``: with
+    --dori, further neuron sets to attack (``run_attacks``)."""
     settings = chosen_settings(args.settings, args.dori)
     if args.dori and not (args.originals and args.utility_data):
         raise ValueError("--dori needs --originals (the images to attack and erase) and --utility_data")
@@ -212,7 +217,7 @@ def reproduce(args, measures: table1.Measures, title: str, claim: bool = True) -
         report["figures"].append(plots.score_distributions(series, args.memorization_threshold,
                                                            os.path.join(args.output, "memorization_scores.png")))
     if args.dori:
-        report["attack"] = run_attacks(args, results, models)
+        report["attack"] = run_attacks(args, results, models, attack_neuron_sets)
         text += "\n" + table1.attack_markdown(report["attack"], args.dori_type)
     text += "\nFigures: " + ", ".join(os.path.basename(f) for f in report["figures"]) + "\n"
     write_json(os.path.join(args.output, "table1.json"), report)

@@ -277,13 +277,18 @@ def detection_markdown(figures: dict) -> str:
 
 
 def attack_markdown(summaries: dict, kind: str) -> str:
+    """One row per mitigation, and per memorization type where the attacked prompts have several."""
     lines = [f"### The Dori attack on every mitigation ({kind} prompts; script 8)", "",
-             "| mitigation | prompts | replicated before | replicated after the attack | median L2 to the prompt's "
-             "embedding | median cosine |", "|---|---|---|---|---|---|"]
+             "| mitigation | prompts | replicated before | replicated after the attack | median best similarity "
+             "before -> after | median L2 to the prompt's embedding | median cosine |", "|---|---|---|---|---|---|---|"]
     for name, groups in summaries.items():
-        f = groups["overall"]
-        lines.append(f"| {name} | {f['prompts']} | {f['replicated_before']:.2f} | {f['replicated_after']:.2f} | "
-                     f"{f['median_l2']:.2f} | {f['median_cosine']:.3f} |")
+        types = [g for g in groups if g != "overall"]
+        for group in ["overall"] + (types if len(types) > 1 else []):
+            f = groups[group]
+            label = name if group == "overall" else f"{name}, {group}"
+            lines.append(f"| {label} | {f['prompts']} | {f['replicated_before']:.2f} | {f['replicated_after']:.2f} | "
+                         f"{f['median_similarity_before']:.2f} -> {f['median_similarity_after']:.2f} | "
+                         f"{f['median_l2']:.2f} | {f['median_cosine']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -66,18 +66,18 @@ def planted_path(*parts: str) -> str:
     return os.path.join(testbed.PLANTED_DIR, *parts)
 
 
-# Demo size: the natural bed's prompts fit the README's ~10-minute budget on 2 CPU cores
-# (BENCHMARKS.md); it has 12 memorized prompts of each type and 25 held-out ordinary prompts.
-# The planted bed has 6 VM and 2 TM planted prompts (its count is ours, not yet timed).
+# Demo size (ours): `make demo` runs both beds in under 15 minutes on 2 CPU cores (BENCHMARKS.md,
+# "The demo"). The natural bed has 12 memorized prompts of each type and 25 held-out ordinary
+# prompts; the planted bed has 6 VM and 2 TM planted prompts.
 BEDS = {
     "natural": Bed(testbed.MODEL_DIR, testbed.MEMORIZED_PROMPTS, testbed.UNMEMORIZED_PROMPTS, testbed.ADDITIONAL_PROMPTS,
-                   testbed.ORIGINALS_DIR, demo_prompts=(("VM", 4), ("TM", 2))),
+                   testbed.ORIGINALS_DIR, demo_prompts=(("VM", 2), ("TM", 1))),
     "planted": Bed(planted_path("model"), *(planted_path("prompts", f"{kind}_prompts.csv")
                                             for kind in ("memorized", "unmemorized", "additional")),
-                   planted_path("originals"), planted_path("ground_truth.json"), demo_prompts=(("VM", 3), ("TM", 1))),
+                   planted_path("originals"), planted_path("ground_truth.json"), demo_prompts=(("VM", 2), ("TM", 1))),
 }
 PLANTED_OFF, PLANTED_RANDOM = "planted neurons", "random neurons (planted count)"
-DEMO_QUALITY_PROMPTS = 4
+DEMO_QUALITY_PROMPTS = 2  # held-out prompts of A_color in the demo (ours, sized like the prompt counts above)
 # Wanda's share of each weight row: the authors' 1% prunes nothing on the test bed's ff.net.2
 # rows of 32 and 64 inputs (int(0.01 * 64) = 0); 5% is the smallest round share that prunes at
 # least one weight of every row (1 and 3).
@@ -190,19 +190,29 @@ def folder_ssim(folder: str, originals: dict[int, str], measures: table1.Measure
             for prompt, paths in generated_images(folder).items()}
 
 
-def planted_checks(report: dict, bed: Bed, rows: list[int], out: str, generation: list[str],
-                   measures: table1.Measures) -> dict:
+def planted_run_truth(bed: Bed, rows: list[int]) -> ground_truth.GroundTruth:
+    """The bed's ground truth renumbered to the run's prompt file (``rows``: each prompt's row
+    in the full file)."""
+    truth = ground_truth.read_ground_truth(bed.ground_truth)
+    return ground_truth.GroundTruth(truth.layers, truth.widths, *(
+        {new: mapping[row] for new, row in enumerate(rows)} for mapping in (truth.neurons, truth.captions, truth.types)))
+
+
+def write_truth_file(run_truth: ground_truth.GroundTruth, out: str) -> str:
+    """The run's ground truth as a results file of script 3 (what scripts 4 and 8 deactivate)."""
+    path = os.path.join(out, "ground_truth_neurons.csv")
+    write_csv(ground_truth.results_frame(run_truth), path)
+    return path
+
+
+def planted_checks(report: dict, run_truth: ground_truth.GroundTruth, truth_file: str, out: str,
+                   generation: list[str], measures: table1.Measures) -> dict:
     """The planted bed's criteria and localization table.
 
-    Script 4 deactivates the ground truth (written as a results file of script 3), as many
+    Script 4 deactivates the ground truth (``truth_file``, a results file of script 3), as many
     random neurons per layer, and NeMo's initial neurons; the localization table compares
     NeMo's sets with the ground truth and says which sets stop the replication.
     """
-    truth = ground_truth.read_ground_truth(bed.ground_truth)
-    run_truth = ground_truth.GroundTruth(truth.layers, truth.widths, *(
-        {new: mapping[row] for new, row in enumerate(rows)} for mapping in (truth.neurons, truth.captions, truth.types)))
-    truth_file = os.path.join(out, "ground_truth_neurons.csv")
-    ground_truth.results_frame(run_truth).to_csv(truth_file, sep=";")
     nemo_file = os.path.join(out, "memorization_statistics.csv")
     folders = {PLANTED_OFF: (truth_file, "--refined_neurons"), PLANTED_RANDOM: (truth_file, "--block_random_neurons"),
                "NeMo initial": (nemo_file, "--initial_neurons")}
@@ -214,7 +224,7 @@ def planted_checks(report: dict, bed: Bed, rows: list[int], out: str, generation
         reproduce.script(4).main(["-f", results, "-d", os.path.join(out, "memorized_prompts.csv"), "-o", folder,
                                       *generation, flag])
         ssim[name] = folder_ssim(folder, originals, measures)
-    nemo = read_results(nemo_file, truth.widths)
+    nemo = read_results(nemo_file, run_truth.widths)
     sets = {"NeMo initial": dict(enumerate(nemo["Initial Neurons"])), "NeMo refined": dict(enumerate(nemo["Refined Neurons"])),
             PLANTED_OFF: run_truth.neurons}
     localization = ground_truth.localization_rows(sets, run_truth, ssim)
@@ -248,14 +258,14 @@ def main(argv=None) -> dict:
                         help="natural: the test bed (testbed/model); planted: its fine-tuned copy whose planted prompts "
                              "replicate through known neurons (testbed/planted), with the localization table")
     parser.add_argument("--model", default=None, help="diffusers folder of the bed's model (default: the bed's)")
-    parser.add_argument("--output", default="demo_output", help="folder for every file the run writes")
+    parser.add_argument("--output", default=None, help="folder for every file the run writes (default: demo_output/<bed>)")
     parser.add_argument("--steps", type=cli.positive_int, default=GENERATION_STEPS, help="DDIM steps of the generations (paper: 50)")
     parser.add_argument("--num_samples", type=cli.positive_int, default=NUM_SAMPLES, help="images per prompt (paper: 10)")
     for kind in ("VM", "TM"):
         parser.add_argument(f"--{kind.lower()}", type=cli.non_negative_int, default=None,
                             help=f"how many {kind} prompts (default: the bed's demo count, " + ", ".join(
                                 f"{name} {dict(bed.demo_prompts)[kind]}" for name, bed in BEDS.items())
-                            + "; the natural bed's sized to fit the demo in about 11 minutes on 2 CPU cores)")
+                            + "; sized so that `make demo` runs both beds in under 15 minutes on 2 CPU cores)")
     parser.add_argument("--quality", type=cli.positive_int, default=DEMO_QUALITY_PROMPTS,
                         help="held-out ordinary prompts for the A_color column (sized for the demo)")
     parser.add_argument("--unmemorized", type=cli.positive_int, default=None,
@@ -264,6 +274,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--dori", action="store_true",
                         help="also adversarial fine-tuning and the Dori attack on every mitigation (scripts 8, 9; "
                              "about 25 minutes on 2 CPU cores for 12 VM prompts)")
+    parser.add_argument("--dori_type", choices=("VM", "TM", "all"), default="VM",
+                        help="with --dori: the memorized prompts attacked and erased (script 6's default: VM, as the paper)")
+    parser.add_argument("--memorization_threshold", type=float, default=None,
+                        help="tau_mem of NeMo's localization (default: the bed's own, script 2 on its held-out prompts; "
+                             "SD v1.4's is 0.428)")
     parser.add_argument("--finetune_epochs", type=cli.positive_int, default=None, help="script 9's epochs (default: the paper's 5)")
     parser.add_argument("--attack_steps", type=cli.positive_int, default=None, help="steps of every attack (default: the paper's 50)")
     cli.add_run_args(parser, resumable=False, limit=False)
@@ -274,23 +289,27 @@ def main(argv=None) -> dict:
               for kind, n in bed.demo_prompts}
     if sum(counts.values()) == 0:
         raise ValueError("--vm 0 --tm 0: expected at least one memorized prompt")
-    out = args.output
+    out = args.output = args.output or os.path.join("demo_output", args.bed)
     reproduce.claim_table_folder(args, out)  # a rerun continues every finished step; other settings are refused
     model = ["-v", args.model or bed.model]
     statistics = os.path.join(out, "statistics.pt")
     importlib.import_module("1_compute_activations_statistics").main(
         ["--prompts", bed.additional, "--output", statistics, *model])
-    scores = os.path.join(out, "scores_unmemorized.csv")
-    reproduce.script(2).main(["--prompts", bed.unmemorized, "--output", scores, "--resume", *model,
-                              "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)])
+    threshold = args.memorization_threshold
+    if threshold is None:
+        scores = os.path.join(out, "scores_unmemorized.csv")
+        reproduce.script(2).main(["--prompts", bed.unmemorized, "--output", scores, "--resume", *model,
+                                  "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)])
+        threshold = read_threshold(threshold_path(scores))
     held_out = read_prompts(bed.unmemorized)
     quality, unmemorized = os.path.join(out, "quality_prompts.csv"), os.path.join(out, "unmemorized_prompts.csv")
     write_csv(held_out[: args.quality], quality)
     write_csv(held_out[: args.unmemorized], unmemorized)
     table_parser = argparse.ArgumentParser()
     table_command.add_args(table_parser)
-    threshold = read_threshold(threshold_path(scores))
     prompts, rows = subset(counts, out, bed)
+    run_truth = planted_run_truth(bed, rows) if bed.ground_truth else None
+    truth_file = write_truth_file(run_truth, out) if run_truth else None
     table_args = table_parser.parse_args([
         "-d", prompts, "-o", out, "--statistics", statistics,
         "--memorization_threshold", str(threshold), "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE),
@@ -302,16 +321,17 @@ def main(argv=None) -> dict:
         *(["--dori", "--utility_data", write_ordinary_pairs(os.path.join(out, "utility_pairs"), UTILITY_PAIRS,
                                                             SEED, SEED + 3),
            "--attack_similarity", "pixel_ssim", "--finetune_learning_rate", str(FINETUNE_LEARNING_RATE),
-           "--finetune_distillation_weight", str(FINETUNE_DISTILLATION_WEIGHT)]
+           "--finetune_distillation_weight", str(FINETUNE_DISTILLATION_WEIGHT), "--dori_type", args.dori_type]
           if args.dori else []),
         *(["--finetune_epochs", str(args.finetune_epochs)] if args.finetune_epochs else []),
         *(["--attack_steps", str(args.attack_steps)] if args.attack_steps else [])])
     measures = testbed_measures(rows, bed.originals)
     report = reproduce.reproduce(table_args, measures, ("Test-bed" if args.bed == "natural" else "Planted test-bed")
-                                 + f" Table 1 (tau_mem = {threshold:.3f})", claim=False)
+                                 + f" Table 1 (tau_mem = {threshold:.3f})", claim=False,
+                                 attack_neuron_sets={PLANTED_OFF: truth_file} if truth_file else None)
     report["checks"] = checks(report["rows"])
-    if bed.ground_truth:
-        report["planted"] = planted_checks(report, bed, rows, out, [
+    if run_truth:
+        report["planted"] = planted_checks(report, run_truth, truth_file, out, [
             *model, "--steps", str(args.steps), "-n", str(args.num_samples), "-b", str(args.num_samples)], measures)
     for kind, ratios in report["checks"].items():
         print(f"{kind}: " + ", ".join(f"{name} {value:.2f}" for name, value in ratios.items()))

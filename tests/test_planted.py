@@ -225,3 +225,22 @@ def test_first_step_reads_the_planted_neurons_not_random_ones():
         blocked = blocked_scores(deltas[0], deltas[1:], testbed.SSIM_KERNEL_SIZE)
         assert plain > 3 * tau and off < 1.5 * tau, (prompt, plain, off, tau)
         assert blocked[0] < 0.6 and blocked[1] > 0.8, (prompt, blocked)
+
+
+def test_table1_dori_attacks_the_planted_neurons_off(tmp_path):
+    """--bed planted --dori: the attack table has a row for the ground truth deactivated, attacked
+    with those neurons off (its prompt's best SSIM before the attack falls below the plain
+    model's by a quarter at least), and --memorization_threshold replaces the bed's own tau_mem (no script 2 run)."""
+    from testbed import table1
+
+    report = table1.main(["--bed", "planted", "--output", str(tmp_path), "--vm", "1", "--tm", "1", "--steps", "4",
+                          "--num_samples", "2", "--quality", "1", "--unmemorized", "2", "--settings", "NeMo", "--dori",
+                          "--attack_steps", "1", "--finetune_epochs", "1", "--memorization_threshold", "0.428"])
+    attack = report["attack"]
+    assert list(attack) == ["none", "NeMo", table1.PLANTED_OFF, "adversarial fine-tuning"]
+    summary = json.loads((tmp_path / "attack" / "planted_neurons" / "attack_summary.json").read_text())
+    assert summary["nemo_neurons"] == str(tmp_path / "ground_truth_neurons.csv")
+    before = {name: attack[name]["overall"]["median_similarity_before"] for name in ("none", table1.PLANTED_OFF)}
+    assert before[table1.PLANTED_OFF] < 0.75 * before["none"], before  # 2 images of 4 steps: a margin, not the criterion
+    assert not (tmp_path / "scores_unmemorized.csv").exists()
+    assert f"| {table1.PLANTED_OFF} | 2 |" in (tmp_path / "table1.md").read_text()
