@@ -74,7 +74,7 @@ def add_args(parser) -> None:
                              "mitigation (needs --originals and --utility_data)")
     attack.add_argument("--utility_data", default=None,
                         help="';' CSV with columns Caption and Image: pairs of fine-tuning's utility loss")
-    attack.add_argument("--dori_type", choices=("VM", "TM", "all"), default="VM",
+    attack.add_argument("--dori_type", choices=defaults.ATTACK_TYPES, default=defaults.ATTACK_TYPE,
                         help="memorized prompts attacked and erased (the paper reports VM)")
     attack.add_argument("--attack_similarity", choices=("sscd", "pixel_ssim"), default="sscd",
                         help="replication measure of script 8 (SSCD > 0.7: the paper's)")

@@ -42,7 +42,7 @@ from testbed.alignment import alignment
 from testbed.synthetic_data import ordinary_combination, render_ordinary, write_ordinary_pairs
 from testbed.train_testbed import SEED
 from utils import cli
-from utils.defaults import GENERATION_STEPS, NUM_SAMPLES, WANDA_SUBSET_SIZE
+from utils.defaults import ATTACK_TYPE, ATTACK_TYPES, GENERATION_STEPS, NUM_SAMPLES, WANDA_SUBSET_SIZE
 from utils.files import read_prompts, read_results, read_threshold, threshold_path
 from utils.outputs import atomic_path, write_json
 
@@ -274,9 +274,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--dori", action="store_true",
                         help="also adversarial fine-tuning and the Dori attack on every mitigation (scripts 8, 9; "
                              "about 25 minutes on 2 CPU cores for 12 VM prompts)")
-    parser.add_argument("--dori_type", choices=("VM", "TM", "all"), default="VM",
+    parser.add_argument("--dori_type", choices=ATTACK_TYPES, default=ATTACK_TYPE,
                         help="with --dori: the memorized prompts attacked and erased (script 6's default: VM, as the paper)")
-    parser.add_argument("--memorization_threshold", type=float, default=None,
+    parser.add_argument("--memorization_threshold", type=cli.positive_float, default=None,
                         help="tau_mem of NeMo's localization (default: the bed's own, script 2 on its held-out prompts; "
                              "SD v1.4's is 0.428)")
     parser.add_argument("--finetune_epochs", type=cli.positive_int, default=None, help="script 9's epochs (default: the paper's 5)")

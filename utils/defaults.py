@@ -124,6 +124,8 @@ ATTACK_STEPS = 50  # paper §3: Adam, learning rate 0.1, 50 steps, 8 noise sampl
 ATTACK_LEARNING_RATE = 0.1
 ATTACK_BATCH = 8
 ATTACK_SEED = 0  # ours: seeds the noise and timesteps the attack draws
+ATTACK_TYPES = ("VM", "TM", "all")  # memorized prompts attacked and erased
+ATTACK_TYPE = "VM"  # the Dori paper reports VM prompts
 SSCD_REPLICATION_THRESHOLD = 0.7  # paper; NeMo App. C.1 for VM prompts
 # The test bed's weight-free stand-in (ours; its VM generations score 0.57-0.69 to their
 # training image, held-out images 0.55 between seeds).

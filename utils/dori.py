@@ -151,7 +151,7 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
     unet = pipe.unet
     original = copy.deepcopy(unet).eval().requires_grad_(False) if distillation_weight > 0 else None
     # The fused kernel updates each weight in place; torch's default (foreach) step holds one more
-    # copy of all weights as a temporary: 3.2 GiB at SD's size (BENCHMARKS.md, issue 20).
+    # copy of all weights as a temporary (0.2-0.4 GiB less at the peak at SD's size, BENCHMARKS.md, issue 20).
     optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, fused=unet.device.type in FUSED_ADAMW_DEVICES)
     scaler = torch.amp.GradScaler(unet.device.type, enabled=compute_dtype == torch.float16)
     mixed = functools.partial(torch.autocast, unet.device.type, dtype=compute_dtype,
