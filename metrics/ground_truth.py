@@ -103,14 +103,25 @@ def localization_rows(sets: dict[str, dict[int, NeuronSet]], truth: GroundTruth,
     return rows
 
 
+def other_unit_rows(method: str, size: int, truth: GroundTruth, ssim: dict[str, dict[int, float]]) -> list[dict]:
+    """Rows for a method whose units are not value neurons (Wanda's ``ff.net.2`` weights): no
+    recall or precision against the ground truth, only the size and whether removing the
+    units stops each prompt's replication (``ssim`` as for ``localization_rows``)."""
+    return [dict(method=method, prompt=prompt, type=truth.types[prompt], recall=math.nan, precision=math.nan,
+                 size=size, stops=stops(ssim.get(method, {}).get(prompt), ssim.get("plain", {}).get(prompt)))
+            for prompt in sorted(truth.neurons)]
+
+
 def summary(rows: list[dict]) -> dict[str, dict]:
-    """Per method: prompts, share with every true neuron found, median precision, median size,
-    share whose replication the set stops."""
+    """Per method: prompts, share with every true neuron found (NaN where the method's units are
+    not value neurons), median precision, median size, share whose replication the set stops."""
     frame = pd.DataFrame(rows)
     result = {}
     for method, group in frame.groupby("method", sort=False):
         stopped = group["stops"].dropna()
-        result[method] = dict(prompts=len(group), all_found=float((group["recall"] == 1).mean()),
+        comparable = group["recall"].notna().any()
+        result[method] = dict(prompts=len(group),
+                              all_found=float((group["recall"] == 1).mean()) if comparable else math.nan,
                               recall=float(group["recall"].median()), precision=float(group["precision"].median()),
                               size=float(group["size"].median()),
                               stops=float(stopped.astype(bool).mean()) if len(stopped) else None)

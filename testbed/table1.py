@@ -32,7 +32,7 @@ from torchvision.transforms.functional import to_tensor
 
 import testbed
 from metrics import ground_truth, reproduce, table1
-from metrics.rows import PLAIN, folder_name
+from metrics.rows import IN_P, PLAIN, SETTINGS, WANDA, folder_name
 from metrics.copies import References
 from metrics.embedders import PixelEmbedder
 from metrics.images import generated_images, load_images, original_images
@@ -77,6 +77,7 @@ BEDS = {
                    planted_path("originals"), planted_path("ground_truth.json"), demo_prompts=(("VM", 2), ("TM", 1))),
 }
 PLANTED_OFF, PLANTED_RANDOM = "planted neurons", "random neurons (planted count)"
+WANDA_ROW = next(setting.name for setting in SETTINGS if setting.model == WANDA and not setting.neurons)
 DEMO_QUALITY_PROMPTS = 2  # held-out prompts of A_color in the demo (ours, sized like the prompt counts above)
 # Wanda's share of each weight row: the authors' 1% prunes nothing on the test bed's ff.net.2
 # rows of 32 and 64 inputs (int(0.01 * 64) = 0); 5% is the smallest round share that prunes at
@@ -211,7 +212,8 @@ def planted_checks(report: dict, run_truth: ground_truth.GroundTruth, truth_file
 
     Script 4 deactivates the ground truth (``truth_file``, a results file of script 3), as many
     random neurons per layer, and NeMo's initial neurons; the localization table compares
-    NeMo's sets with the ground truth and says which sets stop the replication.
+    NeMo's sets with the ground truth and says which sets stop the replication, Wanda's pruned
+    model too (its ff.net.2 weights are not value neurons: no recall or precision).
     """
     nemo_file = os.path.join(out, "memorization_statistics.csv")
     folders = {PLANTED_OFF: (truth_file, "--refined_neurons"), PLANTED_RANDOM: (truth_file, "--block_random_neurons"),
@@ -228,6 +230,11 @@ def planted_checks(report: dict, run_truth: ground_truth.GroundTruth, truth_file
     sets = {"NeMo initial": dict(enumerate(nemo["Initial Neurons"])), "NeMo refined": dict(enumerate(nemo["Refined Neurons"])),
             PLANTED_OFF: run_truth.neurons}
     localization = ground_truth.localization_rows(sets, run_truth, ssim)
+    wanda = [row for row in (WANDA_ROW, WANDA_ROW + IN_P) if row in report["rows"]]
+    if wanda and report.get("wanda"):  # its units are ff.net.2 weights: only their count and the stop compare
+        name = f"Wanda ({report['wanda']['pruned_weights']} ff.net.2 weights)"
+        ssim[name] = {int(p): v for row in wanda for p, v in report["rows"][row]["per_prompt"]["SSIM_Orig"].items()}
+        localization += ground_truth.other_unit_rows(name, report["wanda"]["pruned_weights"], run_truth, ssim)
     lost = {prompt: ground_truth.lost_at(nemo["Initial Neurons"][prompt], nemo["Refined Neurons"][prompt], neurons)
             for prompt, neurons in run_truth.neurons.items()}
     ratio = lambda name, kind: (

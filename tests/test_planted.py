@@ -244,3 +244,23 @@ def test_table1_dori_attacks_the_planted_neurons_off(tmp_path):
     assert before[table1.PLANTED_OFF] < 0.75 * before["none"], before  # 2 images of 4 steps: a margin, not the criterion
     assert not (tmp_path / "scores_unmemorized.csv").exists()
     assert f"| {table1.PLANTED_OFF} | 2 |" in (tmp_path / "table1.md").read_text()
+
+
+def test_table1_localization_table_has_wandas_pruned_model(tmp_path):
+    """Wanda's units (ff.net.2 weights) are not value neurons: its row in the localization
+    table has no recall or precision, the count of pruned weights as its size, and whether its
+    pruned model stops each prompt's replication."""
+    import math
+
+    from testbed import table1
+
+    report = table1.main(["--bed", "planted", "--output", str(tmp_path), "--vm", "2", "--tm", "0", "--steps", "4",
+                          "--num_samples", "2", "--quality", "1", "--unmemorized", "2",
+                          "--settings", "NeMo,Wanda (pruned model)", "--memorization_threshold", "0.428"])
+    pruned = report["wanda"]["pruned_weights"]
+    rows = [r for r in report["planted"]["localization"] if r["method"].startswith("Wanda")]
+    assert [r["prompt"] for r in rows] == [0, 1] and all(r["size"] == pruned > 0 for r in rows)
+    assert all(math.isnan(r["recall"]) and math.isnan(r["precision"]) and r["stops"] in (True, False) for r in rows)
+    summary = report["planted"]["summary"][rows[0]["method"]]
+    assert math.isnan(summary["all_found"]) and summary["size"] == pruned
+    assert f"| {rows[0]['method']} | 0 | VM | – | – | {pruned} |" in (tmp_path / "table1.md").read_text()
