@@ -128,13 +128,18 @@ def setting_row(folder: str, plain: dict[int, torch.Tensor], originals: dict[int
 
 
 def quality_score(folder: str, captions: dict[int, str], measures: Measures) -> dict | None:
-    """Median alignment over the held-out prompts of ``folder`` (their original captions)."""
+    """Median alignment over the held-out prompts of ``folder`` (their original captions), and
+    the mean (less coarse where a prompt's alignment is a share of a few images)."""
     values = {}
     for prompt, images in _prompt_images(folder):
         value = measures.align(images, captions[prompt])
         if value is not None:
             values[prompt] = value
-    return summarize(values, {}) if values else None
+    if not values:
+        return None
+    summary = summarize(values, {})
+    summary[OVERALL]["mean"] = sum(values.values()) / len(values)
+    return summary
 
 
 def image_quality_score(folder: str, captions: dict[int, str], measures: Measures) -> dict:

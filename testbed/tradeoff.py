@@ -4,8 +4,8 @@ Sweeps one recipe knob of script 9 (a fine-tuned model per value) on the test be
 VM prompts, and measures for each model and for the reference mitigations (the unmodified
 model, NeMo's refined neurons off, Wanda's pruned model) the Dori attack's success rate on
 those prompts (script 8, pixel SSIM) and the utility on held-out ordinary prompts (script 4:
-A_color, and KID_pix of metrics/pixel_quality.py). Writes tradeoff.json and tradeoff.png, one
-point per setting, into --output; a rerun reuses every finished step.
+A_color, its mean over prompts, and KID_pix of metrics/pixel_quality.py). Writes tradeoff.json
+and tradeoff.png, one point per setting, into --output; a rerun reuses every finished step.
 
     python -m testbed.tradeoff --knob distillation_weight --values 0,10,100 --output /tmp/tradeoff
 """
@@ -21,7 +21,9 @@ from utils import cli
 from utils.defaults import ATTACK_STEPS, FINETUNE_EPOCHS, GENERATION_STEPS, NUM_SAMPLES
 
 KNOBS = ("distillation_weight", "utility_weight", "empty_caption_share", "epochs", "learning_rate", "utility_batch")
-UTILITY_MEASURES = ("A_color", "KID_pix")
+# A_color: the median over prompts of each prompt's aligned share (script 6's column);
+# A_color_mean: the share of all images, less coarse with a few images a prompt
+UTILITY_MEASURES = ("A_color", "A_color_mean", "KID_pix")
 FLAGS_NAME = "tradeoff_flags.json"  # script 9's flags a model was made with, beside finetune.json
 SCRIPTS = {3: "3_detect_memorized_neurons", 4: "4_generate_images", 7: "7_prune_memorized_weights",
            8: "8_attack_mitigation", 9: "9_adversarial_finetuning"}
@@ -50,7 +52,8 @@ def measure(args, name: str, model: str, results: str, prompts: str, quality: st
                              "--resume", "-o", os.path.join(folder, "attack"), "--similarity", "pixel_ssim",
                              "--attack_steps", str(args.attack_steps), "--steps", str(args.steps),
                              "-n", str(args.num_samples), *attack_flags])["overall"]
-    return dict(A_color=table1.quality_score(os.path.join(folder, "quality"), captions, measures)["overall"]["median"],
+    alignment_summary = table1.quality_score(os.path.join(folder, "quality"), captions, measures)["overall"]
+    return dict(A_color=alignment_summary["median"], A_color_mean=alignment_summary["mean"],
                 KID_pix=table1.image_quality_score(os.path.join(folder, "quality"), captions, measures)["overall"]["mean"],
                 success=attack["replicated_after"], replicated_before=attack["replicated_before"])
 
@@ -85,7 +88,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--values", required=True, help="comma-separated values of the knob, one model each")
     parser.add_argument("--recipe", default="",
                         help="further script 9 flags for every model, comma-separated NAME=VALUE (e.g. utility_batch=8)")
-    parser.add_argument("--utility", choices=UTILITY_MEASURES, default="A_color", help="the figure's utility axis")
+    parser.add_argument("--utility", choices=UTILITY_MEASURES, default="A_color", help="the figure's utility axis: A_color (median over prompts, as script 6), "
+                             "A_color_mean (share of all held-out images aligned) or KID_pix")
     parser.add_argument("--vm", type=cli.positive_int, default=12, help="VM prompts attacked and erased (of 12)")
     parser.add_argument("--quality", type=cli.positive_int, default=10,
                         help="held-out ordinary prompts of the utility (of 25; 10 as in the full test-bed Table 1)")
@@ -129,8 +133,8 @@ def main(argv=None) -> dict:
         """Add a point; the JSON and the figure are rewritten after every point, so a killed
         run leaves what it measured."""
         report[group][name] = point
-        print(f"{name}: attack success {point['success']:.2f}, A_color {point['A_color']:.2f}, "
-              f"KID_pix {point['KID_pix']:.2f}", flush=True)
+        print(f"{name}: attack success {point['success']:.2f}, A_color {point['A_color']:.2f} "
+              f"(mean {point['A_color_mean']:.3f}), KID_pix {point['KID_pix']:.2f}", flush=True)
         plots.tradeoff({args.knob: [(float(v), p[args.utility], p["success"]) for v, p in report["sweep"].items()]}
                        if report["sweep"] else {},
                        {name: (p[args.utility], p["success"]) for name, p in report["references"].items()},

@@ -50,3 +50,20 @@ def test_the_column_scores_every_image_of_a_folder(tmp_path):
     figure = table1.image_quality_score(str(tmp_path), captions, measures)
     assert figure["overall"]["n"] == 20
     assert figure["overall"]["mean"] < 0.05 * kid_to_renders([Image.new("RGB", (48, 48))] * 20, CAPTIONS[:20])
+
+
+def test_the_alignment_column_gives_the_median_and_mean_share_over_prompts(tmp_path):
+    """A_color per prompt is the share of its images in the caption's colours: the median over
+    prompts moves in steps of that share, the mean is the share of all images."""
+    from testbed.alignment import alignment
+
+    captions = dict(enumerate(CAPTIONS[:3]))
+    renders = reference_renders(CAPTIONS[:3] * 4, seed=4)
+    blank = Image.new("RGB", (48, 48), (120, 120, 120))  # gray everywhere: no shape drawn
+    aligned = {0: 4, 1: 1, 2: 0}  # of each prompt's 4 images
+    for i, image in enumerate(renders):
+        prompt, sample = i % 3, i // 3
+        (image if sample < aligned[prompt] else blank).save(image_path(str(tmp_path), prompt, sample))
+    measures = table1.Measures("o", "g", "d", None, None, align_name="A_color", align=alignment)
+    summary = table1.quality_score(str(tmp_path), captions, measures)["overall"]
+    assert summary["median"] == 0.25 and summary["mean"] == pytest.approx(5 / 12)
