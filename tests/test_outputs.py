@@ -12,7 +12,7 @@ def test_file_appears_only_when_complete(tmp_path):
     with outputs.atomic_file(str(path)) as f:
         f.write("a;b\n")
         assert not path.exists()
-        assert os.path.exists(outputs.temporary_path(str(path)))
+        assert [name for name in os.listdir(path.parent) if name.endswith(outputs.PART_SUFFIX)]
     assert path.read_text() == "a;b\n"
     assert os.listdir(path.parent) == ["rows.csv"]
 
@@ -37,6 +37,19 @@ def test_folder_replaced_whole(tmp_path):
             assert not (path / "weights").exists() or (path / "weights").read_text() == "old"
     assert (path / "weights").read_text() == "new"
     assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_two_writers_of_one_file_both_complete(tmp_path):
+    """Two writes of one output at once (two runs sharing a folder) keep their own
+    temporaries: each completes, the last rename wins, nothing is left behind."""
+    path = str(tmp_path / "prompts.csv")
+    with outputs.atomic_file(path) as first:
+        first.write("first\n")
+        with outputs.atomic_file(path) as second:
+            second.write("second\n")
+        assert open(path).read() == "second\n"
+    assert open(path).read() == "first\n"
+    assert os.listdir(tmp_path) == ["prompts.csv"]
 
 
 def test_leftovers_removed(tmp_path):

@@ -1,7 +1,8 @@
 """Atomic outputs: a file or folder appears under its final name only once it is complete.
 
 Everything is first written to a hidden temporary beside its destination
-(``.<name>.part``, same folder, so the final ``os.replace`` is atomic on one file system),
+(``.<name>.<pid>-<n>.part``, same folder, so the final ``os.replace`` is atomic on one file
+system; unique to the write, so two processes writing one output never remove each other's),
 then renamed. A killed process leaves at most a ``.part`` temporary, never a truncated
 file under the final name; ``remove_leftovers`` clears such temporaries before a rerun.
 
@@ -11,6 +12,7 @@ Torch-free: torch and PIL are imported only by the functions that save their obj
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -18,12 +20,13 @@ import shutil
 from utils.faults import crash_point
 
 PART_PREFIX, PART_SUFFIX = ".", ".part"
+_WRITES = itertools.count()  # numbers this process's temporaries
 
 
 def temporary_path(path: str) -> str:
-    """The hidden temporary that ``path`` is written to before its rename."""
+    """A new hidden temporary for ``path`` to be written to before its rename."""
     folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f"{PART_PREFIX}{name}{PART_SUFFIX}")
+    return os.path.join(folder, f"{PART_PREFIX}{name}.{os.getpid()}-{next(_WRITES)}{PART_SUFFIX}")
 
 
 def _discard(path: str) -> None:
@@ -42,7 +45,6 @@ def atomic_path(path: str):
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = temporary_path(path)
-    _discard(temporary)
     try:
         yield temporary
         if os.path.isfile(temporary):
