@@ -24,6 +24,10 @@ KNOBS = ("distillation_weight", "utility_weight", "empty_caption_share", "epochs
 # A_color: the median over prompts of each prompt's aligned share (script 6's column);
 # A_color_mean: the share of all images, less coarse with a few images a prompt
 UTILITY_MEASURES = ("A_color", "A_color_mean", "KID_pix")
+# Held-out images per prompt of the utility measures (ours): at 4 a prompt (40 images) the
+# unmodified model's KID_pix spans 8.1-13.7 and its median A_color 0.25-0.50 over 4 generation
+# seeds, more than the 10% a recipe may cost (BENCHMARKS.md, issue 25).
+QUALITY_SAMPLES = 16
 FLAGS_NAME = "tradeoff_flags.json"  # script 9's flags a model was made with, beside finetune.json
 SCRIPTS = {3: "3_detect_memorized_neurons", 4: "4_generate_images", 7: "7_prune_memorized_weights",
            8: "8_attack_mitigation", 9: "9_adversarial_finetuning"}
@@ -42,9 +46,9 @@ def measure(args, name: str, model: str, results: str, prompts: str, quality: st
     from utils.files import read_prompts
 
     folder = os.path.join(args.output, "points", name)
-    generation = ["--steps", str(args.steps), "-n", str(args.num_samples), "-b", str(args.num_samples)]
-    script(4).main(["-f", results, "--prompts", quality, "-o", os.path.join(folder, "quality"), "-v", model,
-                    *generation, *generation_flags])
+    images = os.path.join(folder, f"quality_{args.quality_samples}")
+    script(4).main(["-f", results, "--prompts", quality, "-o", images, "-v", model, "--steps", str(args.steps),
+                    "-n", str(args.quality_samples), "-b", str(args.quality_samples), *generation_flags])
     measures = table1.Measures("", "", "", None, None, align_name="A_color", align=alignment,
                                quality_name="KID_pix", image_quality=kid_to_renders)
     captions = dict(enumerate(read_prompts(quality)["Caption"]))
@@ -52,9 +56,9 @@ def measure(args, name: str, model: str, results: str, prompts: str, quality: st
                              "--resume", "-o", os.path.join(folder, "attack"), "--similarity", "pixel_ssim",
                              "--attack_steps", str(args.attack_steps), "--steps", str(args.steps),
                              "-n", str(args.num_samples), *attack_flags])["overall"]
-    alignment_summary = table1.quality_score(os.path.join(folder, "quality"), captions, measures)["overall"]
+    alignment_summary = table1.quality_score(images, captions, measures)["overall"]
     return dict(A_color=alignment_summary["median"], A_color_mean=alignment_summary["mean"],
-                KID_pix=table1.image_quality_score(os.path.join(folder, "quality"), captions, measures)["overall"]["mean"],
+                KID_pix=table1.image_quality_score(images, captions, measures)["overall"]["mean"],
                 success=attack["replicated_after"], replicated_before=attack["replicated_before"])
 
 
@@ -97,7 +101,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--attack_steps", type=cli.positive_int, default=ATTACK_STEPS,
                         help="steps of every attack (paper: 50)")
     parser.add_argument("--steps", type=cli.positive_int, default=GENERATION_STEPS, help="DDIM steps (paper: 50)")
-    parser.add_argument("--num_samples", type=cli.positive_int, default=NUM_SAMPLES, help="images per prompt (paper: 10)")
+    parser.add_argument("--num_samples", type=cli.positive_int, default=NUM_SAMPLES,
+                        help="images per memorized prompt before and after each attack (paper: 10)")
+    parser.add_argument("--quality_samples", type=cli.positive_int, default=QUALITY_SAMPLES,
+                        help="images per held-out prompt of the utility (ours: at 4, the unmodified model's KID_pix "
+                             "spans 8.1-13.7 over 4 seeds; BENCHMARKS.md, issue 25)")
     parser.add_argument("--log_level", default="WARNING", help="logging level")
     args = cli.parse(parser, argv)
     recipe = [item.split("=", 1) for item in args.recipe.split(",") if item.strip()]
