@@ -82,6 +82,8 @@ def add_args(parser) -> None:
     attack.add_argument("--finetune_epochs", type=cli.positive_int, default=defaults.FINETUNE_EPOCHS, help="script 9's epochs")
     attack.add_argument("--finetune_learning_rate", type=cli.positive_float, default=defaults.FINETUNE_LEARNING_RATE,
                         help="script 9's U-Net learning rate")
+    attack.add_argument("--finetune_utility_batch", type=cli.positive_int, default=defaults.UTILITY_BATCH,
+                        help="script 9's utility pairs a step (ours)")
     attack.add_argument("--finetune_utility_weight", type=float, default=defaults.UTILITY_WEIGHT,
                         help="script 9's weight of the utility loss (paper: 1:1)")
     attack.add_argument("--finetune_empty_caption_share", type=float, default=defaults.UTILITY_EMPTY_CAPTION_SHARE,

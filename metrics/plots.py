@@ -76,23 +76,28 @@ def neurons_per_layer(counts: dict[str, np.ndarray], path: str) -> str:
     return save_figure(axis, path)
 
 
-def tradeoff(sweep: dict[str, list[tuple[float, float, float]]], references: dict[str, tuple[float, float]],
-             utility_name: str, path: str) -> str:
-    """Attack success rate against utility: a line per swept knob, one point per setting
-    (knob value, utility, success), and the reference mitigations as single points."""
-    axis = new_axis()
-    for knob, points in sweep.items():
-        _, utility, success = zip(*points)
-        axis.plot(utility, success, marker="o", label=f"adversarial fine-tuning, {knob}")
-        for value, x, y in points:
-            axis.annotate(f"{value:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    for (name, (x, y)), marker in zip(references.items(), "s^vDP*"):
-        axis.scatter([x], [y], marker=marker, s=40, label=name, zorder=3)
-    axis.set(xlabel=utility_name, ylabel="attack success rate (re-triggered)", ylim=(-0.05, 1.05))
-    axis.margins(x=0.1)  # room for the knob values' labels at the ends
-    # below the axes: inside, it hides the reference points that sit at success 1 or 0
-    axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
-    return save_figure(axis, path)
+def tradeoff(sweep: dict[str, list[tuple[float, dict[str, float], float]]],
+             references: dict[str, tuple[dict[str, float], float]], utility_names: dict[str, str], path: str) -> str:
+    """Attack success rate against utility, one panel per utility measure (``utility_names``:
+    measure -> axis label): a line per swept knob, one point per setting (knob value,
+    {measure: utility}, success), and the reference mitigations as single points."""
+    width, height = FIGURE_SIZE
+    axes = Figure(figsize=(width * len(utility_names), height), layout="tight").subplots(1, len(utility_names),
+                                                                                         squeeze=False)[0]
+    for axis, (measure, label) in zip(axes, utility_names.items()):
+        for knob, points in sweep.items():
+            values, utilities, successes = zip(*points)
+            x = [utility[measure] for utility in utilities]
+            axis.plot(x, successes, marker="o", label=f"adversarial fine-tuning, {knob}")
+            for value, xi, y in zip(values, x, successes):
+                axis.annotate(f"{value:g}", (xi, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for (name, (utility, y)), marker in zip(references.items(), "s^vDP*"):
+            axis.scatter([utility[measure]], [y], marker=marker, s=40, label=name, zorder=3)
+        axis.set(xlabel=label, ylabel="attack success rate (re-triggered)", ylim=(-0.05, 1.05))
+        axis.margins(x=0.1)  # room for the knob values' labels at the ends
+        # below the axes: inside, it hides the reference points that sit at success 1 or 0
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+    return save_figure(axes[0], path)
 
 
 def neuron_counts(neuron_sets: list, groups: list[str]) -> tuple[dict, dict]:

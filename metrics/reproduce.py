@@ -71,7 +71,7 @@ def finetuned_model(args, results: str) -> tuple[str, dict]:
     flags = ["-v", args.version, "-d", args.dataset, "--originals", args.originals, "-f", results,
              "--utility_data", args.utility_data, "-o", folder, "--epochs", str(args.finetune_epochs),
              "--learning_rate", str(args.finetune_learning_rate), "--attack_steps", str(args.attack_steps),
-             "--utility_weight", str(args.finetune_utility_weight),
+             "--utility_batch", str(args.finetune_utility_batch), "--utility_weight", str(args.finetune_utility_weight),
              "--empty_caption_share", str(args.finetune_empty_caption_share),
              "--distillation_weight", str(args.finetune_distillation_weight)]
     flags += ["--memorization_type", args.dori_type] if args.dori_type != "all" else []

@@ -21,9 +21,11 @@ from utils import cli
 from utils.defaults import ATTACK_STEPS, FINETUNE_EPOCHS, GENERATION_STEPS, NUM_SAMPLES
 
 KNOBS = ("distillation_weight", "utility_weight", "empty_caption_share", "epochs", "learning_rate", "utility_batch")
-# A_color: the median over prompts of each prompt's aligned share (script 6's column);
-# A_color_mean: the share of all images, less coarse with a few images a prompt
-UTILITY_MEASURES = ("A_color", "A_color_mean", "KID_pix")
+# The utility measures a point records, as the figure's axes name them. A_color: the median over
+# prompts of each prompt's aligned share (script 6's column); its mean: the share of all images,
+# less coarse with a few images a prompt.
+UTILITY_LABELS = {"A_color": "A_color (median)", "A_color_mean": "A_color (mean)",
+                  "KID_pix": "KID_pix (lower is better)"}
 # Held-out images per prompt of the utility measures (ours): at 4 a prompt (40 images) the
 # unmodified model's KID_pix spans 8.1-13.7 and its median A_color 0.25-0.50 over 4 generation
 # seeds, more than the 10% a recipe may cost (BENCHMARKS.md, issue 25).
@@ -65,13 +67,13 @@ def measure(args, name: str, model: str, results: str, prompts: str, quality: st
 def finetuned(args, value: str, prompts: str, results: str, pairs: str) -> tuple[str, dict]:
     """Script 9's model with ``--KNOB value`` (made once; made again when its flags change)."""
     from metrics.cli import write_json
-    from testbed.table1 import FINETUNE_LEARNING_RATE
+    from testbed.table1 import FINETUNE_DISTILLATION_WEIGHT, FINETUNE_LEARNING_RATE, FINETUNE_UTILITY_BATCH
     from utils.files import read_json
 
     folder = os.path.join(args.output, "finetuned", f"{args.knob}_{value}")
-    flags = {"--learning_rate": str(FINETUNE_LEARNING_RATE), "--epochs": str(args.epochs),
-             "--attack_steps": str(args.attack_steps), **args.recipe,
-             f"--{args.knob}": value}
+    flags = {"--learning_rate": str(FINETUNE_LEARNING_RATE), "--distillation_weight": str(FINETUNE_DISTILLATION_WEIGHT),
+             "--utility_batch": str(FINETUNE_UTILITY_BATCH), "--epochs": str(args.epochs),
+             "--attack_steps": str(args.attack_steps), **args.recipe, f"--{args.knob}": value}
     made_with = os.path.join(folder, FLAGS_NAME)
     if os.path.exists(made_with) and read_json(made_with, "fine-tuning flags") == flags:
         return folder, read_json(os.path.join(folder, script(9).SUMMARY_NAME), "fine-tuning summary")
@@ -84,16 +86,19 @@ def finetuned(args, value: str, prompts: str, results: str, pairs: str) -> tuple
 
 def main(argv=None) -> dict:
     parser = cli.parser_for(__doc__)
-    parser.epilog = ("Script 9's recipe defaults are its own (--help names their sources), with the test bed's "
-                     "fine-tuning rate of testbed.table1; prompt counts are ours, sized for 2 CPU cores.")
+    parser.epilog = ("Every knob not swept is the test-bed Table 1's recipe (testbed.table1: learning rate, "
+                     "distillation weight, utility batch), else script 9's default (its --help names the sources); "
+                     "prompt counts are ours, sized for 2 CPU cores.")
     parser.add_argument("--model", default=testbed.MODEL_DIR, help="diffusers folder of the test bed")
     parser.add_argument("--output", default="tradeoff_output", help="folder for every file the run writes")
     parser.add_argument("--knob", choices=KNOBS, default="distillation_weight", help="script 9's flag that is swept")
     parser.add_argument("--values", required=True, help="comma-separated values of the knob, one model each")
     parser.add_argument("--recipe", default="",
                         help="further script 9 flags for every model, comma-separated NAME=VALUE (e.g. utility_batch=8)")
-    parser.add_argument("--utility", choices=UTILITY_MEASURES, default="A_color", help="the figure's utility axis: A_color (median over prompts, as script 6), "
-                             "A_color_mean (share of all held-out images aligned) or KID_pix")
+    parser.add_argument("--utility", default="KID_pix,A_color_mean",
+                        help="comma-separated utility measures, a panel each in the figure: " + ", ".join(UTILITY_LABELS)
+                        + " (A_color: the median over prompts, as script 6; A_color_mean: the share of all held-out "
+                        "images aligned)")
     parser.add_argument("--vm", type=cli.positive_int, default=12, help="VM prompts attacked and erased (of 12)")
     parser.add_argument("--quality", type=cli.positive_int, default=10,
                         help="held-out ordinary prompts of the utility (of 25; 10 as in the full test-bed Table 1)")
@@ -112,6 +117,10 @@ def main(argv=None) -> dict:
     if any(len(item) != 2 for item in recipe):
         raise ValueError(f"--recipe: expected comma-separated NAME=VALUE, got {args.recipe!r}")
     args.recipe = {f"--{name.strip()}": value.strip() for name, value in recipe}
+    args.utility = [measure.strip() for measure in args.utility.split(",") if measure.strip()]
+    if not args.utility or not set(args.utility) <= set(UTILITY_LABELS):
+        raise ValueError(f"--utility: expected comma-separated measures of {', '.join(UTILITY_LABELS)}, "
+                         f"got {','.join(args.utility)!r}")
     values = [v.strip() for v in args.values.split(",") if v.strip()]
     if not values:
         raise ValueError("--values: expected at least one value")
@@ -143,11 +152,11 @@ def main(argv=None) -> dict:
         report[group][name] = point
         print(f"{name}: attack success {point['success']:.2f}, A_color {point['A_color']:.2f} "
               f"(mean {point['A_color_mean']:.3f}), KID_pix {point['KID_pix']:.2f}", flush=True)
-        plots.tradeoff({args.knob: [(float(v), p[args.utility], p["success"]) for v, p in report["sweep"].items()]}
+        plots.tradeoff({args.knob: [(float(v), p, p["success"]) for v, p in report["sweep"].items()]}
                        if report["sweep"] else {},
-                       {name: (p[args.utility], p["success"]) for name, p in report["references"].items()},
-                       f"{args.utility} on {args.quality} held-out prompts"
-                       + (" (lower is better)" if args.utility == "KID_pix" else ""), report["figure"])
+                       {name: (p, p["success"]) for name, p in report["references"].items()},
+                       {measure: f"{UTILITY_LABELS[measure]} on {args.quality} held-out prompts" for measure in args.utility},
+                       report["figure"])
         write_json(os.path.join(args.output, "tradeoff.json"), report)
 
     record("references", "unmodified", measure(args, "unmodified", args.model, results, prompts, quality, [], []))

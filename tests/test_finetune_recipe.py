@@ -44,9 +44,13 @@ def test_the_utility_weight_scales_what_the_utility_pairs_move(tiny_pipe, tmp_pa
 
 
 def test_tradeoff_figure_is_written(tmp_path):
-    path = plots.tradeoff({"utility_weight": [(1, 0.1, 0.2), (4, 0.3, 0.4)]},
-                          {"unmodified": (0.3, 1.0), "NeMo": (0.0, 0.6)}, "A_color", str(tmp_path / "t.png"))
-    assert Image.open(path).size[0] > 100
+    utility = lambda a, k: {"A_color": a, "KID_pix": k}
+    names = {"A_color": "A_color", "KID_pix": "KID_pix"}
+    points = [(1, utility(0.1, 9.0), 0.2), (4, utility(0.3, 8.0), 0.4)]
+    references = {"unmodified": (utility(0.3, 8.0), 1.0), "NeMo": (utility(0.0, 30.0), 0.6)}
+    one = Image.open(plots.tradeoff({"utility_weight": points}, references, {"A_color": "A_color"}, str(tmp_path / "1.png")))
+    both = Image.open(plots.tradeoff({"utility_weight": points}, references, names, str(tmp_path / "2.png")))
+    assert one.size[0] > 100 and both.size[0] > 1.8 * one.size[0]  # a panel per measure
 
 
 def test_distillation_is_zero_for_the_model_itself_and_holds_the_weights_near_it(tiny_pipe, tmp_path):
@@ -71,4 +75,6 @@ def test_tradeoff_refuses_a_malformed_recipe_before_any_work(tmp_path):
         tradeoff.main(["--values", "0,1", "--recipe", "utility_batch", "--output", str(tmp_path)])
     with pytest.raises(ValueError, match="at least one value"):
         tradeoff.main(["--values", ",", "--output", str(tmp_path)])
+    with pytest.raises(ValueError, match="--utility"):
+        tradeoff.main(["--values", "0", "--utility", "FID", "--output", str(tmp_path)])
     assert not any(tmp_path.iterdir())
