@@ -244,14 +244,15 @@ def test_table1_dori_attacks_the_planted_neurons_off(tmp_path):
     assert before[table1.PLANTED_OFF] < 0.75 * before["none"], before  # 2 images of 4 steps: a margin, not the criterion
     assert not (tmp_path / "scores_unmemorized.csv").exists()
     assert f"| {table1.PLANTED_OFF} | 2 |" in (tmp_path / "table1.md").read_text()
+    recipe = json.loads((tmp_path / "finetuned_model" / "finetune.json").read_text())["settings"]  # issue 25's
+    assert (recipe["learning_rate"], recipe["distillation_weight"], recipe["utility_batch"]) == (
+        table1.FINETUNE_LEARNING_RATE, table1.FINETUNE_DISTILLATION_WEIGHT, table1.FINETUNE_UTILITY_BATCH)
 
 
 def test_table1_localization_table_has_wandas_pruned_model(tmp_path):
     """Wanda's units (ff.net.2 weights) are not value neurons: its row in the localization
     table has no recall or precision, the count of pruned weights as its size, and whether its
     pruned model stops each prompt's replication."""
-    import math
-
     from testbed import table1
 
     report = table1.main(["--bed", "planted", "--output", str(tmp_path), "--vm", "2", "--tm", "0", "--steps", "4",
