@@ -13,7 +13,7 @@ $(VENV)/installed: requirements.txt
 	touch $@
 
 # Both built-in models, each with its Table 1 and grids (demo_output/natural, demo_output/planted;
-# under 15 min on 2 CPU cores, BENCHMARKS.md "The demo"): the natural test bed, then the planted
+# 12.5 min on 2 idle CPU cores, BENCHMARKS.md, issue 24): the natural test bed, then the planted
 # one with its criteria and localization table, at SD v1.4's tau_mem 0.428 (the planted bed's
 # own, 0.158, lies below what NeMo's first-step test reaches on it: BENCHMARKS.md, issue 24).
 demo: $(VENV)/installed

@@ -66,8 +66,8 @@ def planted_path(*parts: str) -> str:
     return os.path.join(testbed.PLANTED_DIR, *parts)
 
 
-# Demo size (ours): `make demo` runs both beds in under 15 minutes on 2 CPU cores (BENCHMARKS.md,
-# "The demo"; with 2 VM + 1 TM prompts, 2 held-out prompts for A_color and all 25 for detection
+# Demo size (ours): `make demo` runs both beds in under 15 minutes on 2 CPU cores (12:24 idle; BENCHMARKS.md,
+# issue 24; with 2 VM + 1 TM prompts, 2 held-out prompts for A_color and all 25 for detection
 # it took 20:52 on an idle machine). The natural bed has 12 memorized prompts of each type and
 # 25 held-out ordinary prompts; the planted bed has 6 VM and 2 TM planted prompts.
 BEDS = {

@@ -117,6 +117,10 @@ def main(argv=None) -> dict:
     if any(len(item) != 2 for item in recipe):
         raise ValueError(f"--recipe: expected comma-separated NAME=VALUE, got {args.recipe!r}")
     args.recipe = {f"--{name.strip()}": value.strip() for name, value in recipe}
+    for shadowed in (f"--{args.knob}", "--epochs"):  # the swept value and --epochs would be silently overridden
+        if shadowed in args.recipe:
+            raise ValueError(f"--recipe: {shadowed[2:]} is set by {'--values' if shadowed[2:] == args.knob else shadowed}, "
+                             "not by the recipe")
     args.utility = [measure.strip() for measure in args.utility.split(",") if measure.strip()]
     if not args.utility or not set(args.utility) <= set(UTILITY_LABELS):
         raise ValueError(f"--utility: expected comma-separated measures of {', '.join(UTILITY_LABELS)}, "

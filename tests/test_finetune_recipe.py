@@ -75,6 +75,10 @@ def test_tradeoff_refuses_a_malformed_recipe_before_any_work(tmp_path):
         tradeoff.main(["--values", "0,1", "--recipe", "utility_batch", "--output", str(tmp_path)])
     with pytest.raises(ValueError, match="at least one value"):
         tradeoff.main(["--values", ",", "--output", str(tmp_path)])
+    with pytest.raises(ValueError, match="epochs is set by --epochs"):
+        tradeoff.main(["--values", "0", "--recipe", "epochs=2", "--output", str(tmp_path)])
+    with pytest.raises(ValueError, match="utility_batch is set by --values"):
+        tradeoff.main(["--knob", "utility_batch", "--values", "4", "--recipe", "utility_batch=8", "--output", str(tmp_path)])
     with pytest.raises(ValueError, match="--utility"):
         tradeoff.main(["--values", "0", "--utility", "FID", "--output", str(tmp_path)])
     assert not any(tmp_path.iterdir())
