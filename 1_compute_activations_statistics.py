@@ -40,7 +40,7 @@ def main(argv=None) -> None:
     from utils.distributed import Shard
     from utils.layers import value_layers
     from utils.models import load_pipeline_from_args
-    from utils.nemo.statistics import activation_sums, save_statistics
+    from utils.methods.nemo.statistics import activation_sums, save_statistics
     from utils.outputs import save_torch
 
     pipe = load_pipeline_from_args(args)

@@ -53,13 +53,13 @@ def main(argv=None) -> float | None:
     from tqdm import tqdm
 
     from metrics.core import MEMORIZATION_TYPES
-    from utils.baselines import wen
+    from utils.methods.wen import noise_magnitude as wen
     from utils.diffusion import encode_prompts, initial_latents
     from utils.distributed import Shard
     from utils.files import RowWriter, merge_rows, numeric_columns, read_csv, read_prompts, threshold_path
     from utils.models import load_detection_model
-    from utils.nemo.noise import prompt_noise_difference
-    from utils.nemo.score import pairwise_max_scores
+    from utils.methods.nemo.noise import prompt_noise_difference
+    from utils.methods.nemo.score import pairwise_max_scores
     from utils.outputs import write_json
 
     frame = read_prompts(args.prompts)

@@ -32,9 +32,9 @@ def main(argv=None) -> None:
     from utils.files import COST_COLUMNS, RESULT_COLUMNS, RowWriter, merge_rows, read_prompts
     from utils.layers import count_neurons
     from utils.models import load_detection_model, resolve_device
-    from utils.nemo.localization import localize_prompt, localize_prompts
-    from utils.nemo.noise import prompt_noise_difference
-    from utils.nemo.statistics import load_statistics, prompt_activations
+    from utils.methods.nemo.localization import localize_prompt, localize_prompts
+    from utils.methods.nemo.noise import prompt_noise_difference
+    from utils.methods.nemo.statistics import load_statistics, prompt_activations
 
     frame = read_prompts(args.dataset)
     if args.samples_per_prompt < 2:

@@ -68,7 +68,7 @@ def add_mode_args(parser) -> None:
 def neuron_sets_for(args, results, widths, rows: list[int]) -> list:
     """The neuron set of each row of ``results`` under the chosen neuron mode; the global modes
     count over ``rows`` (the prompts of --memorization_type, as the authors filter before counting)."""
-    from utils.nemo import selection
+    from utils.methods.nemo import selection
 
     refined = list(results["Refined Neurons"])
     if args.initial_neurons:

@@ -36,8 +36,8 @@ def main(argv=None) -> None:
     from utils.files import parse_neuron_set, read_results
     from utils.layers import count_neurons, layer_widths, value_layers
     from utils.models import load_pipeline_from_args
-    from utils.nemo import selection
-    from utils.nemo.export import prune_value_neurons
+    from utils.methods.nemo import selection
+    from utils.methods.nemo.export import prune_value_neurons
 
     pipe = load_pipeline_from_args(args)
     widths = layer_widths(value_layers(pipe.unet))

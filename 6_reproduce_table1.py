@@ -20,7 +20,7 @@ SD v1.4 with SSCD and CLIP weights (the paper's columns):
 from __future__ import annotations
 
 from utils import cli, defaults
-from metrics.rows import SETTINGS
+from experiments.rows import SETTINGS
 
 
 def add_args(parser) -> None:
@@ -105,7 +105,7 @@ def main(argv=None) -> dict:
     add_args(parser)
     args = cli.parse(parser, argv)
 
-    from metrics import reproduce
+    from experiments import table1 as reproduce
 
     return reproduce.reproduce(args, reproduce.paper_measures(args), f"Table 1 ({args.version})")
 

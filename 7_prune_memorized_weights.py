@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from utils import wanda
+    from utils.methods.wanda import pruning as wanda
     from utils.models import load_pipeline_from_args
 
     rows = wanda.choose_subset(len(prompts), args.subset_size, args.subset_seed)

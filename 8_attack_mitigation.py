@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
 
     from metrics.copies import similarity_to_original
     from metrics.images import load_images, original_images
-    from utils import dori
+    from utils.methods.dori import attack as dori
     from utils.distributed import Shard
     from utils.files import RowWriter, merge_rows, read_csv, read_prompts, read_results, require_neurons, rows_of_type
     from utils.generation import PromptCondition, generate_prompt_images, generation_latents, image_path

@@ -72,8 +72,8 @@ def main(argv=None) -> dict:
     import torch
 
     from metrics.images import load_images, original_images
-    from utils import dori
-    from utils.faults import crash_point
+    from utils.methods.dori import attack as dori
+    from utils.crashpoints import crash_point
     from utils.generation import generate_prompt_images, generation_latents
     from utils.layers import layer_widths, value_layers
     from utils.mitigation import with_neurons

@@ -1,4 +1,4 @@
-"""Training-image fetch speed on the loopback server (utils/loopback.py): images a second at
+"""Training-image fetch speed on the loopback server (benchmarks/loopback.py): images a second at
 several worker counts, with and without a per-request delay (what a remote host's latency
 adds; parallel workers hide it), and the time of a rerun when every image is present.
 
@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from utils.download import Settings, fetch_images
-from utils.loopback import Loopback, Route, random_image
+from benchmarks.loopback import Loopback, Route, random_image
 
 
 def main(argv=None) -> dict:

@@ -33,12 +33,12 @@ from utils import cli
 from utils.defaults import SEEDS_PER_CALL_CPU, SEEDS_PER_CALL_CUDA
 from utils.files import read_prompts, read_threshold
 from utils.layers import count_neurons, value_layers
-from utils.nemo.localization import BlockedScorer, LocalizationSettings, set_key, localize_prompt
+from utils.methods.nemo.localization import BlockedScorer, LocalizationSettings, set_key, localize_prompt
 from utils.models import load_pipeline, resolve_device
 from utils.diffusion import initial_latents, latent_shape
-from utils.nemo.noise import NoiseDifference, UNetCounter, prompt_noise_difference
-from utils.nemo.score import ms_ssim
-from utils.nemo.statistics import compute_statistics, prompt_activations
+from utils.methods.nemo.noise import NoiseDifference, UNetCounter, prompt_noise_difference
+from utils.methods.nemo.score import ms_ssim
+from utils.methods.nemo.statistics import compute_statistics, prompt_activations
 
 BATCH_SIZES = (0,)
 # Paper §4.3 / SPEC §4: median neurons after the initial selection (VM, TM).

@@ -31,8 +31,9 @@ from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 import testbed
-from metrics import ground_truth, reproduce, table1
-from metrics.rows import IN_P, PLAIN, SETTINGS, WANDA, folder_name
+from experiments import report as table1, table1 as reproduce
+from metrics import ground_truth
+from experiments.rows import IN_P, PLAIN, SETTINGS, WANDA, folder_name
 from metrics.copies import References
 from metrics.embedders import PixelEmbedder
 from metrics.images import generated_images, load_images, original_images

@@ -42,7 +42,7 @@ def script(number: int):
 def measure(args, name: str, model: str, results: str, prompts: str, quality: str, generation_flags: list[str],
             attack_flags: list[str]) -> dict:
     """Held-out A_color and KID_pix (script 4) and the attack's success (script 8) of one model."""
-    from metrics import table1
+    from experiments import report as table1
     from testbed.alignment import alignment
     from testbed.table1 import kid_to_renders
     from utils.files import read_prompts
@@ -134,7 +134,7 @@ def main(argv=None) -> dict:
     from testbed.synthetic_data import write_ordinary_pairs
     from testbed.table1 import BEDS, SEED, UTILITY_PAIRS, WANDA_SPARSITY, subset, wanda_subset_size
     from utils.files import read_prompts, read_results, read_threshold
-    from utils.nemo import selection
+    from utils.methods.nemo import selection
 
     os.makedirs(args.output, exist_ok=True)
     prompts, _rows = subset({"VM": args.vm}, args.output, BEDS["natural"])

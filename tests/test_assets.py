@@ -22,7 +22,7 @@ from metrics.images import original_images
 from tests.conftest import upstream_file
 from utils.assets import CATALOGUE, SD14, TRAINING_IMAGES, Asset, mirror_url, select, sscd_checkpoint
 from utils.download import DEAD_LINKS, MANIFEST, Settings, fetch_file, fetch_images, prompt_urls, read_manifest
-from utils.loopback import Loopback, Route, random_image
+from benchmarks.loopback import Loopback, Route, random_image
 
 fetch_assets = importlib.import_module("0_fetch_assets")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -252,7 +252,7 @@ def test_tables_name_the_sscd_checkpoint_and_its_copy_threshold(tmp_path, monkey
     import torch
 
     from metrics.embedders import SSCDEmbedder
-    from metrics.reproduce import paper_measures
+    from experiments.table1 import paper_measures
 
     monkeypatch.chdir(tmp_path)  # a checkpoint name is looked up in ./weights/
     with pytest.raises(ValueError, match="python 0_fetch_assets.py sscd_disc_large"):

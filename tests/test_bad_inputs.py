@@ -117,9 +117,9 @@ CSV_INPUTS = {
     "script 9 --utility_data": lambda f, bad: script[9].main(["-d", f["memorized"], "-v", f["model"], "--originals",
                                                               f["originals"], "-f", f["results"], "--utility_data",
                                                               bad, "-o", bad + "_ft"]),
-    "metrics.locality wanda-overlap -d": lambda f, bad: importlib.import_module("metrics.locality").main(
+    "experiments.locality wanda-overlap -d": lambda f, bad: importlib.import_module("experiments.locality").main(
         ["wanda-overlap", "-v", f["model"], "-d", bad, "-o", bad + "_overlap"]),
-    "metrics.locality triggers -d": lambda f, bad: importlib.import_module("metrics.locality").main(
+    "experiments.locality triggers -d": lambda f, bad: importlib.import_module("experiments.locality").main(
         ["triggers", "-v", f["model"], "-d", bad, "--originals", f["originals"], "-o", bad + "_triggers"]),
 }
 
@@ -190,12 +190,12 @@ def test_script2_on_a_prompt_file_without_prompts_prints_no_nan_threshold(files,
 
 
 def test_broken_table_and_mask_files(files, tmp_path):
-    locality = importlib.import_module("metrics.locality")
+    locality = importlib.import_module("experiments.locality")
     (tmp_path / "table").mkdir()
     bad = write(tmp_path / "table" / "table1.json", b'{"rows": ')
     expect_error_naming(bad, lambda: locality.main(["agreement", "--table", str(tmp_path / "table"),
                                                     "-d", files["memorized"]]))
-    from utils import wanda
+    from utils.methods.wanda import pruning as wanda
 
     bad = write(tmp_path / "masks.pt", b"\x80\x04not a torch file")
     expect_error_naming(bad, lambda: wanda.load_masks(bad))
@@ -219,6 +219,6 @@ def test_an_originals_folder_without_images_of_the_prompts_is_named(files, tmp_p
             "script 9": lambda: script[9].main(["-d", files["memorized"], "-v", files["model"], "--originals", str(empty),
                                                 "-f", files["results"], "--utility_data", files["pairs"],
                                                 "-o", str(tmp_path / "f")]),
-            "triggers": lambda: importlib.import_module("metrics.locality").main(
+            "triggers": lambda: importlib.import_module("experiments.locality").main(
                 ["triggers", "-v", files["model"], "-d", files["memorized"], "--originals", str(empty)])}[command]
     expect_error_naming(str(empty), call)

@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from utils.baselines import random_tokens, ren, wen
+from utils.methods.random_tokens import tokens as random_tokens
+from utils.methods.ren import attention as ren
+from utils.methods.wen import noise_magnitude as wen
 from utils.generation import generation_latents
 from utils.diffusion import encode_prompts
 

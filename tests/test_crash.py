@@ -20,7 +20,7 @@ from PIL import Image
 import testbed
 from testbed.synthetic_data import write_ordinary_pairs
 from testbed.train_testbed import SEED
-from utils.faults import CRASH_VARIABLE
+from utils.crashpoints import CRASH_VARIABLE
 from utils.files import read_threshold
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

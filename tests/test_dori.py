@@ -12,7 +12,7 @@ from PIL import Image
 import testbed
 from metrics.images import original_images
 from metrics.pixel_ssim import ssim_to_original
-from utils import dori
+from utils.methods.dori import attack as dori
 from utils.files import read_prompts
 from utils.generation import PromptCondition, generate_prompt_images, generation_latents
 from utils.hooks import deactivate_neurons
@@ -111,7 +111,7 @@ def test_script8_writes_a_resumable_row_per_prompt_and_the_success_rate(tiny_mod
 
 
 def test_triggers_analysis_writes_json(tiny_model_dir, memorized_with_original, tmp_path):
-    from metrics import locality
+    from experiments import locality
 
     prompts, originals = memorized_with_original
     result = locality.main(["triggers", "-v", tiny_model_dir, "-d", prompts, "--originals", originals, "--starts", "2",

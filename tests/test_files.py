@@ -131,7 +131,7 @@ def test_neuron_lists_with_duplicates_read_as_the_sets_they_deactivate():
     """The authors' lists name a neuron twice when it is both a z-outlier and in the top k."""
     import random
 
-    from utils.nemo import selection
+    from utils.methods.nemo import selection
     from utils.layers import count_neurons, distinct_neurons
 
     with_duplicates = [[5, 7, 5], [], [2, 2], [], [], [], [9]]

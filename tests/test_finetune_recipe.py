@@ -1,4 +1,4 @@
-"""Adversarial fine-tuning's recipe knobs (utils/dori.py, issue 25) on the tiny pipeline, and
+"""Adversarial fine-tuning's recipe knobs (utils/methods/dori/attack.py, issue 25) on the tiny pipeline, and
 the trade-off figure."""
 
 import pytest
@@ -7,7 +7,7 @@ from PIL import Image
 
 from metrics import plots
 from testbed.synthetic_data import write_ordinary_pairs
-from utils import dori
+from utils.methods.dori import attack as dori
 from utils.diffusion import encode_prompts
 
 

@@ -5,7 +5,7 @@ import zlib
 import pytest
 import torch
 
-from utils.nemo.localization import (SelectionSchedule, candidate_set, greedy_removal, initial_selection, refine)
+from utils.methods.nemo.localization import (SelectionSchedule, candidate_set, greedy_removal, initial_selection, refine)
 
 TAU = 0.428
 
@@ -249,9 +249,9 @@ def test_initial_selection_stopped_by_its_limit_refines_against_its_score():
 # ---------------------------------------------------------------------------------------
 # Early decisions (issue 23): a sub-batch's MS-SSIM bounds the full batch's from below.
 
-from utils.nemo.localization import BlockedScorer, LocalizationSettings, localize_prompt, set_key  # noqa: E402
-from utils.nemo.noise import normalize_maps  # noqa: E402
-from utils.nemo.score import ms_ssim  # noqa: E402
+from utils.methods.nemo.localization import BlockedScorer, LocalizationSettings, localize_prompt, set_key  # noqa: E402
+from utils.methods.nemo.noise import normalize_maps  # noqa: E402
+from utils.methods.nemo.score import ms_ssim  # noqa: E402
 
 KERNEL = 5
 
@@ -349,8 +349,8 @@ def test_early_scorer_puts_the_seed_that_rejected_first():
 def tiny_walk_inputs(tiny_pipe, prompt, seed):
     from utils.diffusion import latent_shape
     from utils.layers import value_layers
-    from utils.nemo.noise import prompt_noise_difference
-    from utils.nemo.statistics import prompt_activations
+    from utils.methods.nemo.noise import prompt_noise_difference
+    from utils.methods.nemo.statistics import prompt_activations
 
     layers = value_layers(tiny_pipe.unet)
     noise = prompt_noise_difference(tiny_pipe, layers, prompt)
@@ -389,7 +389,7 @@ def test_early_decisions_make_no_more_forwards_than_the_full_walk(tiny_pipe, bat
 
 
 def test_prompts_side_by_side_decide_and_write_as_the_sequential_walk(tiny_pipe):
-    from utils.nemo.localization import localize_prompts
+    from utils.methods.nemo.localization import localize_prompts
 
     inputs = [tiny_walk_inputs(tiny_pipe, f"side by side {i}", 10 + i) for i in range(3)]
     settings = LocalizationSettings(samples_per_prompt=3, pairwise_ssim_threshold=-1.0,

@@ -179,7 +179,7 @@ def test_deactivating_the_planted_neurons_stops_replication_random_ones_do_not()
     from utils.generation import PromptCondition
     from utils.hooks import deactivate_neurons
     from utils.layers import layer_widths, value_layers
-    from utils.nemo.selection import random_like
+    from utils.methods.nemo.selection import random_like
 
     pipe = StableDiffusionPipeline.from_pretrained(MODEL, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -207,9 +207,9 @@ def test_first_step_reads_the_planted_neurons_not_random_ones():
 
     from utils.diffusion import initial_latents, latent_shape
     from utils.layers import layer_widths, value_layers
-    from utils.nemo.noise import prompt_noise_difference
-    from utils.nemo.score import blocked_scores, pairwise_max_scores
-    from utils.nemo.selection import random_like
+    from utils.methods.nemo.noise import prompt_noise_difference
+    from utils.methods.nemo.score import blocked_scores, pairwise_max_scores
+    from utils.methods.nemo.selection import random_like
 
     pipe = StableDiffusionPipeline.from_pretrained(MODEL, safety_checker=None, requires_safety_checker=False)
     layers = value_layers(pipe.unet)

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 import testbed
-from utils import dori
-from utils.baselines import wen
+from utils.methods.dori import attack as dori
+from utils.methods.wen import noise_magnitude as wen
 from utils.diffusion import encode_prompts
 from utils.files import read_threshold
 from utils.generation import generation_latents, image_path

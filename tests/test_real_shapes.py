@@ -30,7 +30,7 @@ from utils.files import read_results
 from utils.hooks import edit_outputs
 from utils.layers import layer_widths, value_layers
 from utils.models import load_pipeline
-from utils.nemo.noise import prompt_noise_difference
+from utils.methods.nemo.noise import prompt_noise_difference
 
 SD_VALUE_WIDTHS = [320, 320, 640, 640, 1280, 1280, 1280]
 

@@ -16,7 +16,7 @@ from utils.files import read_results
 from utils.generation import RECORDS_NAME, read_records
 from utils.hooks import deactivate_neurons
 from utils.layers import value_layers
-from utils.nemo import localization
+from utils.methods.nemo import localization
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 script = {n: importlib.import_module(name) for n, name in enumerate(

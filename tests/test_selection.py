@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from utils.nemo import selection
+from utils.methods.nemo import selection
 
 
 def authors_counts(rows):

@@ -19,8 +19,8 @@ from utils.mitigation import with_neurons
 from utils.layers import count_neurons, value_layers
 from utils.models import load_pipeline
 from utils.diffusion import initial_latents, latent_shape
-from utils.nemo.noise import normalize_maps, prompt_noise_difference
-from utils.nemo.score import memorization_score
+from utils.methods.nemo.noise import normalize_maps, prompt_noise_difference
+from utils.methods.nemo.score import memorization_score
 
 KERNEL = ["--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)]
 
@@ -88,7 +88,7 @@ def test_training_data_matches_the_shipped_prompt_files_and_originals():
 
 
 def test_table1_demo_runs_every_row_end_to_end_reduced(tmp_path, capsys):
-    from metrics.rows import FINETUNED, SETTINGS, WANDA
+    from experiments.rows import FINETUNED, SETTINGS, WANDA
     from testbed import table1
 
     report = table1.main(["--output", str(tmp_path), "--vm", "1", "--tm", "1", "--steps", "4", "--num_samples", "2",

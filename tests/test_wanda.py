@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from utils import wanda
+from utils.methods.wanda import pruning as wanda
 from utils.hooks import edit_calls
 
 prune_script = importlib.import_module("7_prune_memorized_weights")
@@ -105,7 +105,7 @@ def test_a_file_that_is_not_a_mask_file_is_a_one_line_error(tmp_path):
 
 
 def test_overlap_of_disjoint_subsets_writes_json_and_png(tiny_model_dir, prompt_files, tmp_path):
-    from metrics import locality
+    from experiments import locality
 
     result = locality.main(["wanda-overlap", "-v", tiny_model_dir, "-d", prompt_files["unmemorized"],
                             "--unmemorized", prompt_files["unmemorized"], "--subsets", "2", "--subset_size", "2",
@@ -118,7 +118,7 @@ def test_overlap_of_disjoint_subsets_writes_json_and_png(tiny_model_dir, prompt_
 
 
 def test_agreement_ratios_on_scripted_rows():
-    from metrics import locality
+    from experiments import locality
 
     per_prompt = lambda values: {"per_prompt": {"SSIM_Orig": dict(enumerate(values))}}
     report = {"columns": ["neurons", "SSIM_Orig"], "rows": {

@@ -149,7 +149,7 @@ def add_localization_args(parser: argparse.ArgumentParser) -> None:
 
 def localization_settings(args: argparse.Namespace, device_type: str = "cpu"):
     """Script 3's ``LocalizationSettings`` from its flags (``device_type``: 'cpu' or 'cuda')."""
-    from utils.nemo import localization
+    from utils.methods.nemo import localization
 
     if args.memorization_threshold is not None:
         args.pairwise_ssim_threshold = args.ssim_threshold_initial_selection = args.memorization_threshold
@@ -178,7 +178,7 @@ def add_sscd_model_arg(group) -> None:
 
 
 def add_replication_args(parser: argparse.ArgumentParser) -> None:
-    """The replication measure of the Dori attack (script 8, metrics.locality triggers)."""
+    """The replication measure of the Dori attack (script 8, experiments.locality triggers)."""
     group = parser.add_argument_group("replication")
     group.add_argument("--similarity", choices=("sscd", "pixel_ssim"), default="sscd",
                        help="sscd: the paper's; pixel_ssim: the weight-free stand-in of the test bed")

@@ -10,7 +10,7 @@ import shutil
 
 import pandas as pd
 
-from utils.faults import crash_point
+from utils.crashpoints import crash_point
 from utils.outputs import atomic_file, claim_output
 from utils.layers import NeuronSet, validate_neuron_set
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from utils.defaults import PROMPTS_PER_BATCH, GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES
 from utils.diffusion import encode_prompts, initial_latents, latent_shape
-from utils.faults import crash_point
+from utils.crashpoints import crash_point
 from utils.files import drop_partial_line
 from utils.outputs import remove_leftovers, save_image
 

@@ -17,7 +17,7 @@ EXECUTION_ORDER = ("down_blocks", "mid_block", "up_blocks")
 
 # One list of neuron indices per value layer, e.g. [[], [17], [], [], [3, 250], [], []].
 # A list may name a neuron twice (the authors' initial selection does, see
-# ``utils.nemo.localization.candidate_set``); deactivation and every count treat it as a set.
+# ``utils.methods.nemo.localization.candidate_set``); deactivation and every count treat it as a set.
 NeuronSet = list[list[int]]
 
 

@@ -2,7 +2,7 @@
 
 Each function returns a ``Prepare`` (``utils.generation``): prompt index, caption and
 initial latents -> the prompt's ``PromptCondition``. The methods themselves live in their
-own modules (``utils.nemo`` for NeMo's neurons, ``utils.baselines.wen``, ``ren`` and
+own modules (``utils.methods.nemo`` for NeMo's neurons, ``utils.methods.wen.noise_magnitude``, ``ren`` and
 ``random_tokens``); this is where script 4 and the Table-1 command pick one.
 """
 
@@ -12,7 +12,9 @@ import functools
 import time
 from dataclasses import dataclass
 
-from utils.baselines import random_tokens, ren, wen
+from utils.methods.random_tokens import tokens as random_tokens
+from utils.methods.ren import attention as ren
+from utils.methods.wen import noise_magnitude as wen
 from utils.defaults import (GENERATION_STEPS, GUIDANCE_SCALE, RANDOM_TOKEN_SEED, REN_BOS_LOGIT_FACTOR,
                             REN_MASK_PADDING, SCALING_FACTOR, WEN_LEARNING_RATE, WEN_MAX_ITERATIONS,
                             WEN_OPTIMIZATION_SAMPLES, WEN_TARGET_LOSS, WEN_TARGET_STEP)

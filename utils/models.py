@@ -93,7 +93,7 @@ def frozen(module: torch.nn.Module) -> Iterator[None]:
 def load_detection_model(args):
     """(pipeline, value layers, latent shape) for scripts 2 and 3 from their flags; the SSIM
     window (--ssim_kernel_size) is checked against the latent size before any work is done."""
-    from utils.nemo.score import check_ssim_size
+    from utils.methods.nemo.score import check_ssim_size
 
     pipe = load_pipeline_from_args(args)
     kernel_size = args.ssim_kernel_size

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 
-from utils.faults import crash_point
+from utils.crashpoints import crash_point
 
 PART_PREFIX, PART_SUFFIX = ".", ".part"
 _WRITES = itertools.count()  # numbers this process's temporaries

@@ -20,7 +20,7 @@ from metrics.core import (MEMORIZATION_TYPES, OVERALL, alignment_score, diversit
                           sscd_orig_scores, summarize)
 from metrics.images import generated_images, load_images
 from metrics.plots import image_grid
-from metrics.rows import IN_P, PLAIN, SETTINGS, WANDA
+from experiments.rows import IN_P, PLAIN, SETTINGS, WANDA
 from utils.generation import read_records
 
 
@@ -318,7 +318,7 @@ def cost_markdown(rows: dict, localization_cost: dict, pruning: dict | None, fin
 
 
 def agreement_markdown(agreement: dict) -> str:
-    lines = ["### NeMo and Wanda on the same prompts (metrics/locality.py)", "",
+    lines = ["### NeMo and Wanda on the same prompts (experiments/locality.py)", "",
              f"Share of each method's mitigation ({agreement['column']}) that is left once the other is applied; "
              "0: the other already removed it, 1: they act on different parts.", "",
              "| share left | prompts | median | n |", "|---|---|---|---|"]

@@ -25,8 +25,8 @@ from utils.defaults import (BATCH_CANDIDATES, DECISION_MARGIN, DETECTION_SEED, I
                             THETA_REDUCTION_PER_STEP)
 from utils.diffusion import initial_latents
 from utils.layers import NeuronSet, count_neurons, empty_set
-from utils.nemo.noise import NoiseDifference, UNetCounter, merged_noise_differences
-from utils.nemo.score import ms_ssim, pairwise_max_scores
+from utils.methods.nemo.noise import NoiseDifference, UNetCounter, merged_noise_differences
+from utils.methods.nemo.score import ms_ssim, pairwise_max_scores
 
 logger = logging.getLogger(__name__)
 

@@ -8,12 +8,13 @@ import importlib
 import logging
 import os
 
-from metrics import locality, plots, table1
+from experiments import locality, report as table1
+from metrics import plots
 from metrics.cli import write_json
 from metrics.copies import embedded_references
 from metrics.embedders import CLIPEmbedder, image_embedder
 from metrics.images import original_images
-from metrics.rows import ALL_REFINED, FINETUNED, PLAIN, SETTINGS, WANDA, Setting, folder_name
+from experiments.rows import ALL_REFINED, FINETUNED, PLAIN, SETTINGS, WANDA, Setting, folder_name
 from utils import cli
 from utils.assets import sscd_copy_threshold
 from utils.defaults import SSCD_COPY_THRESHOLD
@@ -21,7 +22,7 @@ from utils.files import read_csv, read_prompts, read_results
 from utils.layers import count_neurons
 from utils.models import resolve_device
 from utils.outputs import claim_output, write_text
-from utils.nemo import selection
+from utils.methods.nemo import selection
 
 logger = logging.getLogger(__name__)
 SCRIPTS = {2: "2_compute_pairwise_ssim", 3: "3_detect_memorized_neurons", 4: "4_generate_images",

@@ -37,8 +37,10 @@ from metrics.copies import similarity_to_original
 from metrics.core import summarize
 from metrics.images import load_images, original_images
 from metrics.plots import new_axis, save_figure
-from metrics.rows import IN_P, PLAIN
-from utils import cli, dori, wanda
+from experiments.rows import IN_P, PLAIN
+from utils import cli
+from utils.methods.dori import attack as dori
+from utils.methods.wanda import pruning as wanda
 from utils.defaults import (ATTACK_STEPS, MEMORIZATION_THRESHOLD, SSIM_KERNEL_SIZE, WANDA_PRUNED_CALLS, WANDA_SPARSITY,
                             WANDA_SUBSET_SEED, WANDA_SUBSET_SIZE)
 from utils.diffusion import encode_prompts, latent_shape
@@ -46,14 +48,14 @@ from utils.files import read_json, read_prompts
 from utils.generation import PromptCondition, generate_prompt_images, generation_latents
 from utils.layers import value_layers
 from utils.models import load_pipeline_from_args
-from utils.nemo.localization import LocalizationSettings, localize_prompt
-from utils.nemo.noise import embedding_noise_difference
-from utils.nemo.statistics import load_statistics, prompt_activations, text_activations
+from utils.methods.nemo.localization import LocalizationSettings, localize_prompt
+from utils.methods.nemo.noise import embedding_noise_difference
+from utils.methods.nemo.statistics import load_statistics, prompt_activations, text_activations
 
 SUBSETS = 3  # disjoint subsets of the memorized prompts compared pairwise (our choice; Chavhan et al. Fig. 2)
 # A prompt enters a ratio only when the method it divides by lowered S by at least this much.
 MIN_DROP = 0.05
-NEMO, PRUNED, BOTH = "NeMo", "Wanda (pruned model)", "NeMo on the Wanda-pruned model"  # rows of metrics/table1.py
+NEMO, PRUNED, BOTH = "NeMo", "Wanda (pruned model)", "NeMo on the Wanda-pruned model"  # rows of experiments/report.py
 TRIGGER_STARTS = 5  # random starts of the triggers analysis (the paper: 100)
 
 
@@ -293,7 +295,7 @@ def main(argv=None) -> dict:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
-        raise ValueError(f"usage: python -m metrics.locality {{{','.join(COMMANDS)}}} [--help]")
+        raise ValueError(f"usage: python -m experiments.locality {{{','.join(COMMANDS)}}} [--help]")
     return COMMANDS[argv[0]](argv[1:])
 
 
