@@ -6,82 +6,14 @@ format (Caption;URL;Initial Neurons;Initial SSIM;Refined Neurons;Refined SSIM) p
 flushed as the prompt finishes; --resume continues a killed run.
 """
 
-import logging
-
+from experiments import localize
 from utils import cli
-
-logger = logging.getLogger("3_detect_memorized_neurons")
 
 
 def main(argv=None) -> None:
     parser = cli.parser_for(__doc__)
-    parser.add_argument("-d", "--dataset", default="prompts/memorized_laion_prompts.csv",
-                        help="memorized prompt file (';'-separated, columns Caption and optionally URL)")
-    parser.add_argument("-o", "--output", default="results/memorization_statistics.csv",
-                        help="results file; a version alias is appended (_v1_4), as the authors do")
-    parser.add_argument("--statistics", default="statistics/statistics_additional_laion_prompts_v1_4.pt",
-                        help="activation statistics from script 1 (ours or the authors' file)")
-    cli.add_model_args(parser)
-    cli.add_detection_args(parser)
-    cli.add_localization_args(parser)
-    cli.add_run_args(parser)
-    args = cli.parse(parser, argv)
-    from tqdm import tqdm
-
-    from utils.distributed import Shard
-    from utils.files import COST_COLUMNS, RESULT_COLUMNS, RowWriter, merge_rows, read_prompts
-    from utils.layers import count_neurons
-    from utils.models import load_detection_model, resolve_device
-    from utils.methods.nemo.localization import localize_prompt, localize_prompts
-    from utils.methods.nemo.noise import prompt_noise_difference
-    from utils.methods.nemo.statistics import load_statistics, prompt_activations
-
-    frame = read_prompts(args.dataset)
-    if args.samples_per_prompt < 2:
-        raise ValueError(f"--samples_per_prompt {args.samples_per_prompt}: the pairwise score needs at least 2")
-    device = resolve_device(args.device)
-    pipe, layers, shape = load_detection_model(args)
-    settings = cli.localization_settings(args, device.type)
-    stats = load_statistics(args.statistics, layers)
-    output = cli.versioned_path(args.output, args.version)
-    totals = dict(seconds=0.0, forwards=0, sets=0, skipped=0)
-    shard = Shard.from_env()
-    # every input is checked: only now is the output touched (an earlier run's is continued or refused)
-    recorded = cli.run_settings(args, inputs=("dataset", "statistics"))
-    with RowWriter(shard.part(output), RESULT_COLUMNS + COST_COLUMNS, recorded, args.overwrite) as writer:
-        pending = cli.pending(shard, len(frame), writer.done, args.limit)
-        groups = [pending[g:g + args.parallel_prompts] for g in range(0, len(pending), args.parallel_prompts)]
-        bar = tqdm(total=len(pending), desc="localizing", unit="prompt")
-        for group in groups:
-            noises = [prompt_noise_difference(pipe, layers, frame["Caption"][i], num_inference_steps=args.num_inference_steps,
-                                              timestep_index=args.timestep_index, guidance_scale=args.guidance_scale,
-                                              scaling_factor=args.scaling_factor) for i in group]
-            activations = [prompt_activations(layers, noise.text_embedding) for noise in noises]  # the noise's embedding
-            z_scores = [stats.z_scores(a) for a in activations]
-            if len(group) == 1:
-                results = [localize_prompt(noises[0], shape, z_scores[0], activations[0], settings,
-                                           args.ssim_kernel_size, progress=True)]
-            else:
-                results = localize_prompts(noises, shape, z_scores, activations, settings, args.ssim_kernel_size)
-            for i, result in zip(group, results):
-                prompt = frame["Caption"][i]
-                writer.write(i, {"Caption": prompt, "URL": frame["URL"][i] if "URL" in frame else "",
-                              "Initial Neurons": result.initial_neurons, "Initial SSIM": result.initial_score,
-                              "Refined Neurons": result.refined_neurons, "Refined SSIM": result.refined_score,
-                              "Seconds": round(result.seconds, 3), "UNet Sample Forwards": result.unet_sample_forwards,
-                              "Sets Scored": result.sets_scored, "Seeds Skipped": result.seeds_skipped})
-                logger.info("prompt %d: %d initial, %d refined neurons, score %.3f, %.1f s", i,
-                            count_neurons(result.initial_neurons), count_neurons(result.refined_neurons),
-                            result.refined_score, result.seconds)
-                totals["seconds"] += result.seconds
-                totals["forwards"] += result.unet_sample_forwards
-                totals["sets"] += result.sets_scored
-                totals["skipped"] += result.seeds_skipped
-            bar.update(len(group))
-        bar.close()
-    shard.finish(output, merge_rows)
-    print(f"localization: {totals['seconds']:.1f} s, {totals['forwards']} U-Net sample-forwards, "
-          f"{totals['sets']} candidate sets scored, {totals['skipped']} seeds skipped by early decisions -> {output}")
+    localize.add_args(parser)
+    return localize.run(cli.parse(parser, argv))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def main(argv=None) -> None:
 
     from utils.outputs import claim_output, save_model_folder
 
-    recorded = cli.run_settings(args, inputs=("result_file",))
+    recorded = cli.run_record(args, inputs=("result_file",))
     if claim_output(args.output, recorded, args.overwrite, folder=True, record=False):
         print(f"{args.output} is complete with the same settings; nothing to do")
         return

@@ -10,132 +10,14 @@ One row per prompt, flushed as it finishes (--resume continues); the attack succ
 memorization type is printed and written to attack_summary.json.
 """
 
-import logging
-import os
-
-from utils import cli, defaults
-
-logger = logging.getLogger("8_attack_mitigation")
-COLUMNS = ["Caption", "type", "Similarity Before", "Similarity After", "Replicated Before", "Replicated After",
-           "L2", "Cosine", "Final Loss", "Seconds"]
-SUMMARY_NAME = "attack_summary.json"
-
-
-def summarize_attack(frame) -> dict:
-    """Success rate (share of prompts replicated) before and after the attack, per type."""
-    from metrics.core import OVERALL
-
-    groups = {OVERALL: frame}
-    if "type" in frame:
-        groups.update({kind: frame[frame["type"] == kind] for kind in sorted(set(frame["type"])) if kind})
-    return {group: dict(prompts=len(rows), replicated_before=float(rows["Replicated Before"].astype(bool).mean()),
-                        replicated_after=float(rows["Replicated After"].astype(bool).mean()),
-                        median_l2=float(rows["L2"].median()), median_cosine=float(rows["Cosine"].median()),
-                        median_similarity_before=float(rows["Similarity Before"].median()),
-                        median_similarity_after=float(rows["Similarity After"].median()))
-            for group, rows in groups.items() if len(rows)}
+from experiments import attack
+from utils import cli
 
 
 def main(argv=None) -> dict:
     parser = cli.parser_for(__doc__)
-    parser.epilog = ("Attack defaults are the Dori paper's (Adam, lr 0.1, 50 steps, 8 noise samples a step; SSCD > 0.7 "
-                     "replicates); generation defaults are script 4's. README.md lists where this suite differs.")
-    parser.add_argument("-d", "--dataset", default="prompts/memorized_laion_prompts.csv",
-                        help="memorized prompt file (';' CSV, columns Caption and optionally type)")
-    parser.add_argument("--originals", required=True, help="training images, one per prompt row (0000.png / 0000_x.jpg)")
-    parser.add_argument("--neurons_from", default=None,
-                        help="script 3 results: attack the model with each prompt's refined neurons deactivated (NeMo)")
-    parser.add_argument("-o", "--output", default="results/attack", help="folder of attack.csv, embeddings and images")
-    parser.add_argument("--memorization_type", choices=("VM", "TM"), default=None, help="only prompts of this type")
-    attack = parser.add_argument_group("attack (Dori paper)")
-    attack.add_argument("--attack_steps", type=cli.positive_int, default=defaults.ATTACK_STEPS, help="Adam steps")
-    attack.add_argument("--attack_learning_rate", type=cli.positive_float, default=defaults.ATTACK_LEARNING_RATE, help="Adam learning rate")
-    attack.add_argument("--attack_batch", type=cli.positive_int, default=defaults.ATTACK_BATCH, help="noise samples per step")
-    attack.add_argument("--attack_seed", type=int, default=defaults.ATTACK_SEED,
-                        help="seed of the attack's noise and timesteps (our choice)")
-    generation = parser.add_argument_group("generation from the adversarial embedding (script 4's defaults)")
-    generation.add_argument("-n", "--num_samples", type=cli.positive_int, default=defaults.NUM_SAMPLES, help="images per prompt")
-    generation.add_argument("--steps", type=cli.positive_int, default=defaults.GENERATION_STEPS, help="DDIM steps")
-    generation.add_argument("-g", "--guidance_scale", type=cli.non_negative_float, default=defaults.GUIDANCE_SCALE, help="guidance")
-    generation.add_argument("-s", "--seed", type=int, default=defaults.GENERATION_SEED, help="seed of each prompt's latents")
-    cli.add_replication_args(parser)
-    cli.add_model_args(parser)
-    cli.add_run_args(parser, what="prompts with an original image")
-    args = cli.parse(parser, argv)
-    threshold = cli.replication_threshold(args)
-
-    from tqdm import tqdm
-
-    from metrics.copies import similarity_to_original
-    from metrics.images import load_images, original_images
-    from utils.methods.dori import attack as dori
-    from utils.distributed import Shard
-    from utils.files import RowWriter, merge_rows, read_csv, read_prompts, read_results, require_neurons, rows_of_type
-    from utils.generation import PromptCondition, generate_prompt_images, generation_latents, image_path
-    from utils.layers import layer_widths, value_layers
-    from utils.mitigation import with_neurons
-    from utils.models import load_pipeline_from_args
-    from utils.outputs import save_image, save_torch, write_json
-
-    frame = read_prompts(args.dataset)
-    originals = original_images(args.originals)
-    rows = [i for i in rows_of_type(frame, args.memorization_type, args.dataset) if i in originals]
-    if not rows:
-        raise ValueError(f"no prompt of {args.dataset} has an original image in {args.originals}")
-    pipe = load_pipeline_from_args(args)
-    device = pipe.device
-    similarity = similarity_to_original(args.similarity, device, args.sscd_model)
-    neurons = {}
-    if args.neurons_from:
-        results = read_results(args.neurons_from, layer_widths(value_layers(pipe.unet)))
-        neurons = dict(enumerate(results["Refined Neurons"]))
-        require_neurons(rows[: args.limit], neurons, args.neurons_from)  # never attacked unmitigated under NeMo's name
-    prepare = with_neurons(pipe, neurons)
-    latents = generation_latents(pipe.unet, args.seed, args.num_samples)  # [n, 4, h, w]
-    images_dir = os.path.join(args.output, "images")
-    embeddings_dir = os.path.join(args.output, "embeddings")
-    shard = Shard.from_env()
-    output = os.path.join(args.output, "attack.csv")
-    recorded = cli.run_settings(args, inputs=("dataset", "neurons_from"), threshold=threshold)
-    # every input is checked: only now is the output touched (an earlier run's is continued or refused)
-    with RowWriter(shard.part(output), COLUMNS, recorded, args.overwrite,
-                   companions=(images_dir, embeddings_dir, os.path.join(args.output, SUMMARY_NAME))) as writer:
-        pending = [i for i in rows[: args.limit][shard.rank::shard.world_size] if i not in writer.done]
-        for i in tqdm(pending, desc="attacking", unit="prompt"):
-            caption = frame["Caption"][i]
-            original = load_images([originals[i]])[0]
-            condition = prepare(i, caption, latents)  # the prompt's embedding and its NeMo neurons, if any
-            generate = lambda embedding: generate_prompt_images(
-                pipe, PromptCondition(embedding, condition.intervention), latents, steps=args.steps,
-                guidance_scale=args.guidance_scale)
-            before = similarity(original, generate(condition.embedding)).max().item()
-            found = dori.attack(pipe, dori.image_latents(pipe, [original]), condition.embedding,
-                                steps=args.attack_steps, learning_rate=args.attack_learning_rate,
-                                batch=args.attack_batch, seed=args.attack_seed, intervention=condition.intervention)
-            images = generate(found.embedding)
-            for j, image in enumerate(images):
-                save_image(image_path(images_dir, i, j), image)
-            save_torch(os.path.join(embeddings_dir, f"{i:04d}.pt"), found.embedding.cpu())
-            after = similarity(original, images).max().item()
-            distances = dori.embedding_distances(found.embedding, condition.embedding)
-            writer.write(i, {"Caption": caption, "type": frame["type"][i] if "type" in frame else "",
-                             "Similarity Before": round(before, 4), "Similarity After": round(after, 4),
-                             "Replicated Before": int(before > threshold), "Replicated After": int(after > threshold),
-                             "L2": round(distances["l2"], 4), "Cosine": round(distances["cosine"], 4),
-                             "Final Loss": round(found.losses[-1], 5), "Seconds": round(found.seconds, 2)})
-    if not shard.finish(output, merge_rows):
-        return {}
-    summary = summarize_attack(read_csv(output, tuple(COLUMNS), "attack file"))
-    write_json(os.path.join(args.output, SUMMARY_NAME), dict(summary=summary, threshold=threshold,
-                                                            similarity=args.similarity, model=args.version,
-                                                            nemo_neurons=args.neurons_from))
-    print(f"attack on {args.version}{' with NeMo neurons off' if args.neurons_from else ''} "
-          f"({args.similarity} > {threshold}):")
-    for group, figures in summary.items():
-        print(f"  {group:<8} {figures['prompts']:>3} prompts: replicated {figures['replicated_before']:.2f} before, "
-              f"{figures['replicated_after']:.2f} after the attack; median L2 {figures['median_l2']:.2f}, "
-              f"cosine {figures['median_cosine']:.3f} to the prompt's embedding")
-    return summary
+    attack.add_args(parser)
+    return attack.run(cli.parse(parser, argv))
 
 
 if __name__ == "__main__":

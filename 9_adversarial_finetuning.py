@@ -9,113 +9,14 @@ model's utility. Writes a diffusers folder that every script loads with -v FOLDE
 finetune.json (settings, losses per update, time) beside it.
 """
 
-import logging
-import os
-import random
-import time
-
-from utils import cli, defaults
-
-logger = logging.getLogger("9_adversarial_finetuning")
-SUMMARY_NAME = "finetune.json"
+from experiments import finetune
+from utils import cli
 
 
 def main(argv=None) -> dict:
     parser = cli.parser_for(__doc__)
-    parser.epilog = ("Defaults: the Dori paper (5 epochs, the adversarial and the utility loss 1:1, the attack's Adam at "
-                     "0.1 for 50 steps); the U-Net's optimizer and learning rate are not stated there: AdamW at 1e-5 "
-                     "is our choice. README.md lists where this suite differs.")
-    parser.add_argument("-d", "--dataset", default="prompts/memorized_laion_prompts.csv", help="memorized prompt file")
-    parser.add_argument("--originals", required=True, help="training images to erase, one per prompt row")
-    parser.add_argument("-f", "--result_file", required=True,
-                        help="script 3 results: each prompt's NeMo neurons give its surrogate image")
-    parser.add_argument("--utility_data", required=True,
-                        help="';' CSV with columns Caption and Image (paths relative to it): pairs of the utility loss")
-    parser.add_argument("-o", "--output", required=True, help="folder of the fine-tuned model")
-    parser.add_argument("--memorization_type", choices=("VM", "TM"), default=None, help="only prompts of this type")
-    parser.add_argument("--epochs", type=cli.positive_int, default=defaults.FINETUNE_EPOCHS, help="passes over the memorized images")
-    parser.add_argument("--learning_rate", type=cli.positive_float, default=defaults.FINETUNE_LEARNING_RATE,
-                        help="AdamW learning rate of the U-Net (our choice)")
-    parser.add_argument("--utility_batch", type=cli.positive_int, default=defaults.UTILITY_BATCH, help="pairs of the utility loss a step")
-    parser.add_argument("--utility_weight", type=cli.non_negative_float, default=defaults.UTILITY_WEIGHT,
-                        help="weight of the utility loss against the adversarial loss (paper §4.4: 1:1)")
-    parser.add_argument("--empty_caption_share", type=cli.non_negative_float, default=defaults.UTILITY_EMPTY_CAPTION_SHARE,
-                        help="share of utility pairs trained with the empty caption, as in SD's training "
-                             "(keeps the unconditional branch of guidance)")
-    parser.add_argument("--distillation_weight", type=cli.non_negative_float, default=defaults.DISTILLATION_WEIGHT,
-                        help="weight of a distillation loss on the utility pairs towards the model before "
-                             "fine-tuning (ours; 0: none)")
-    parser.add_argument("--attack_steps", type=cli.positive_int, default=defaults.ATTACK_STEPS, help="attack steps before each update")
-    parser.add_argument("--attack_learning_rate", type=cli.positive_float, default=defaults.ATTACK_LEARNING_RATE, help="attack's Adam")
-    parser.add_argument("--attack_batch", type=cli.positive_int, default=defaults.ATTACK_BATCH, help="noise samples per attack step")
-    parser.add_argument("--seed", type=int, default=defaults.ATTACK_SEED, help="seed of the noise, timesteps and pairs")
-    parser.add_argument("--surrogate_steps", type=cli.positive_int, default=defaults.GENERATION_STEPS,
-                        help="DDIM steps of each NeMo-mitigated surrogate image (default: script 4's, SPEC §5; fewer "
-                             "for a smoke run)")
-    cli.add_model_args(parser, dtype_help="compute precision: the weights are trained and saved in float32, "
-                                          "float16/bfloat16 run under autocast (mixed precision)")
-    parser.add_argument("--gradient_checkpointing", action="store_true",
-                        help="recompute the U-Net's activations in the backward pass (less memory, more time)")
-    cli.add_run_args(parser, resumable=False, what="memorized prompts (they change the model: recorded)")
-    args = cli.parse(parser, argv)
-
-    from utils.files import read_json, read_prompts, read_results, require_neurons, rows_of_type
-    from utils.outputs import claim_output, save_model_folder, write_json
-
-    frame = read_prompts(args.dataset)
-    read_results(args.result_file, None)
-    recorded = cli.run_settings(args, inputs=("dataset", "result_file", "utility_data"), limit=args.limit)
-    if claim_output(args.output, recorded, args.overwrite, folder=True, record=False):
-        logger.info("%s is complete with the same settings; nothing to do", args.output)
-        return read_json(os.path.join(args.output, SUMMARY_NAME), "fine-tuning summary")
-
-    import torch
-
-    from metrics.images import load_images, original_images
-    from utils.methods.dori import attack as dori
-    from utils.crashpoints import crash_point
-    from utils.generation import generate_prompt_images, generation_latents
-    from utils.layers import layer_widths, value_layers
-    from utils.mitigation import with_neurons
-    from utils.models import load_pipeline, resolve_device, resolve_dtype
-
-    originals = original_images(args.originals)
-    rows = [i for i in rows_of_type(frame, args.memorization_type, args.dataset) if i in originals][: args.limit]
-    if not rows:
-        raise ValueError(f"no prompt of {args.dataset} has an original image in {args.originals}")
-    # fp32 weights on every device: they are trained and saved at full precision
-    device = resolve_device(args.device)
-    pipe = load_pipeline(args.version, device, torch.float32)
-    if args.gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
-    neurons = dict(enumerate(read_results(args.result_file, layer_widths(value_layers(pipe.unet)))["Refined Neurons"]))
-    require_neurons(rows, neurons, args.result_file)
-    utility = dori.utility_sampler(pipe, args.utility_data, args.utility_batch, args.empty_caption_share)
-    prepare = with_neurons(pipe, neurons)
-    first_latent = generation_latents(pipe.unet)[:1]  # script 4's first seed
-    targets = []
-    for i in rows:
-        condition = prepare(i, frame["Caption"][i], first_latent)
-        surrogate = generate_prompt_images(pipe, condition, first_latent, steps=args.surrogate_steps)[0]  # NeMo-mitigated
-        targets.append(dori.FinetuneTarget(dori.image_latents(pipe, load_images([originals[i]])),
-                                           condition.embedding, dori.image_latents(pipe, [surrogate])))
-    random.Random(args.seed).shuffle(targets)
-    start = time.perf_counter()
-    history = dori.adversarial_finetune(
-        pipe, targets, utility, epochs=args.epochs, learning_rate=args.learning_rate, attack_steps=args.attack_steps,
-        attack_learning_rate=args.attack_learning_rate, attack_batch=args.attack_batch, seed=args.seed,
-        utility_weight=args.utility_weight, distillation_weight=args.distillation_weight,
-        compute_dtype=resolve_dtype(args.dtype, device),
-        progress=lambda r: (logger.info("epoch %d image %d: attack %.4f, adversarial %.4f, utility %.4f, %.1f s",
-                                       r["epoch"], r["image"], r["attack_loss"], r["adversarial_loss"],
-                                       r["utility_loss"], r["seconds"]), crash_point("update_done")))
-    seconds = time.perf_counter() - start
-    summary = dict(rows=rows, seconds=round(seconds, 1), updates=len(history), history=history,
-                   settings=dict(vars(args)))
-    save_model_folder(args.output, pipe, recorded, {SUMMARY_NAME: lambda path: write_json(path, summary)})
-    print(f"fine-tuned on {len(rows)} memorized images, {args.epochs} epochs, {len(history)} updates in "
-          f"{seconds:.1f} s -> {args.output}")
-    return summary
+    finetune.add_args(parser)
+    return finetune.run(cli.parse(parser, argv))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 import testbed
 from testbed.rehearsal import SD14_UNET_CONFIG
 from utils import cli
-from utils.defaults import SEEDS_PER_CALL_CPU, SEEDS_PER_CALL_CUDA
+from utils.methods.nemo import SEEDS_PER_CALL_CPU, SEEDS_PER_CALL_CUDA
 from utils.files import read_prompts, read_threshold
 from utils.layers import count_neurons, value_layers
 from utils.methods.nemo.localization import BlockedScorer, LocalizationSettings, set_key, localize_prompt

@@ -41,8 +41,9 @@ from experiments.rows import IN_P, PLAIN
 from utils import cli
 from utils.methods.dori import attack as dori
 from utils.methods.wanda import pruning as wanda
-from utils.defaults import (ATTACK_STEPS, MEMORIZATION_THRESHOLD, SSIM_KERNEL_SIZE, WANDA_PRUNED_CALLS, WANDA_SPARSITY,
-                            WANDA_SUBSET_SEED, WANDA_SUBSET_SIZE)
+from utils.methods.dori import ATTACK_STEPS
+from utils.methods.nemo import MEMORIZATION_THRESHOLD, SSIM_KERNEL_SIZE
+from utils.methods.wanda import WANDA_PRUNED_CALLS, WANDA_SPARSITY, WANDA_SUBSET_SEED, WANDA_SUBSET_SIZE
 from utils.diffusion import encode_prompts, latent_shape
 from utils.files import read_json, read_prompts
 from utils.generation import PromptCondition, generate_prompt_images, generation_latents

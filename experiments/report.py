@@ -1,7 +1,7 @@
-"""The paper's Table 1 from the image folders of its settings (SPEC §6; paper Table 1).
+"""The paper's Table 1 from the image folders of its rows (SPEC §6; paper Table 1).
 
 Pure table building: the folders are written by script 4 (``6_reproduce_table1.py`` runs it
-for every setting); this module reads them, computes the columns per prompt and summarizes
+for every row); this module reads them, computes the columns per prompt and summarizes
 them per memorization type. With SSCD and CLIP weights the columns are the paper's; without
 them, weight-free stand-ins that the header names.
 """
@@ -20,7 +20,7 @@ from metrics.core import (MEMORIZATION_TYPES, OVERALL, alignment_score, diversit
                           sscd_orig_scores, summarize)
 from metrics.images import generated_images, load_images
 from metrics.plots import image_grid
-from experiments.rows import IN_P, PLAIN, SETTINGS, WANDA
+from experiments.rows import IN_P, PLAIN, WANDA, table_rows
 from utils.generation import read_records
 
 
@@ -89,10 +89,10 @@ def _rate_table(per_prompt: dict[int, float], types: dict[int, str]) -> dict:
             for group, members in groups.items() if members}
 
 
-def setting_row(folder: str, plain: dict[int, torch.Tensor], originals: dict[int, str], captions: dict[int, str],
+def folder_row(folder: str, plain: dict[int, torch.Tensor], originals: dict[int, str], captions: dict[int, str],
                 types: dict[int, str], measures: Measures, prompts: set[int] | None = None,
                 embedded: dict[int, torch.Tensor] | None = None) -> dict:
-    """Median over prompts (and MAD) per type of each column for one setting's folder (only
+    """Median over prompts (and MAD) per type of each column for one row's folder (only
     ``prompts`` when given).
 
     plain: the embeddings [n, d] of each prompt's images with nothing changed (SSCD_Gen's reference).
@@ -151,7 +151,7 @@ def image_quality_score(folder: str, captions: dict[int, str], measures: Measure
     return {OVERALL: dict(mean=measures.image_quality(images, image_captions), n=len(images))}
 
 
-def setting_cost(folder: str) -> dict:
+def folder_cost(folder: str) -> dict:
     """Median per prompt of the seconds and mitigation U-Net sample-forwards script 4 recorded."""
     records = list(read_records(folder).values())
     if not records:
@@ -167,32 +167,32 @@ def setting_cost(folder: str) -> dict:
 def build_table(folders: dict[str, str], quality_folders: dict[str, str], originals: dict[int, str],
                 captions: dict[int, str], quality_captions: dict[int, str], types: dict[int, str],
                 neurons: dict[int, int], measures: Measures, pruned_on: set[int] = frozenset()) -> dict:
-    """Every row of Table 1 whose folder exists (setting name -> folder), in the paper's order.
+    """Every row of Table 1 whose folder exists (row name -> folder), in the table's order.
 
     pruned_on: the prompts P the Wanda model was pruned on; its rows are over the others,
     and once more over P.
     """
     plain = {prompt: measures.embed(images) for prompt, images in _prompt_images(folders[PLAIN])}
     rows = {}
-    for setting in SETTINGS:
-        if setting.name not in folders:
+    for table_row in table_rows():
+        name = table_row.name
+        if name not in folders:
             continue
-        pruned = setting.model == WANDA
-        subsets = {setting.name: set(captions) - set(pruned_on) if pruned else set(captions)}
+        pruned = table_row.model == WANDA
+        subsets = {name: set(captions) - set(pruned_on) if pruned else set(captions)}
         if pruned and pruned_on:
-            subsets[setting.name + IN_P] = set(pruned_on)
-        counts = neurons if setting.neurons else {prompt: 0 for prompt in neurons}
-        for name, prompts in subsets.items():
-            row = setting_row(folders[setting.name], plain, originals, captions, types, measures, prompts,
-                              plain if setting.name == PLAIN else None)
+            subsets[name + IN_P] = set(pruned_on)
+        counts = neurons if table_row.neurons else {prompt: 0 for prompt in neurons}
+        for subset, prompts in subsets.items():
+            row = folder_row(folders[name], plain, originals, captions, types, measures, prompts,
+                             plain if name == PLAIN else None)
             row["neurons"] = _median_table({p: c for p, c in counts.items() if p in prompts}, types)
-            row["cost"] = setting_cost(folders[setting.name])
-            rows[name] = row
-        if setting.name in quality_folders and measures.align:
-            rows[setting.name]["quality"] = quality_score(quality_folders[setting.name], quality_captions, measures)
-        if setting.name in quality_folders and measures.image_quality:
-            rows[setting.name]["image_quality"] = image_quality_score(quality_folders[setting.name], quality_captions,
-                                                                      measures)
+            row["cost"] = folder_cost(folders[name])
+            rows[subset] = row
+        if name in quality_folders and measures.align:
+            rows[name]["quality"] = quality_score(quality_folders[name], quality_captions, measures)
+        if name in quality_folders and measures.image_quality:
+            rows[name]["image_quality"] = image_quality_score(quality_folders[name], quality_captions, measures)
     columns = ["neurons", measures.orig_name, measures.gen_name, measures.div_name]
     if measures.align and measures.align_memorized:
         columns.append(measures.align_name)
@@ -218,7 +218,7 @@ def markdown(table: dict, title: str) -> str:
     kinds = ("VM", "TM")
     extra = [table["quality_column"], table.get("image_quality_column")]
     columns = table["columns"] + [c for c in extra if c]
-    lines = [f"### {title}", "", "| setting | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines = [f"### {title}", "", "| row | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in table["rows"].items():
         cells = [_cell(row.get(c), kinds, "g" if c == "neurons" else ".2f") for c in table["columns"]]
         if table["quality_column"]:
@@ -232,18 +232,18 @@ def markdown(table: dict, title: str) -> str:
 
 
 def write_grids(report: dict, folders: dict[str, str], originals: dict[int, str], captions: dict[int, str],
-                types: dict[int, str], measures: Measures, output: str, per_setting: int = 2) -> list[str]:
+                types: dict[int, str], measures: Measures, output: str, per_row: int = 2) -> list[str]:
     """One PNG per memorization type: a row per prompt with its original and the first
-    ``per_setting`` images of every setting, each captioned with its nearest reference and
+    ``per_row`` images of every row, each captioned with its nearest reference and
     the similarity (coloured when it copies its own original or another one)."""
     threshold = measures.references.threshold if measures.references else None
-    nearest = {}  # setting -> prompt -> [[reference, similarity], ...]
+    nearest = {}  # row -> prompt -> [[reference, similarity], ...]
     for name, row in report["rows"].items():
-        setting = name.removesuffix(IN_P)
+        shown = name.removesuffix(IN_P)
         for prompt, values in row.get("nearest", {}).items():
-            nearest.setdefault(setting, {})[int(prompt)] = values
-    settings = [s for s in folders if s in report["rows"]]
-    listed = {setting: generated_images(folders[setting]) for setting in settings}  # listed once
+            nearest.setdefault(shown, {})[int(prompt)] = values
+    rows_shown = [s for s in folders if s in report["rows"]]
+    listed = {row: generated_images(folders[row]) for row in rows_shown}  # listed once
     generated = generated_images(folders[PLAIN])
     written = []
     for kind in sorted(set(types.values()) or {OVERALL}):
@@ -251,10 +251,10 @@ def write_grids(report: dict, folders: dict[str, str], originals: dict[int, str]
         rows = []
         for prompt in prompts:
             cells = [(load_images([originals[prompt]])[0] if prompt in originals else None, "original", None)]
-            for setting in settings:
-                paths = listed[setting].get(prompt, [])[:per_setting]
+            for row in rows_shown:
+                paths = listed[row].get(prompt, [])[:per_row]
                 for j, image in enumerate(load_images(paths)):
-                    reference, similarity = nearest.get(setting, {}).get(prompt, [[None, None]] * (j + 1))[j]
+                    reference, similarity = nearest.get(row, {}).get(prompt, [[None, None]] * (j + 1))[j]
                     copies = None
                     if threshold is not None and similarity is not None and similarity > threshold:
                         copies = "own" if reference == measures.own_reference.get(prompt) else "other"
@@ -262,9 +262,9 @@ def write_grids(report: dict, folders: dict[str, str], originals: dict[int, str]
                     cells.append((image, caption, copies))
             rows.append((f"{prompt}: {captions[prompt]}", cells))
         if rows:
-            title = (f"{kind} prompts: original, then {per_setting} images per setting, each with its nearest reference "
+            title = (f"{kind} prompts: original, then {per_row} images per row, each with its nearest reference "
                      f"and similarity (orange: copies its own original, red: another one, above {threshold})")
-            groups = [("original", 1)] + [(s, per_setting) for s in settings]
+            groups = [("original", 1)] + [(s, per_row) for s in rows_shown]
             written.append(image_grid(title, groups, rows, os.path.join(output, f"grid_{kind}.png")))
     return written
 
@@ -299,7 +299,7 @@ def attack_markdown(summaries: dict, kind: str) -> str:
 
 def cost_markdown(rows: dict, localization_cost: dict, pruning: dict | None, finetuning: dict | None) -> str:
     lines = ["### Cost per prompt (median)", "",
-             "| setting | generation s | mitigation s | mitigation U-Net sample-forwards |", "|---|---|---|---|"]
+             "| row | generation s | mitigation s | mitigation U-Net sample-forwards |", "|---|---|---|---|"]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
     for name, row in rows.items():
         if name.endswith(IN_P):

@@ -1,54 +1,35 @@
-"""The rows of the paper's Table 1: what script 4 runs for each, and what its columns are.
-
-Torch-free, so the Table-1 command can list the rows in ``--help`` at once.
-"""
+"""The rows of the paper's Table 1: the plain row and every row the methods register
+(``utils.methods.registry``), in the table's order. Torch-free, so the Table-1 command can
+list them in ``--help`` at once."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from utils.methods import ROWS
+from utils.methods.registry import ALL_REFINED, FINETUNED, GIVEN, WANDA, Row  # noqa: F401 (the rows' vocabulary)
+
+PLAIN = "all neurons active"
+IN_P = ", prompts in P"  # the second row of a pruned model: the prompts it was pruned on
 
 
-@dataclass(frozen=True)
-class Setting:
-    """A row of Table 1: script 4's flags for it, and what its columns are."""
-
-    name: str
-    flags: tuple[str, ...]
-    neurons: bool = False  # a per-prompt neuron set: the neurons column counts it
-    # generated on the held-out prompts of the quality column too; False where the setting is
-    # per memorized prompt (its neurons were found for that prompt) and means nothing elsewhere
-    on_held_out: bool = True
-    held_out_flags: tuple[str, ...] | None = None  # script 4's flags there, if not ``flags``
-    model: str = ""  # "": the given model; WANDA or FINETUNED: the model script 7 or 9 makes of it
-
-    @property
-    def quality_flags(self) -> tuple[str, ...]:
-        return self.flags if self.held_out_flags is None else self.held_out_flags
+def table_rows() -> list[Row]:
+    """Every row: nothing changed first (the other rows' SSCD_Gen compares with it), then the
+    registered rows by their ``order``."""
+    return [Row(PLAIN, 0)] + sorted(ROWS, key=lambda row: row.order)
 
 
-# Table 1's rows in the paper's order. NeMo on held-out prompts deactivates every refined
-# neuron of the memorized prompts at once (the model script 5 exports by default).
-ALL_REFINED = "all_refined"  # placeholder: replaced by the count of distinct refined neurons
-WANDA, FINETUNED = "wanda", "finetuned"  # the models scripts 7 and 9 make
-SETTINGS = (
-    Setting("all neurons active", ()),
-    Setting("prompt embedding adjustment (Wen)", ("--wen",)),
-    Setting("random neurons", ("--block_random_neurons",), neurons=True, on_held_out=False),
-    Setting("attention scaling (Ren)", ("--ren",)),
-    Setting("1 random token", ("--random_tokens", "1")),
-    Setting("4 random tokens", ("--random_tokens", "4")),
-    Setting("10 random tokens", ("--random_tokens", "10")),
-    Setting("NeMo", ("--refined_neurons",), neurons=True, held_out_flags=("--block_top_k_neurons", ALL_REFINED)),
-    # Chavhan et al.'s pruned model: its row is over the prompts not in its set P, a second
-    # row over P; NeMo on it shows how much of either mitigation the other leaves to do.
-    Setting("Wanda (pruned model)", (), model=WANDA),
-    Setting("NeMo on the Wanda-pruned model", ("--refined_neurons",), neurons=True, on_held_out=False, model=WANDA),
-    # Kowalczuk et al.'s defence (script 9), with script 6 --dori.
-    Setting("adversarial fine-tuning", (), model=FINETUNED),
-)
-PLAIN = SETTINGS[0].name
-IN_P = ", prompts in P"  # the second row of a pruned model's setting: the prompts it was pruned on
+def chosen_rows(names: str | None, with_dori: bool) -> list[Row]:
+    """The rows named in ``names`` (comma-separated; None: all, the fine-tuned model's only
+    ``with_dori``), the plain row always."""
+    rows = table_rows()
+    if names is None:
+        return [row for row in rows if with_dori or row.model != FINETUNED]
+    wanted = [name.strip() for name in names.split(",")]
+    known = {row.name: row for row in rows}
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise ValueError(f"--rows: unknown row {unknown[0]!r}; rows are {list(known)}")
+    return [row for row in rows if row.name == PLAIN or row.name in wanted]
 
 
-def folder_name(setting: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in setting.lower()).strip("_")
+def folder_name(row: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in row.lower()).strip("_")

@@ -1,166 +1,234 @@
-"""The Table-1 command's steps (``6_reproduce_table1.py``; the test bed's ``testbed.table1``):
-it runs scripts 2, 3, 4, 7, 8 and 9 for every row and detector, then builds the table, its
-figures and the cost, agreement, detection and attack tables from their outputs."""
+"""The paper's Table 1 as one library call (script 6, ``testbed.table1``, ``testbed.tradeoff``):
+``run(config(...), measures, title)`` runs every step (scripts 2, 3, 4, 7, 8 and 9 as library
+steps) for every row and detector, then builds the table, its figures and the cost,
+agreement, detection and attack tables from their outputs, and writes ``table1.md`` and
+``table1.json`` once. A rerun with the same configuration reuses every finished step."""
 
 from __future__ import annotations
 
-import importlib
+import argparse
 import logging
 import os
+from typing import Callable
 
-from experiments import locality, report as table1
+from experiments import attack, detect, finetune, generate, localize, locality, prune
+from experiments import report as table1
+from experiments.rows import ALL_REFINED, FINETUNED, GIVEN, PLAIN, WANDA, Row, chosen_rows, folder_name, table_rows
 from metrics import plots
 from metrics.cli import write_json
 from metrics.copies import embedded_references
 from metrics.embedders import CLIPEmbedder, image_embedder
 from metrics.images import original_images
-from experiments.rows import ALL_REFINED, FINETUNED, PLAIN, SETTINGS, WANDA, Setting, folder_name
-from utils import cli
+from utils import cli, defaults
 from utils.assets import sscd_copy_threshold
 from utils.defaults import SSCD_COPY_THRESHOLD
 from utils.files import read_csv, read_prompts, read_results
 from utils.layers import count_neurons
+from utils.methods import DETECTORS, dori, nemo, wanda
+from utils.methods.nemo import selection
 from utils.models import resolve_device
 from utils.outputs import claim_output, write_text
-from utils.methods.nemo import selection
 
 logger = logging.getLogger(__name__)
-SCRIPTS = {2: "2_compute_pairwise_ssim", 3: "3_detect_memorized_neurons", 4: "4_generate_images",
-           7: "7_prune_memorized_weights", 8: "8_attack_mitigation", 9: "9_adversarial_finetuning"}
-# Detectors compared (script 2 --score): NeMo's, and Wen's at the authors' aggregation (all 50
-# steps) and at the first step alone (their paper's cheapest variant).
-DETECTORS = {"NeMo (SSIM score)": ("nemo", ["--score", "nemo"]),
-             "Wen (noise magnitude, 50 steps)": ("wen", ["--score", "wen"]),
-             "Wen (noise magnitude, first step)": ("wen_first_step", ["--score", "wen", "--wen_score_steps", "1"])}
+# The table's flags passed on to scripts 7 and 9 under their own names: --wanda_sparsity is
+# script 7's --sparsity, --finetune_epochs script 9's --epochs, and so on.
+PRUNING_PREFIX, FINETUNING_PREFIX = "wanda_", "finetune_"
+# Flags of the table command that change no step's output: rows are folders of their own.
+TABLE_FREE_FLAGS = ("rows",)
 
 
-def script(number: int):
-    return importlib.import_module(SCRIPTS[number])
+def add_args(parser) -> None:
+    """The Table-1 command's flags (script 6; ``config`` takes them by name)."""
+    parser.add_argument("-d", "--dataset", default="prompts/memorized_laion_prompts.csv",
+                        help="memorized prompt file (';' CSV with columns Caption and type)")
+    parser.add_argument("-o", "--output", default="results/table1", help="folder for every file the run writes")
+    parser.add_argument("--statistics", default="statistics/statistics_additional_laion_prompts_v1_4.pt",
+                        help="activation statistics for script 3 (script 1, or the authors' file)")
+    parser.add_argument("--memorization_threshold", type=float, default=nemo.MEMORIZATION_THRESHOLD,
+                        help="tau_mem for script 3 (script 2 on non-memorized prompts; paper: 0.428)")
+    parser.add_argument("--ssim_kernel_size", type=cli.positive_int, default=nemo.SSIM_KERNEL_SIZE,
+                        help="MS-SSIM kernel of scripts 2 and 3 (11 for SD; 5 for the 24x24 test bed)")
+    parser.add_argument("--originals", default=None,
+                        help="training images, one per prompt row (0000.png or 0000_anything.jpg); without: no *_Orig")
+    parser.add_argument("--references", default=None,
+                        help="folder of images every generation is compared with for the nearest-copy columns "
+                             "(e.g. all memorized training images); default: --originals")
+    parser.add_argument("--copy_threshold", type=float, default=None,
+                        help="similarity above which an image copies a reference; default: the SSCD checkpoint's "
+                             f"({', '.join(f'{k} {v}' for k, v in defaults.SSCD_COPY_THRESHOLDS.items())}; sources in "
+                             f"utils/defaults.py), {defaults.SSCD_COPY_THRESHOLD} with --embedder pixel")
+    parser.add_argument("--quality_prompts", default=None,
+                        help="held-out prompt file: each setting that changes any prompt is generated on it too, "
+                             "for the alignment of the quality column")
+    parser.add_argument("--unmemorized_prompts", default=None,
+                        help="non-memorized prompt file: with it, both detectors' AUROC / TPR@1%%FPR are reported")
+    parser.add_argument("--rows", default=None,
+                        help=f"comma-separated subset of the rows ({'; '.join(row.name for row in table_rows())}); "
+                             "default: all")
+    parser.add_argument("--smoke", action="store_true",
+                        help="smoke test, not results: script 3 runs with --smoke (each step of its walk once; see "
+                             "its --help), e.g. with --limit 1 --steps 1 -n 1 at real model size")
+    gen = parser.add_argument_group("generation (script 4's defaults, SPEC §5)")
+    gen.add_argument("--steps", type=cli.positive_int, default=defaults.GENERATION_STEPS, help="DDIM steps")
+    gen.add_argument("-n", "--num_samples", type=cli.positive_int, default=defaults.NUM_SAMPLES, help="images per prompt")
+    gen.add_argument("-g", "--guidance_scale", type=cli.non_negative_float, default=defaults.GUIDANCE_SCALE, help="classifier-free guidance")
+    gen.add_argument("-s", "--seed", type=int, default=defaults.GENERATION_SEED, help="seed of each prompt's latents")
+    gen.add_argument("-b", "--batch_size", type=cli.positive_int, default=defaults.PROMPTS_PER_BATCH,
+                     help="authors' script 4 -b: prompts per pipeline call, all --num_samples images of each in it")
+    gen.add_argument("--wen_target_loss", type=cli.non_negative_float, default=None,
+                     help="Wen's target loss (default: script 4's, the authors' 3 for 4 SD latents)")
+    pruning = parser.add_argument_group("Wanda rows (script 7; defaults: ruchikachavhan/concept-prune)")
+    pruning.add_argument("--wanda_sparsity", type=cli.fraction, default=wanda.WANDA_SPARSITY,
+                         help="share of each ff.net.2 weight row pruned at most per call (skill_ratio)")
+    pruning.add_argument("--wanda_subset_size", type=cli.positive_int, default=wanda.WANDA_SUBSET_SIZE, help="|P|, prompts pruned on")
+    pruning.add_argument("--wanda_subset_seed", type=int, default=wanda.WANDA_SUBSET_SEED, help="seed of the draw of P")
+    attack = parser.add_argument_group("--dori: the attack on every mitigation and adversarial fine-tuning "
+                                       "(scripts 8 and 9; defaults: the Dori paper)")
+    attack.add_argument("--dori", action="store_true",
+                        help="add the adversarial fine-tuning row and a table of the attack's success rate per "
+                             "mitigation (needs --originals and --utility_data)")
+    attack.add_argument("--utility_data", default=None,
+                        help="';' CSV with columns Caption and Image: pairs of fine-tuning's utility loss")
+    attack.add_argument("--dori_type", choices=dori.ATTACK_TYPES, default=dori.ATTACK_TYPE,
+                        help="memorized prompts attacked and erased (the paper reports VM)")
+    attack.add_argument("--attack_similarity", choices=("sscd", "pixel_ssim"), default="sscd",
+                        help="replication measure of script 8 (SSCD > 0.7: the paper's)")
+    attack.add_argument("--attack_steps", type=cli.positive_int, default=dori.ATTACK_STEPS, help="steps of every attack")
+    attack.add_argument("--finetune_epochs", type=cli.positive_int, default=dori.FINETUNE_EPOCHS, help="script 9's epochs")
+    attack.add_argument("--finetune_learning_rate", type=cli.positive_float, default=dori.FINETUNE_LEARNING_RATE,
+                        help="script 9's U-Net learning rate")
+    attack.add_argument("--finetune_utility_batch", type=cli.positive_int, default=dori.UTILITY_BATCH,
+                        help="script 9's utility pairs a step (ours)")
+    attack.add_argument("--finetune_utility_weight", type=float, default=dori.UTILITY_WEIGHT,
+                        help="script 9's weight of the utility loss (paper: 1:1)")
+    attack.add_argument("--finetune_empty_caption_share", type=float, default=dori.UTILITY_EMPTY_CAPTION_SHARE,
+                        help="script 9's share of utility pairs with the empty caption")
+    attack.add_argument("--finetune_distillation_weight", type=float, default=dori.DISTILLATION_WEIGHT,
+                        help="script 9's weight of the distillation loss towards the model before fine-tuning")
+    metric = parser.add_argument_group("columns (SPEC §6)")
+    metric.add_argument("--embedder", choices=("sscd", "pixel"), default="sscd",
+                        help="SSCD (the paper's) or the weight-free pixel stand-in for *_Orig, *_Gen, D_*")
+    cli.add_sscd_model_arg(metric)
+    metric.add_argument("--clip-model", default=defaults.CLIP_MODEL, help="CLIP ViT-B/32 for A_CLIP; 'none' to leave it out")
+    cli.add_model_args(parser)
+    cli.add_run_args(parser, resumable=False, what="memorized prompts")
+    parser.set_defaults(log_level="WARNING")
 
 
-def chosen_settings(names: str | None, with_dori: bool) -> list[Setting]:
-    if names is None:
-        return [s for s in SETTINGS if with_dori or s.model != FINETUNED]
-    wanted = [n.strip() for n in names.split(",")]
-    known = {s.name: s for s in SETTINGS}
-    unknown = [n for n in wanted if n not in known]
-    if unknown:
-        raise ValueError(f"--settings: unknown row {unknown[0]!r}; rows are {list(known)}")
-    if PLAIN not in wanted:
-        wanted.insert(0, PLAIN)  # SSCD_Gen compares with it
-    return [known[n] for n in wanted]
+def config(**values) -> argparse.Namespace:
+    """The Table-1 configuration: the command's defaults with ``values`` (flag dests) in their place."""
+    return cli.step_args(add_args, **values)
 
 
-def model_flags(args) -> list[str]:
-    """--device and --dtype of script 6, passed on to the scripts it runs (script 7 keeps its
-    own float32 default: its folder is written in it)."""
-    return [*(["--device", args.device] if args.device else []), "--dtype", args.dtype]
+def model_options(args) -> dict:
+    """--device and --dtype of the table, passed on to its steps (script 7 keeps its own float32
+    default: its folder is written in it)."""
+    return dict(device=args.device, dtype=args.dtype)
+
+
+def prefixed(args, prefix: str) -> dict:
+    """The table's ``<prefix><name>`` flags as a step's ``<name>`` flags."""
+    return {name.removeprefix(prefix): value for name, value in vars(args).items() if name.startswith(prefix)}
 
 
 def pruned_model(args) -> tuple[str, dict]:
     """Script 7's Wanda-pruned model of the prompt file (made once: a rerun finds it complete);
     returns its folder and summary."""
     folder = os.path.join(args.output, "wanda_model")
-    flags = ["-v", args.version, "-d", args.dataset, "-o", folder, "--sparsity", str(args.wanda_sparsity),
-             "--subset_size", str(args.wanda_subset_size), "--subset_seed", str(args.wanda_subset_seed)]
-    return folder, script(7).main([*flags, *(["--device", args.device] if args.device else [])])
+    return folder, cli.run_step(prune, version=args.version, dataset=args.dataset, output=folder, device=args.device,
+                            **prefixed(args, PRUNING_PREFIX))
 
 
 def finetuned_model(args, results: str) -> tuple[str, dict]:
     """Script 9's adversarially fine-tuned model (made once: a rerun finds it complete)."""
     folder = os.path.join(args.output, "finetuned_model")
-    flags = ["-v", args.version, "-d", args.dataset, "--originals", args.originals, "-f", results,
-             "--utility_data", args.utility_data, "-o", folder, "--epochs", str(args.finetune_epochs),
-             "--learning_rate", str(args.finetune_learning_rate), "--attack_steps", str(args.attack_steps),
-             "--utility_batch", str(args.finetune_utility_batch), "--utility_weight", str(args.finetune_utility_weight),
-             "--empty_caption_share", str(args.finetune_empty_caption_share),
-             "--distillation_weight", str(args.finetune_distillation_weight)]
-    flags += ["--memorization_type", args.dori_type] if args.dori_type != "all" else []
-    return folder, script(9).main([*flags, *model_flags(args)])
+    return folder, cli.run_step(finetune, version=args.version, dataset=args.dataset, originals=args.originals,
+                            result_file=results, utility_data=args.utility_data, output=folder,
+                            attack_steps=args.attack_steps, memorization_type=attacked_type(args),
+                            **prefixed(args, FINETUNING_PREFIX), **model_options(args))
+
+
+def attacked_type(args) -> str | None:
+    return None if args.dori_type == "all" else args.dori_type
 
 
 def run_attacks(args, results: str, models: dict[str, str], neuron_sets: dict[str, str] | None = None) -> dict:
     """Script 8 against every mitigation: its success rate per memorization type.
     neuron_sets: further rows, name -> a results file whose refined neurons are deactivated
     (e.g. the planted bed's ground truth), attacked on the given model after NeMo's."""
-    targets = {"none": (models[""], []), "NeMo": (models[""], ["--neurons_from", results])}
-    targets.update({name: (models[""], ["--neurons_from", path]) for name, path in (neuron_sets or {}).items()})
+    targets = {"none": (models[GIVEN], None), "NeMo": (models[GIVEN], results)}
+    targets.update({name: (models[GIVEN], path) for name, path in (neuron_sets or {}).items()})
     if WANDA in models:
-        targets["Wanda"] = (models[WANDA], [])
+        targets["Wanda"] = (models[WANDA], None)
     if FINETUNED in models:
-        targets["adversarial fine-tuning"] = (models[FINETUNED], [])
-    summaries = {}
-    for name, (model, extra) in targets.items():
-        flags = ["-v", model, "-d", args.dataset, "--originals", args.originals, "--resume",
-                 "-o", os.path.join(args.output, "attack", folder_name(name)), "--similarity",
-                 args.attack_similarity, "--attack_steps", str(args.attack_steps), "-n", str(args.num_samples),
-                 "--steps", str(args.steps), "-g", str(args.guidance_scale), "-s", str(args.seed), *extra]
-        flags += ["--memorization_type", args.dori_type] if args.dori_type != "all" else []
-        flags += ["--sscd-model", args.sscd_model] if args.attack_similarity == "sscd" else []
-        summaries[name] = script(8).main([*flags, *model_flags(args)])
-    return summaries
+        targets["adversarial fine-tuning"] = (models[FINETUNED], None)
+    return {name: cli.run_step(attack, version=model, dataset=args.dataset, originals=args.originals, resume=True,
+                           output=os.path.join(args.output, "attack", folder_name(name)),
+                           similarity=args.attack_similarity, attack_steps=args.attack_steps,
+                           num_samples=args.num_samples, steps=args.steps, guidance_scale=args.guidance_scale,
+                           seed=args.seed, neurons_from=neurons, memorization_type=attacked_type(args),
+                           sscd_model=args.sscd_model, **model_options(args))
+            for name, (model, neurons) in targets.items()}
 
 
-def run_settings(args, results: str, settings: list[Setting], neurons: dict[int, list],
-                 models: dict[str, str]) -> tuple[dict, dict]:
-    """Script 4 for every setting (and its quality run); returns the image folders by setting.
-    models: "" -> the given model, and the models scripts 7 and 9 made."""
-    device = model_flags(args)
-    generation = ["--steps", str(args.steps), "-n", str(args.num_samples), "-g", str(args.guidance_scale),
-                  "-s", str(args.seed), "-b", str(args.batch_size), *device]
+def generate_rows(args, results: str, rows: list[Row], neurons: dict[int, list],
+                  models: dict[str, str]) -> tuple[dict, dict]:
+    """Script 4 for every row (and its held-out run); returns the image folders by row.
+    models: GIVEN -> the given model, and the models scripts 7 and 9 made."""
+    generation = dict(steps=args.steps, num_samples=args.num_samples, guidance_scale=args.guidance_scale,
+                      seed=args.seed, batch_size=args.batch_size, result_file=results, **model_options(args))
     if args.wen_target_loss is not None:
-        generation += ["--wen_target_loss", str(args.wen_target_loss)]
-    limit = ["--limit", str(args.limit)] if args.limit else []
-    all_refined = str(len(selection.neuron_frequencies(list(neurons.values()))))
+        generation["wen_target_loss"] = args.wen_target_loss
+    all_refined = len(selection.neuron_frequencies(list(neurons.values())))
     folders, quality = {}, {}
-    for setting in settings:
-        model = ["-v", models[setting.model]]
-        folders[setting.name] = os.path.join(args.output, "images", folder_name(setting.name))
-        script(4).main(["-f", results, "-d", args.dataset, "-o", folders[setting.name], *model, *generation, *limit,
-                        *setting.flags])
-        if args.quality_prompts and setting.on_held_out:
-            flags = [all_refined if f == ALL_REFINED else f for f in setting.quality_flags]
-            quality[setting.name] = os.path.join(args.output, "quality", folder_name(setting.name))
-            script(4).main(["-f", results, "--prompts", args.quality_prompts, "-o", quality[setting.name], *model,
-                            *generation, *flags])
+    for row in rows:
+        folders[row.name] = os.path.join(args.output, "images", folder_name(row.name))
+        cli.run_step(generate, dataset=args.dataset, output=folders[row.name], version=models[row.model],
+                 limit=args.limit, **generation, **row.generation())
+        if args.quality_prompts and row.on_held_out:
+            options = {k: all_refined if v == ALL_REFINED else v for k, v in row.generation(held_out=True).items()}
+            quality[row.name] = os.path.join(args.output, "quality", folder_name(row.name))
+            cli.run_step(generate, prompts=args.quality_prompts, output=quality[row.name], version=models[row.model],
+                     **generation, **options)
     return folders, quality
 
 
 def run_detection(args) -> dict:
-    """Both detectors on the memorized and the non-memorized prompts (script 2, resumed)."""
+    """Every registered detector's comparisons on the memorized and the non-memorized prompts
+    (script 2, resumed)."""
     from metrics import detection
 
-    model = ["-v", args.version, "--ssim_kernel_size", str(args.ssim_kernel_size)]
-    model += model_flags(args)
     figures = {}
-    for name, (stem, flags) in DETECTORS.items():
-        files = {}
-        for label, prompts in (("memorized", args.dataset), ("unmemorized", args.unmemorized_prompts)):
-            files[label] = os.path.join(args.output, "detection", f"{stem}_{label}.csv")
-            script(2).main(["--prompts", prompts, "--output", files[label], "--resume", *flags, *model])
-        figures[name] = detection.main(["-m", files["memorized"], "-u", files["unmemorized"], "-p", args.dataset,
-                                        "-o", os.path.join(args.output, "detection", f"{stem}.json")])["summary"]
+    for detector in DETECTORS.values():
+        for name, (stem, options) in detector.comparisons.items():
+            files = {}
+            for label, prompts in (("memorized", args.dataset), ("unmemorized", args.unmemorized_prompts)):
+                files[label] = os.path.join(args.output, "detection", f"{stem}_{label}.csv")
+                cli.run_step(detect, prompts=prompts, output=files[label], resume=True, score=detector.name,
+                         version=args.version, ssim_kernel_size=args.ssim_kernel_size, **options,
+                         **model_options(args))
+            figures[name] = detection.main(["-m", files["memorized"], "-u", files["unmemorized"], "-p", args.dataset,
+                                            "-o", os.path.join(args.output, "detection", f"{stem}.json")])["summary"]
     return figures
 
 
-# Flags of the table command that change no step's output: rows are folders of their own.
-TABLE_FREE_FLAGS = ("settings",)
-
-
 def claim_table_folder(args, output: str) -> None:
-    """The table's folder, for these settings (``settings.json``): a rerun continues every step,
-    other settings are refused, --overwrite clears the folder."""
-    settings = {k: v for k, v in cli.run_settings(args).items() if k not in TABLE_FREE_FLAGS}
-    if claim_output(output, settings, args.overwrite, folder=True):
-        logger.warning("%s: continuing a run with the same settings (finished steps are kept)", output)
+    """The table's folder, for this configuration (``settings.json``): a rerun continues every
+    step, another configuration is refused, --overwrite clears the folder."""
+    record = {k: v for k, v in cli.run_record(args).items() if k not in TABLE_FREE_FLAGS}
+    if claim_output(output, record, args.overwrite, folder=True):
+        logger.warning("%s: continuing a run with the same configuration (finished steps are kept)", output)
 
 
-def reproduce(args, measures: table1.Measures, title: str, claim: bool = True,
-              attack_neuron_sets: dict[str, str] | None = None) -> dict:
-    """Every step of the table; ``measures`` decide its columns. ``claim``: check and record
-    the output folder's settings here (False: the caller has). ``attack_neuron_sets``: with
-    --dori, further neuron sets to attack (``run_attacks``)."""
-    settings = chosen_settings(args.settings, args.dori)
+def run(args, measures: table1.Measures, title: str, claim: bool = True,
+        attack_neuron_sets: dict[str, str] | None = None,
+        sections: Callable[[dict], str] | None = None) -> dict:
+    """Every step of the table for the configuration ``args`` (``config``); ``measures`` decide
+    its columns. ``claim``: check and record the output folder's configuration here (False: the
+    caller has). ``attack_neuron_sets``: with --dori, further neuron sets to attack
+    (``run_attacks``). ``sections(report) -> markdown``: further sections of the caller, added
+    to the report and the table before both are written."""
+    rows = chosen_rows(args.rows, args.dori)
     if args.dori and not (args.originals and args.utility_data):
         raise ValueError("--dori needs --originals (the images to attack and erase) and --utility_data")
     for path in (args.dataset, args.quality_prompts, args.unmemorized_prompts):
@@ -171,19 +239,18 @@ def reproduce(args, measures: table1.Measures, title: str, claim: bool = True,
     if claim:
         claim_table_folder(args, args.output)
     results = cli.versioned_path(os.path.join(args.output, "memorization_statistics.csv"), args.version)
-    script(3).main(["-v", args.version, "-d", args.dataset, "-o", os.path.join(args.output, "memorization_statistics.csv"),
-                    "--statistics", args.statistics, "--resume", "--memorization_threshold",
-                    str(args.memorization_threshold), "--ssim_kernel_size", str(args.ssim_kernel_size),
-                    *(["--limit", str(args.limit)] if args.limit else []), *(["--smoke"] if args.smoke else []),
-                    *model_flags(args)])
+    cli.run_step(localize, version=args.version, dataset=args.dataset,
+             output=os.path.join(args.output, "memorization_statistics.csv"), statistics=args.statistics, resume=True,
+             memorization_threshold=args.memorization_threshold, ssim_kernel_size=args.ssim_kernel_size,
+             limit=args.limit, smoke=args.smoke, **model_options(args))
     frame = read_results(results, None)
     refined = dict(enumerate(frame["Refined Neurons"]))
-    models, pruning, finetuning = {"": args.version}, None, None
-    if any(s.model == WANDA for s in settings):
+    models, pruning, finetuning = {GIVEN: args.version}, None, None
+    if any(row.model == WANDA for row in rows):
         models[WANDA], pruning = pruned_model(args)
     if args.dori:
         models[FINETUNED], finetuning = finetuned_model(args, results)
-    folders, quality = run_settings(args, results, settings, refined, models)
+    folders, quality = generate_rows(args, results, rows, refined, models)
 
     prompts = read_prompts(args.dataset)
     types = dict(enumerate(prompts["type"])) if "type" in prompts else {}
@@ -220,6 +287,8 @@ def reproduce(args, measures: table1.Measures, title: str, claim: bool = True,
     if args.dori:
         report["attack"] = run_attacks(args, results, models, attack_neuron_sets)
         text += "\n" + table1.attack_markdown(report["attack"], args.dori_type)
+    if sections:
+        text += sections(report)
     text += "\nFigures: " + ", ".join(os.path.basename(f) for f in report["figures"]) + "\n"
     write_json(os.path.join(args.output, "table1.json"), report)
     write_text(os.path.join(args.output, "table1.md"), text)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from metrics.core import summarize
 from metrics.embedders import EMBEDDERS, image_embedder
 from utils import outputs
-from utils.cli import add_sscd_model_arg, run_settings
+from utils.cli import add_sscd_model_arg, run_record
 from utils.defaults import CLIP_MODEL
 from utils.files import read_prompts
 from utils.models import resolve_device
@@ -60,7 +60,7 @@ def add_output_args(parser: argparse.ArgumentParser, default: str) -> None:
 def claim_json(args: argparse.Namespace, path: str) -> str:
     """``path``, checked to hold no figures of other settings (its ``.settings.json``); a rerun
     with the same settings recomputes it, --overwrite replaces one of other settings."""
-    outputs.claim_output(path, run_settings(args), args.overwrite)
+    outputs.claim_output(path, run_record(args), args.overwrite)
     return path
 
 

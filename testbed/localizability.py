@@ -40,7 +40,7 @@ from utils.files import read_prompts, read_threshold
 from utils.layers import layer_widths, value_layers
 from utils.methods.nemo.localization import LocalizationSettings
 from utils.models import load_pipeline, resolve_device
-from utils.defaults import NUM_INFERENCE_STEPS, TIMESTEP_INDEX
+from utils.methods.nemo import NUM_INFERENCE_STEPS, TIMESTEP_INDEX
 from utils.diffusion import initial_latents, latent_shape, schedule_timestep
 from utils.methods.nemo.noise import normalize_maps, prompt_noise_difference
 from utils.methods.nemo.score import blocked_scores, pairwise_max_scores

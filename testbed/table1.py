@@ -1,8 +1,8 @@
 """The test bed's Table 1: every row of the paper's table, and Wanda's pruned model, on the
 built-in model (`make demo`), the natural test bed or (--bed planted) the planted one.
 
-Runs script 1 (statistics) and script 2 (tau_mem) on the test bed's prompt files, then
-``6_reproduce_table1.py`` on its memorized prompts: NeMo's localization, Wanda's pruned model,
+Runs script 1's step (statistics) and script 2's (tau_mem) on the test bed's prompt files, then
+the Table-1 run (``experiments.table1``, script 6) on its memorized prompts: NeMo's localization, Wanda's pruned model,
 script 4 for every setting, each global setting also on held-out ordinary prompts, nearest
 copies among all 24 memorized training images, both detectors, and with --dori adversarial
 fine-tuning and the attack on every mitigation.
@@ -19,8 +19,6 @@ finished steps.
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -31,9 +29,11 @@ from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 import testbed
-from experiments import report as table1, table1 as reproduce
+from experiments import detect, generate, statistics
+from experiments import report as table1
+from experiments import table1 as reproduce
 from metrics import ground_truth
-from experiments.rows import IN_P, PLAIN, SETTINGS, WANDA, folder_name
+from experiments.rows import IN_P, PLAIN, WANDA, folder_name, table_rows
 from metrics.copies import References
 from metrics.embedders import PixelEmbedder
 from metrics.images import generated_images, load_images, original_images
@@ -43,11 +43,11 @@ from testbed.alignment import alignment
 from testbed.synthetic_data import ordinary_combination, render_ordinary, write_ordinary_pairs
 from testbed.train_testbed import SEED
 from utils import cli
-from utils.defaults import ATTACK_TYPE, ATTACK_TYPES, GENERATION_STEPS, NUM_SAMPLES, WANDA_SUBSET_SIZE
+from utils.defaults import GENERATION_STEPS, NUM_SAMPLES
+from utils.methods.dori import ATTACK_TYPE, ATTACK_TYPES
+from utils.methods.wanda import WANDA_SUBSET_SIZE
 from utils.files import read_prompts, read_results, read_threshold, threshold_path
-from utils.outputs import atomic_path, write_json
-
-table_command = importlib.import_module("6_reproduce_table1")
+from utils.outputs import atomic_path
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,9 @@ def planted_path(*parts: str) -> str:
     return os.path.join(testbed.PLANTED_DIR, *parts)
 
 
-# Demo size (ours): `make demo` runs both beds in under 15 minutes on 2 CPU cores (12:24 idle; BENCHMARKS.md,
-# issue 24; with 2 VM + 1 TM prompts, 2 held-out prompts for A_color and all 25 for detection
-# it took 20:52 on an idle machine). The natural bed has 12 memorized prompts of each type and
-# 25 held-out ordinary prompts; the planted bed has 6 VM and 2 TM planted prompts.
+# Demo size (ours): `make demo` runs both beds in under 15 minutes on 2 CPU cores (BENCHMARKS.md,
+# "The demo"). The natural bed has 12 memorized prompts of each type and 25 held-out ordinary
+# prompts; the planted bed has 6 VM and 2 TM planted prompts.
 BEDS = {
     "natural": Bed(testbed.MODEL_DIR, testbed.MEMORIZED_PROMPTS, testbed.UNMEMORIZED_PROMPTS, testbed.ADDITIONAL_PROMPTS,
                    testbed.ORIGINALS_DIR, demo_prompts=(("VM", 1), ("TM", 1))),
@@ -79,29 +78,25 @@ BEDS = {
                    planted_path("originals"), planted_path("ground_truth.json"), demo_prompts=(("VM", 1), ("TM", 1))),
 }
 PLANTED_OFF, PLANTED_RANDOM = "planted neurons", "random neurons (planted count)"
-WANDA_ROW = next(setting.name for setting in SETTINGS if setting.model == WANDA and not setting.neurons)
+WANDA_ROW = next(row.name for row in table_rows() if row.model == WANDA and not row.neurons)
 DEMO_QUALITY_PROMPTS = 1  # held-out prompts of A_color and KID_pix in the demo (ours, as above)
 DEMO_DETECTION_PROMPTS = 10  # held-out prompts of the detectors in the demo (ours, as above)
 # Wanda's share of each weight row: the authors' 1% prunes nothing on the test bed's ff.net.2
 # rows of 32 and 64 inputs (int(0.01 * 64) = 0); 5% is the smallest round share that prunes at
 # least one weight of every row (1 and 3).
 WANDA_SPARSITY = 0.05
-# Adversarial fine-tuning (--dori) on the test bed, the recipe chosen by the trade-off sweeps
-# (issue 25, BENCHMARKS.md, docs/tradeoff_finetuning.png), each knob ours:
-# * the paper's utility loss alone does not hold the test bed: every prediction drifts alike,
-#   on the utility pairs' own captions too, and the text's effect on the prediction shrinks;
-#   a distillation loss towards the model before fine-tuning on the same pairs holds it (100);
-# * at twice the rate the U-Net was trained at (1e-3 against 5e-4; 1e-4 and 3e-4 with distillation 100 let the
-#   attack re-trigger 12 and 9 of 12 VM prompts) the attack stops, and every one of the 64
-#   utility pairs in each update's utility and distillation losses keeps the held-out images'
-#   A_color and KID_pix within 10% (4 pairs: A_color 0.77x).
+# Adversarial fine-tuning (--dori) on the test bed, each knob ours, chosen by the trade-off
+# sweeps (testbed.tradeoff; BENCHMARKS.md, docs/tradeoff_finetuning.png): a distillation loss
+# towards the model before fine-tuning holds its utility, twice the rate the U-Net was trained
+# at stops the attack, and all 64 utility pairs in each update keep held-out A_color and KID_pix
+# within 10% of the unmodified model.
 FINETUNE_LEARNING_RATE = 1e-3
 FINETUNE_DISTILLATION_WEIGHT = 100.0
 FINETUNE_UTILITY_BATCH = 64
 UTILITY_PAIRS = 64  # rendered ordinary training pairs of the utility loss, drawn with SEED + 3
 # (the training phases draw with SEED + 1 and SEED + 2)
-# An image copies a training image when their pixel SSIM exceeds this (issue 16's measure:
-# held-out ordinary images score 0.55 between seeds only through their flat background).
+# An image copies a training image when their pixel SSIM exceeds this (held-out ordinary images
+# score 0.55 between seeds only through their flat background: BENCHMARKS.md).
 PIXEL_COPY_THRESHOLD = 0.5
 REFERENCE_SEED = SEED + 4  # ours: draws the shapes' places and sizes of KID_pix's reference renders
 
@@ -211,24 +206,25 @@ def write_truth_file(run_truth: ground_truth.GroundTruth, out: str) -> str:
 
 
 def planted_checks(report: dict, run_truth: ground_truth.GroundTruth, truth_file: str, out: str,
-                   generation: list[str], measures: table1.Measures) -> dict:
+                   generation: dict, measures: table1.Measures) -> tuple[dict, str]:
     """The planted bed's criteria and localization table.
 
     Script 4 deactivates the ground truth (``truth_file``, a results file of script 3), as many
     random neurons per layer, and NeMo's initial neurons; the localization table compares
     NeMo's sets with the ground truth and says which sets stop the replication, Wanda's pruned
-    model too (its ff.net.2 weights are not value neurons: no recall or precision).
+    model too (its ff.net.2 weights are not value neurons: no recall or precision). Returns
+    the checks and their markdown.
     """
     nemo_file = os.path.join(out, "memorization_statistics.csv")
-    folders = {PLANTED_OFF: (truth_file, "--refined_neurons"), PLANTED_RANDOM: (truth_file, "--block_random_neurons"),
-               "NeMo initial": (nemo_file, "--initial_neurons")}
+    folders = {PLANTED_OFF: (truth_file, "refined_neurons"), PLANTED_RANDOM: (truth_file, "block_random_neurons"),
+               "NeMo initial": (nemo_file, "initial_neurons")}
     originals = original_images(os.path.join(out, "originals"))
     ssim = {"plain": report["rows"][PLAIN]["per_prompt"]["SSIM_Orig"],
             "NeMo refined": report["rows"]["NeMo"]["per_prompt"]["SSIM_Orig"]}
-    for name, (results, flag) in folders.items():
+    for name, (results, mode) in folders.items():
         folder = os.path.join(out, "images", folder_name(name))
-        reproduce.script(4).main(["-f", results, "-d", os.path.join(out, "memorized_prompts.csv"), "-o", folder,
-                                      *generation, flag])
+        cli.run_step(generate, result_file=results, dataset=os.path.join(out, "memorized_prompts.csv"),
+                           output=folder, **generation, **{mode: True})
         ssim[name] = folder_ssim(folder, originals, measures)
     nemo = read_results(nemo_file, run_truth.widths)
     sets = {"NeMo initial": dict(enumerate(nemo["Initial Neurons"])), "NeMo refined": dict(enumerate(nemo["Refined Neurons"])),
@@ -253,18 +249,15 @@ def planted_checks(report: dict, run_truth: ground_truth.GroundTruth, truth_file
             + "\nTrue neurons NeMo missed (layer, index), by the step that lost them: "
             + ("; ".join(f"prompt {p}: " + ", ".join(f"{step} {pairs}" for step, pairs in steps.items() if pairs)
                          for p, steps in lost.items() if any(steps.values())) or "none") + "\n")
-    with open(os.path.join(out, "table1.md"), "a") as f:
-        f.write(text)
-    print(text)
     return dict(criteria=criteria, ssim=ssim, localization=localization, summary=ground_truth.summary(localization),
-                lost=lost)
+                lost=lost), text
 
 
 def main(argv=None) -> dict:
     parser = cli.parser_for(__doc__)
     parser.epilog = ("Prompt counts are ours, sized for the demo, and so are the test bed's Wanda sparsity (5%), "
                      "adversarial fine-tuning recipe (learning rate 1e-3, distillation weight 100, 64 utility pairs a "
-                     "step; BENCHMARKS.md, issue 25); every "
+                     "step; BENCHMARKS.md, testbed.tradeoff); every "
                      "other default is script 6's, whose --help names its sources.")
     parser.add_argument("--bed", choices=sorted(BEDS), default="natural",
                         help="natural: the test bed (testbed/model); planted: its fine-tuned copy whose planted prompts "
@@ -283,7 +276,7 @@ def main(argv=None) -> dict:
                              "the bed has 25)")
     parser.add_argument("--unmemorized", type=cli.positive_int, default=DEMO_DETECTION_PROMPTS,
                         help="held-out prompts the detectors are compared on (sized for the demo; the bed has 25)")
-    parser.add_argument("--settings", default=None, help="comma-separated subset of the rows (default: all)")
+    parser.add_argument("--rows", default=None, help="comma-separated subset of the rows (default: all)")
     parser.add_argument("--dori", action="store_true",
                         help="also adversarial fine-tuning and the Dori attack on every mitigation (scripts 8, 9; "
                              "about 25 minutes on 2 CPU cores for 12 VM prompts)")
@@ -304,54 +297,53 @@ def main(argv=None) -> dict:
         raise ValueError("--vm 0 --tm 0: expected at least one memorized prompt")
     out = args.output = args.output or os.path.join("demo_output", args.bed)
     reproduce.claim_table_folder(args, out)  # a rerun continues every finished step; other settings are refused
-    model = ["-v", args.model or bed.model]
-    statistics = os.path.join(out, "statistics.pt")
-    importlib.import_module("1_compute_activations_statistics").main(
-        ["--prompts", bed.additional, "--output", statistics, *model])
+    model = args.model or bed.model
+    statistics_file = os.path.join(out, "statistics.pt")
+    cli.run_step(statistics, prompts=bed.additional, output=statistics_file, version=model)
     threshold = args.memorization_threshold
     if threshold is None:
         scores = os.path.join(out, "scores_unmemorized.csv")
-        reproduce.script(2).main(["--prompts", bed.unmemorized, "--output", scores, "--resume", *model,
-                                  "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)])
+        cli.run_step(detect, prompts=bed.unmemorized, output=scores, resume=True, version=model,
+                           ssim_kernel_size=testbed.SSIM_KERNEL_SIZE)
         threshold = read_threshold(threshold_path(scores))
     held_out = read_prompts(bed.unmemorized)
     quality, unmemorized = os.path.join(out, "quality_prompts.csv"), os.path.join(out, "unmemorized_prompts.csv")
     write_csv(held_out[: args.quality], quality)
     write_csv(held_out[: args.unmemorized], unmemorized)
-    table_parser = argparse.ArgumentParser()
-    table_command.add_args(table_parser)
     prompts, rows = subset(counts, out, bed)
     run_truth = planted_run_truth(bed, rows) if bed.ground_truth else None
     truth_file = write_truth_file(run_truth, out) if run_truth else None
-    table_args = table_parser.parse_args([
-        "-d", prompts, "-o", out, "--statistics", statistics,
-        "--memorization_threshold", str(threshold), "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE),
-        "--originals", os.path.join(out, "originals"), "--quality_prompts", quality,
-        "--unmemorized_prompts", unmemorized, "--steps", str(args.steps),
-        "-n", str(args.num_samples), "--wanda_sparsity", str(WANDA_SPARSITY),
-        "--wanda_subset_size", str(wanda_subset_size(sum(counts.values()))), *model,
-        *(["--settings", args.settings] if args.settings else []),
-        *(["--dori", "--utility_data", write_ordinary_pairs(os.path.join(out, "utility_pairs"), UTILITY_PAIRS,
-                                                            SEED, SEED + 3),
-           "--attack_similarity", "pixel_ssim", "--finetune_learning_rate", str(FINETUNE_LEARNING_RATE),
-           "--finetune_distillation_weight", str(FINETUNE_DISTILLATION_WEIGHT),
-           "--finetune_utility_batch", str(FINETUNE_UTILITY_BATCH), "--dori_type", args.dori_type]
-          if args.dori else []),
-        *(["--finetune_epochs", str(args.finetune_epochs)] if args.finetune_epochs else []),
-        *(["--attack_steps", str(args.attack_steps)] if args.attack_steps else [])])
+    config = reproduce.config(
+        dataset=prompts, output=out, statistics=statistics_file, memorization_threshold=threshold,
+        ssim_kernel_size=testbed.SSIM_KERNEL_SIZE, originals=os.path.join(out, "originals"), quality_prompts=quality,
+        unmemorized_prompts=unmemorized, steps=args.steps, num_samples=args.num_samples, wanda_sparsity=WANDA_SPARSITY,
+        wanda_subset_size=wanda_subset_size(sum(counts.values())), version=model, rows=args.rows, dori=args.dori)
+    if args.dori:
+        vars(config).update(
+            utility_data=write_ordinary_pairs(os.path.join(out, "utility_pairs"), UTILITY_PAIRS, SEED, SEED + 3),
+            attack_similarity="pixel_ssim", finetune_learning_rate=FINETUNE_LEARNING_RATE,
+            finetune_distillation_weight=FINETUNE_DISTILLATION_WEIGHT, finetune_utility_batch=FINETUNE_UTILITY_BATCH,
+            dori_type=args.dori_type)
+    for name in ("finetune_epochs", "attack_steps"):
+        if getattr(args, name):
+            setattr(config, name, getattr(args, name))
     measures = testbed_measures(rows, bed.originals)
-    report = reproduce.reproduce(table_args, measures, ("Test-bed" if args.bed == "natural" else "Planted test-bed")
-                                 + f" Table 1 (tau_mem = {threshold:.3f})", claim=False,
-                                 attack_neuron_sets={PLANTED_OFF: truth_file} if truth_file else None)
-    report["checks"] = checks(report["rows"])
-    if run_truth:
-        report["planted"] = planted_checks(report, run_truth, truth_file, out, [
-            *model, "--steps", str(args.steps), "-n", str(args.num_samples), "-b", str(args.num_samples)], measures)
-    for kind, ratios in report["checks"].items():
-        print(f"{kind}: " + ", ".join(f"{name} {value:.2f}" for name, value in ratios.items()))
-    write_json(os.path.join(out, "table1.json"), report)
-    return report
 
+    def sections(report: dict) -> str:
+        """The test bed's checks, and on the planted bed its criteria and localization table."""
+        report["checks"] = checks(report["rows"])
+        text = ""
+        if run_truth:
+            report["planted"], text = planted_checks(
+                report, run_truth, truth_file, out,
+                dict(version=model, steps=args.steps, num_samples=args.num_samples, batch_size=args.num_samples),
+                measures)
+        return text + "".join(f"\n{kind}: " + ", ".join(f"{name} {value:.2f}" for name, value in ratios.items())
+                              for kind, ratios in report["checks"].items()) + "\n"
+
+    title = ("Test-bed" if args.bed == "natural" else "Planted test-bed") + f" Table 1 (tau_mem = {threshold:.3f})"
+    return reproduce.run(config, measures, title, claim=False,
+                         attack_neuron_sets={PLANTED_OFF: truth_file} if truth_file else None, sections=sections)
 
 if __name__ == "__main__":
     cli.run(main)

@@ -12,13 +12,13 @@ and tradeoff.png, one point per setting, into --output; a rerun reuses every fin
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 
 import testbed
+from experiments import attack, finetune, generate, localize, prune
 from utils import cli
-from utils.defaults import ATTACK_STEPS, FINETUNE_EPOCHS, GENERATION_STEPS, NUM_SAMPLES
+from utils.defaults import GENERATION_STEPS, NUM_SAMPLES
+from utils.methods.dori import ATTACK_STEPS, FINETUNE_EPOCHS
 
 KNOBS = ("distillation_weight", "utility_weight", "empty_caption_share", "epochs", "learning_rate", "utility_batch")
 # The utility measures a point records, as the figure's axes name them. A_color: the median over
@@ -28,20 +28,15 @@ UTILITY_LABELS = {"A_color": "A_color (median)", "A_color_mean": "A_color (mean)
                   "KID_pix": "KID_pix (lower is better)"}
 # Held-out images per prompt of the utility measures (ours): at 4 a prompt (40 images) the
 # unmodified model's KID_pix spans 8.1-13.7 and its median A_color 0.25-0.50 over 4 generation
-# seeds, more than the 10% a recipe may cost (BENCHMARKS.md, issue 25).
+# seeds, more than the 10% a recipe may cost (BENCHMARKS.md).
 QUALITY_SAMPLES = 16
 FLAGS_NAME = "tradeoff_flags.json"  # script 9's flags a model was made with, beside finetune.json
-SCRIPTS = {3: "3_detect_memorized_neurons", 4: "4_generate_images", 7: "7_prune_memorized_weights",
-           8: "8_attack_mitigation", 9: "9_adversarial_finetuning"}
 
 
-def script(number: int):
-    return importlib.import_module(SCRIPTS[number])
-
-
-def measure(args, name: str, model: str, results: str, prompts: str, quality: str, generation_flags: list[str],
-            attack_flags: list[str]) -> dict:
-    """Held-out A_color and KID_pix (script 4) and the attack's success (script 8) of one model."""
+def measure(args, name: str, model: str, results: str, prompts: str, quality: str, generation: dict,
+            neurons_from: str | None = None) -> dict:
+    """Held-out A_color and KID_pix (script 4 with ``generation``) and the attack's success
+    (script 8, on ``neurons_from``'s refined neurons off if given) of one model."""
     from experiments import report as table1
     from testbed.alignment import alignment
     from testbed.table1 import kid_to_renders
@@ -49,23 +44,23 @@ def measure(args, name: str, model: str, results: str, prompts: str, quality: st
 
     folder = os.path.join(args.output, "points", name)
     images = os.path.join(folder, f"quality_{args.quality_samples}")
-    script(4).main(["-f", results, "--prompts", quality, "-o", images, "-v", model, "--steps", str(args.steps),
-                    "-n", str(args.quality_samples), "-b", str(args.quality_samples), *generation_flags])
+    cli.run_step(generate, result_file=results, prompts=quality, output=images, version=model, steps=args.steps,
+             num_samples=args.quality_samples, batch_size=args.quality_samples, **generation)
     measures = table1.Measures("", "", "", None, None, align_name="A_color", align=alignment,
                                quality_name="KID_pix", image_quality=kid_to_renders)
     captions = dict(enumerate(read_prompts(quality)["Caption"]))
-    attack = script(8).main(["-v", model, "-d", prompts, "--originals", os.path.join(args.output, "originals"),
-                             "--resume", "-o", os.path.join(folder, "attack"), "--similarity", "pixel_ssim",
-                             "--attack_steps", str(args.attack_steps), "--steps", str(args.steps),
-                             "-n", str(args.num_samples), *attack_flags])["overall"]
+    attacked = cli.run_step(attack, version=model, dataset=prompts, originals=os.path.join(args.output, "originals"),
+                        resume=True, output=os.path.join(folder, "attack"), similarity="pixel_ssim",
+                        attack_steps=args.attack_steps, steps=args.steps, num_samples=args.num_samples,
+                        neurons_from=neurons_from)["overall"]
     alignment_summary = table1.quality_score(images, captions, measures)["overall"]
     return dict(A_color=alignment_summary["median"], A_color_mean=alignment_summary["mean"],
                 KID_pix=table1.image_quality_score(images, captions, measures)["overall"]["mean"],
-                success=attack["replicated_after"], replicated_before=attack["replicated_before"])
+                success=attacked["replicated_after"], replicated_before=attacked["replicated_before"])
 
 
 def finetuned(args, value: str, prompts: str, results: str, pairs: str) -> tuple[str, dict]:
-    """Script 9's model with ``--KNOB value`` (made once; made again when its flags change)."""
+    """Script 9's model with ``--KNOB value`` and the recipe (made once; made again when its flags change)."""
     from metrics.cli import write_json
     from testbed.table1 import FINETUNE_DISTILLATION_WEIGHT, FINETUNE_LEARNING_RATE, FINETUNE_UTILITY_BATCH
     from utils.files import read_json
@@ -76,10 +71,11 @@ def finetuned(args, value: str, prompts: str, results: str, pairs: str) -> tuple
              "--attack_steps": str(args.attack_steps), **args.recipe, f"--{args.knob}": value}
     made_with = os.path.join(folder, FLAGS_NAME)
     if os.path.exists(made_with) and read_json(made_with, "fine-tuning flags") == flags:
-        return folder, read_json(os.path.join(folder, script(9).SUMMARY_NAME), "fine-tuning summary")
-    summary = script(9).main(["-v", args.model, "-d", prompts, "--originals", os.path.join(args.output, "originals"),
-                              "-f", results, "--utility_data", pairs, "-o", folder,
-                              *[item for pair in flags.items() for item in pair]])
+        return folder, read_json(os.path.join(folder, finetune.SUMMARY_NAME), "fine-tuning summary")
+    options = cli.step_args(finetune.add_args, [item for pair in flags.items() for item in pair], version=args.model,
+                            dataset=prompts, originals=os.path.join(args.output, "originals"), result_file=results,
+                            utility_data=pairs, output=folder)
+    summary = finetune.run(options)
     write_json(made_with, flags)
     return folder, summary
 
@@ -110,7 +106,7 @@ def main(argv=None) -> dict:
                         help="images per memorized prompt before and after each attack (paper: 10)")
     parser.add_argument("--quality_samples", type=cli.positive_int, default=QUALITY_SAMPLES,
                         help="images per held-out prompt of the utility (ours: at 4, the unmodified model's KID_pix "
-                             "spans 8.1-13.7 over 4 seeds; BENCHMARKS.md, issue 25)")
+                             "spans 8.1-13.7 over 4 seeds; BENCHMARKS.md)")
     parser.add_argument("--log_level", default="WARNING", help="logging level")
     args = cli.parse(parser, argv)
     recipe = [item.split("=", 1) for item in args.recipe.split(",") if item.strip()]
@@ -142,10 +138,10 @@ def main(argv=None) -> dict:
     read_prompts(testbed.UNMEMORIZED_PROMPTS)[: args.quality].to_csv(quality, sep=";")
     pairs = write_ordinary_pairs(os.path.join(args.output, "utility_pairs"), UTILITY_PAIRS, SEED, SEED + 3)
     results = os.path.join(args.output, "memorization_statistics.csv")
-    script(3).main(["-v", args.model, "-d", prompts, "-o", results, "--resume",
-                    "--statistics", os.path.join(testbed.TESTBED_DIR, "statistics.pt"), "--memorization_threshold",
-                    str(read_threshold(os.path.join(testbed.TESTBED_DIR, "threshold.json"))),
-                    "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)])
+    cli.run_step(localize, version=args.model, dataset=prompts, output=results, resume=True,
+             statistics=os.path.join(testbed.TESTBED_DIR, "statistics.pt"),
+             memorization_threshold=read_threshold(os.path.join(testbed.TESTBED_DIR, "threshold.json")),
+             ssim_kernel_size=testbed.SSIM_KERNEL_SIZE)
     refined = list(read_results(results, None)["Refined Neurons"])
     report = dict(knob=args.knob, recipe=args.recipe, sweep={}, references={},
                   figure=os.path.join(args.output, "tradeoff.png"))
@@ -163,19 +159,19 @@ def main(argv=None) -> dict:
                        report["figure"])
         write_json(os.path.join(args.output, "tradeoff.json"), report)
 
-    record("references", "unmodified", measure(args, "unmodified", args.model, results, prompts, quality, [], []))
+    record("references", "unmodified", measure(args, "unmodified", args.model, results, prompts, quality, {}))
     for value in values:  # the sweep before the other references: it is what the run is for
         model, summary = finetuned(args, value, prompts, results, pairs)
-        record("sweep", value, dict(measure(args, f"{args.knob}_{value}", model, results, prompts, quality, [], []),
+        record("sweep", value, dict(measure(args, f"{args.knob}_{value}", model, results, prompts, quality, {}),
                                     seconds=summary["seconds"]))
     record("references", "NeMo", measure(args, "nemo", args.model, results, prompts, quality,
-                                         ["--block_top_k_neurons", str(len(selection.neuron_frequencies(refined)))],
-                                         ["--neurons_from", results]))
+                                         {"block_top_k_neurons": len(selection.neuron_frequencies(refined))},
+                                         neurons_from=results))
     wanda = os.path.join(args.output, "wanda_model")
     if not os.path.exists(os.path.join(wanda, "wanda.json")):
-        script(7).main(["-v", args.model, "-d", prompts, "-o", wanda, "--sparsity", str(WANDA_SPARSITY),
-                        "--subset_size", str(wanda_subset_size(args.vm))])
-    record("references", "Wanda", measure(args, "wanda", wanda, results, prompts, quality, [], []))
+        cli.run_step(prune, version=args.model, dataset=prompts, output=wanda, sparsity=WANDA_SPARSITY,
+                 subset_size=wanda_subset_size(args.vm))
+    record("references", "Wanda", measure(args, "wanda", wanda, results, prompts, quality, {}))
     return report
 
 

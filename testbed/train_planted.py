@@ -47,7 +47,7 @@ from testbed.train_testbed import (MAX_LOSS_WEIGHT, SEED, Sampler, UNetPhase, en
                                    noised_batch, to_tensor, weighted_denoising_loss)
 from metrics.images import original_images
 from utils.files import read_prompts
-from utils.hooks import deactivate_per_slice
+from utils.methods.nemo.deactivation import deactivate_per_slice
 from utils.layers import layer_widths, value_layers
 
 logger = logging.getLogger(__name__)

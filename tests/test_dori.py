@@ -15,7 +15,7 @@ from metrics.pixel_ssim import ssim_to_original
 from utils.methods.dori import attack as dori
 from utils.files import read_prompts
 from utils.generation import PromptCondition, generate_prompt_images, generation_latents
-from utils.hooks import deactivate_neurons
+from utils.methods.nemo.deactivation import deactivate_neurons
 from utils.layers import value_layers
 from utils.models import load_pipeline
 from utils.diffusion import encode_prompts

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from utils.methods.nemo.export import prune_value_neurons
-from utils.hooks import deactivate_neurons, deactivate_per_slice, record_outputs
+from utils.hooks import record_outputs
+from utils.methods.nemo.deactivation import deactivate_neurons, deactivate_per_slice
 from utils.layers import validate_neuron_set, value_layers
 from testbed.components import TinySize, build_unet
 

@@ -177,7 +177,7 @@ def test_deactivating_the_planted_neurons_stops_replication_random_ones_do_not()
 
     from utils.generation import caption_condition, generate_prompt_images, generation_latents
     from utils.generation import PromptCondition
-    from utils.hooks import deactivate_neurons
+    from utils.methods.nemo.deactivation import deactivate_neurons
     from utils.layers import layer_widths, value_layers
     from utils.methods.nemo.selection import random_like
 

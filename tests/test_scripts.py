@@ -14,7 +14,7 @@ from diffusers import StableDiffusionPipeline
 from tests.conftest import TINY_KERNEL, upstream_file
 from utils.files import read_results
 from utils.generation import RECORDS_NAME, read_records
-from utils.hooks import deactivate_neurons
+from utils.methods.nemo.deactivation import deactivate_neurons
 from utils.layers import value_layers
 from utils.methods.nemo import localization
 

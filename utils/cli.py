@@ -74,24 +74,6 @@ def add_model_args(parser: argparse.ArgumentParser, default_version: str = defau
                        help=f"{dtype_help}; auto: float16 on CUDA (the paper's setting), float32 elsewhere")
 
 
-def add_detection_args(parser: argparse.ArgumentParser, seed: int = defaults.DETECTION_SEED) -> None:
-    """Noise-difference settings of SPEC §3."""
-    group = parser.add_argument_group("noise differences (SPEC §3)")
-    group.add_argument("-s", "--seed", type=int, default=seed, help="seed of the initial latents")
-    group.add_argument("--samples_per_prompt", type=positive_int, default=defaults.SAMPLES_PER_PROMPT,
-                       help="initial latents (seeds) per prompt")
-    group.add_argument("--num_inference_steps", type=positive_int, default=defaults.NUM_INFERENCE_STEPS,
-                       help="DDIM schedule length; sets the detection timestep")
-    group.add_argument("--timestep_index", type=non_negative_int, default=defaults.TIMESTEP_INDEX,
-                       help="schedule index of the one noise prediction (authors: 1, i.e. t=961 for SD)")
-    group.add_argument("--guidance_scale", type=non_negative_float, default=defaults.DETECTION_GUIDANCE_SCALE,
-                       help="classifier-free guidance of the noise prediction (0: conditional only)")
-    group.add_argument("-sf", "--scaling_factor", type=float, default=defaults.SCALING_FACTOR,
-                       help="factor applied to deactivated neurons")
-    group.add_argument("--ssim_kernel_size", type=positive_int, default=defaults.SSIM_KERNEL_SIZE,
-                       help="MS-SSIM kernel size (11 for SD's 64x64 latents; 5 for the 24x24 test bed)")
-
-
 def add_run_args(parser: argparse.ArgumentParser, resumable: bool = True, limit: bool = True,
                  what: str = "prompts") -> None:
     """--overwrite (ours), --resume/--continue_run (the authors' script 3), --limit and --log_level (ours)."""
@@ -106,68 +88,6 @@ def add_run_args(parser: argparse.ArgumentParser, resumable: bool = True, limit:
         group.add_argument("--limit", type=positive_int, default=None,
                            help=f"ours: only the first N {what} (quick runs; a later run may raise it and continue)")
     group.add_argument("--log_level", "--log-level", dest="log_level", default="INFO", help="ours: logging level")
-
-
-def add_localization_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("localization (SPEC §4)")
-    tau = defaults.MEMORIZATION_THRESHOLD
-    group.add_argument("--memorization_threshold", type=float, default=None,
-                       help=f"set all three thresholds below at once (default: each its own, {tau})")
-    group.add_argument("--pairwise_ssim_threshold", type=float, default=tau,
-                       help="a seed is looked at when its max pairwise score exceeds this")
-    group.add_argument("--ssim_threshold_initial_selection", type=float, default=tau,
-                       help="initial selection stops at a blocked score <= this")
-    group.add_argument("--ssim_threshold_refinement", type=float, default=tau,
-                       help="refinement drops neurons while the blocked score stays < this")
-    group.add_argument("--initial_theta", type=float, default=defaults.INITIAL_THETA, help="first z-score cut")
-    group.add_argument("--theta_reduction_per_step", type=positive_float, default=defaults.THETA_REDUCTION_PER_STEP,
-                       help="theta decrease per failed step")
-    group.add_argument("--min_theta", type=float, default=defaults.MIN_THETA, help="lowest theta")
-    group.add_argument("--no_theta", action="store_true", help="select by top-k activations only")
-    group.add_argument("--initial_k", type=non_negative_int, default=defaults.INITIAL_K, help="first top-k per layer")
-    group.add_argument("--no_top_k", action="store_true", help="select by z-score only")
-    group.add_argument("--batch_candidates", "--batch-candidates", type=non_negative_int,
-                       default=defaults.BATCH_CANDIDATES,
-                       help="candidate sets scored per U-Net call; 0 = one at a time (same results)")
-    group.add_argument("--no_early_decisions", dest="early_decisions", action="store_false",
-                       help="turn early decisions off and score every test on all kept seeds, the full "
-                            "computation (same rows, more U-Net forwards). Early decisions (ours, BENCHMARKS.md "
-                            "issue 23): a test is first probed on its likeliest seeds and rejected there when "
-                            "their score proves it; the default below says whether they are on")
-    group.add_argument("--smoke", action="store_true",
-                       help="smoke test, not results (ours): 2 seeds kept whatever their score, the first (theta, k) "
-                            "step's top-1 neuron per layer accepted, every refinement test rejected by its probe: "
-                            "each step of the walk once, at any model size (CI's real-shape pass); overrides the "
-                            "flags above")
-    group.add_argument("--parallel_prompts", type=positive_int, default=defaults.PARALLEL_PROMPTS,
-                       help="advance N prompts' walks side by side, one U-Net call carrying each one's current test "
-                            "(for GPUs; same rows; ours)")
-    group.add_argument("--seeds_per_call", type=positive_int, default=None,
-                       help=f"kept seeds in an early-decision probe (default: "
-                            f"{defaults.SEEDS_PER_CALL_CPU} on the CPU, {defaults.SEEDS_PER_CALL_CUDA} on CUDA; ours)")
-
-
-def localization_settings(args: argparse.Namespace, device_type: str = "cpu"):
-    """Script 3's ``LocalizationSettings`` from its flags (``device_type``: 'cpu' or 'cuda')."""
-    from utils.methods.nemo import localization
-
-    if args.memorization_threshold is not None:
-        args.pairwise_ssim_threshold = args.ssim_threshold_initial_selection = args.memorization_threshold
-        args.ssim_threshold_refinement = args.memorization_threshold
-    if args.smoke:
-        args.samples_per_prompt, args.pairwise_ssim_threshold = defaults.SMOKE_SAMPLES_PER_PROMPT, defaults.SMOKE_REJECT_ALL
-        args.ssim_threshold_initial_selection = defaults.SMOKE_ACCEPT_ALL
-        args.ssim_threshold_refinement = defaults.SMOKE_REJECT_ALL
-        args.initial_theta = args.min_theta = defaults.SMOKE_THETA
-        args.initial_k, args.no_theta, args.no_top_k = defaults.SMOKE_K, False, False
-        args.batch_candidates, args.early_decisions = 0, True
-    schedule = localization.SelectionSchedule(args.initial_theta, args.theta_reduction_per_step, args.min_theta,
-                                              args.initial_k, not args.no_theta, not args.no_top_k)
-    return localization.LocalizationSettings(args.seed, args.samples_per_prompt, args.pairwise_ssim_threshold,
-                                             args.ssim_threshold_initial_selection, args.ssim_threshold_refinement,
-                                             schedule, args.batch_candidates, args.early_decisions,
-                                             args.seeds_per_call or (defaults.SEEDS_PER_CALL_CUDA if device_type == "cuda"
-                                                                     else defaults.SEEDS_PER_CALL_CPU))
 
 
 def add_sscd_model_arg(group) -> None:
@@ -228,7 +148,7 @@ def file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
-def run_settings(args: argparse.Namespace, inputs: tuple[str, ...] = (), **extra) -> dict:
+def run_record(args: argparse.Namespace, inputs: tuple[str, ...] = (), **extra) -> dict:
     """The settings an output records: every flag but ``NON_RESULT_FLAGS``, the sha256 of the
     input files named by the flags ``inputs`` (``<flag>_sha256``), and ``extra``."""
     settings = {k: v for k, v in vars(args).items() if k not in NON_RESULT_FLAGS}
@@ -253,8 +173,39 @@ def run(main) -> None:
         sys.exit(f"{os.path.basename(sys.argv[0])}: error: {error}")
 
 
-def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """Parse the flags and configure logging once (--log_level)."""
+def parse(parser: argparse.ArgumentParser, argv=None, check=None) -> argparse.Namespace:
+    """Parse the flags and configure logging once (--log_level); ``check(args)`` raises a
+    ValueError for flags that do not go together, which ends the command as a usage error."""
     args = parser.parse_args(argv)
+    if check:
+        try:
+            check(args)
+        except ValueError as error:
+            parser.error(str(error))
     setup_logging(getattr(args, "log_level", "INFO"))
     return args
+
+
+def step_args(add_args, argv: list[str] = (), **values) -> argparse.Namespace:
+    """The flags a step's parser (``add_args``) gives for ``argv`` (a user's flags as text;
+    none: its defaults), with ``values`` (flag dests) in their place: how library code runs a
+    step without building a command line."""
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    for action in parser._actions:  # a required flag is required of ``values`` instead
+        if action.required and action.dest in values:
+            action.required = False
+        elif action.required and not any(flag in argv for flag in action.option_strings):
+            raise ValueError(f"this step needs {action.dest!r}")
+    args = parser.parse_args(list(argv))
+    unknown = sorted(set(values) - set(vars(args)))
+    if unknown:
+        raise ValueError(f"unknown settings {unknown} for this step; it takes {sorted(vars(args))}")
+    vars(args).update(values)
+    return args
+
+
+def run_step(step, **values):
+    """A step module (its ``add_args`` and ``run``, e.g. ``experiments.generate``) run with its
+    defaults and ``values`` (flag dests)."""
+    return step.run(step_args(step.add_args, **values))

@@ -5,10 +5,11 @@ OOM killer does).
 Points the long commands pass:
   ``file_written``  an atomic output's temporary is complete, before its rename (utils.outputs)
   ``row_written``   a result row is flushed (utils.files.RowWriter)
-  ``unet_step``     a denoising step of a generation ends (utils.generation)
+  ``unet_step``     a denoising step of a generation ends (utils.generation; the pipeline gets
+                    a step callback only while this point is planned)
   ``prompt_done``   a prompt's images and record are written (utils.generation)
   ``update_done``   an update of adversarial fine-tuning ends (script 9)
-Unset, every point is a dictionary look-up. Torch-free.
+Unset, every point is an environment look-up. Torch-free.
 """
 
 from __future__ import annotations
@@ -41,3 +42,17 @@ def crash_point(point: str) -> None:
     _reached[point] += 1
     if _reached[point] == plan[1]:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def step_callback():
+    """The pipeline's ``callback_on_step_end`` that passes ``unet_step``, or None when no crash
+    is planned there (production calls get no callback)."""
+    plan = planned_crash()
+    if plan is None or plan[0] != "unet_step":
+        return None
+
+    def callback(_pipeline, _step, _timestep, callback_kwargs):
+        crash_point("unet_step")
+        return callback_kwargs
+
+    return callback

@@ -2,7 +2,7 @@
 
 A prompt is generated from a ``PromptCondition``: the text embedding of the conditional
 branch and the interventions (hooks) in force at every denoising step. Every mitigation of
-``utils.mitigation`` turns a caption into one; generation itself is the same for all.
+``utils.methods`` turns a caption into one (its ``prepare``); generation itself is the same for all.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from utils.defaults import PROMPTS_PER_BATCH, GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES
 from utils.diffusion import encode_prompts, initial_latents, latent_shape
-from utils.crashpoints import crash_point
+from utils.crashpoints import crash_point, step_callback
 from utils.files import drop_partial_line
 from utils.outputs import remove_leftovers, save_image
 
@@ -67,6 +67,11 @@ def caption_condition(pipe, caption: str) -> PromptCondition:
     return PromptCondition(encode_prompts(pipe.tokenizer, pipe.text_encoder, [caption]))
 
 
+def unchanged(pipe) -> Prepare:
+    """Each prompt's plain condition (no mitigation)."""
+    return lambda _index, caption, _latents: caption_condition(pipe, caption)
+
+
 def same_intervention(a: Callable[[], ContextManager], b: Callable[[], ContextManager]) -> bool:
     """Whether two prompts' interventions are the same hooks (so their images can share a call)."""
     if a is b:
@@ -75,11 +80,6 @@ def same_intervention(a: Callable[[], ContextManager], b: Callable[[], ContextMa
             and a.keywords == b.keywords and len(a.args) == len(b.args)
             and all(x is y or (type(x) is type(y) and not isinstance(x, torch.Tensor) and x == y)
                     for x, y in zip(a.args, b.args)))
-
-
-def _crash_callback(_pipeline, _step, _timestep, callback_kwargs):
-    crash_point("unet_step")
-    return callback_kwargs
 
 
 @torch.no_grad()
@@ -100,7 +100,7 @@ def generate_batch(pipe, conditions: list[PromptCondition], latents: torch.Tenso
         images = pipe(prompt_embeds=embeddings, negative_prompt_embeds=negative.expand(len(batch), -1, -1),
                       latents=batch, num_inference_steps=steps, guidance_scale=guidance_scale,
                       height=size * pipe.vae_scale_factor, width=size * pipe.vae_scale_factor,
-                      callback_on_step_end=_crash_callback).images
+                      callback_on_step_end=step_callback()).images
     return [images[k * n:(k + 1) * n] for k in range(len(conditions))]
 
 

@@ -32,9 +32,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from metrics.images import load_images
-from utils.defaults import (ATTACK_BATCH, ATTACK_LEARNING_RATE, ATTACK_SEED, ATTACK_STEPS, FINETUNE_EPOCHS,
-                            DISTILLATION_WEIGHT, FINETUNE_LEARNING_RATE, UTILITY_EMPTY_CAPTION_SHARE,
-                            UTILITY_WEIGHT)
+from utils.methods.dori import (ATTACK_BATCH, ATTACK_LEARNING_RATE, ATTACK_SEED, ATTACK_STEPS, FINETUNE_EPOCHS,
+                                DISTILLATION_WEIGHT, FINETUNE_LEARNING_RATE, UTILITY_EMPTY_CAPTION_SHARE,
+                                UTILITY_WEIGHT)
 from utils.diffusion import denoising_target, encode_prompts
 from utils.files import read_csv
 from utils.models import frozen

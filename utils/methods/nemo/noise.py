@@ -7,9 +7,9 @@ from typing import Sequence
 
 import torch
 
-from utils.defaults import DETECTION_GUIDANCE_SCALE, NUM_INFERENCE_STEPS, SCALING_FACTOR, TIMESTEP_INDEX
+from utils.methods.nemo import DETECTION_GUIDANCE_SCALE, NUM_INFERENCE_STEPS, SCALING_FACTOR, TIMESTEP_INDEX
 from utils.diffusion import encode_prompts, predicted_noise, schedule_timestep
-from utils.hooks import deactivate_per_slice
+from utils.methods.nemo.deactivation import deactivate_per_slice
 from utils.layers import NeuronSet
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
-from utils.defaults import SSIM_BETAS, SSIM_KERNEL_SIZE
+from utils.methods.nemo import SSIM_BETAS, SSIM_KERNEL_SIZE
+from utils.methods.nemo.noise import prompt_noise_difference
 
 # torchmetrics' Gaussian window (sigma 1.5) is 11 wide whatever kernel_size says; it is
 # reflect-padded by 5 pixels at every scale, so the coarsest scale must be wider than 5.
@@ -69,3 +70,11 @@ def blocked_scores(unblocked: torch.Tensor, blocked: torch.Tensor, kernel_size: 
     """
     # one MS-SSIM batch per set, over the kept samples, as the authors compute it (see ms_ssim)
     return torch.stack([ms_ssim(unblocked, b, kernel_size).amax() for b in blocked]).cpu()
+
+
+def prompt_scores(pipe, layers, latents: torch.Tensor, args, prompt: str) -> torch.Tensor:
+    """Script 2's ``--score nemo``: per-seed max pairwise MS-SSIM [n] of the first-step noise
+    differences of latents [n, 4, h, w] (SPEC §3)."""
+    noise = prompt_noise_difference(pipe, layers, prompt, num_inference_steps=args.num_inference_steps,
+                                    timestep_index=args.timestep_index, guidance_scale=args.guidance_scale)
+    return pairwise_max_scores(noise(latents)[0], args.ssim_kernel_size, args.batch_size)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from utils.defaults import STATISTICS_BATCH_SIZE
+from utils.methods.nemo import STATISTICS_BATCH_SIZE
 from utils.diffusion import encode_prompts
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Random tokens added to the prompt (Somepalli et al., NeurIPS 2023), the Table 1 baseline.
+"""Random tokens added to the prompt (Somepalli et al., NeurIPS 2023), the Table 1 baseline
+(script 4 ``--random_tokens N``).
 
 Each added token is a vocabulary id drawn uniformly, decoded to text and inserted as a word
 at a uniformly drawn whitespace position of the caption, as in the code the baseline comes
@@ -9,6 +10,8 @@ from (somepago/DCR ``diff_inference.py`` and YuxinWenRick/diffusion_memorization
 from __future__ import annotations
 
 import random
+
+from utils.generation import PromptCondition, Prepare, caption_condition
 
 # Ids drawn from [0, 49400): the authors' ``np.random.randint(49400)``, which for CLIP's
 # tokenizer (49,408 ids) leaves out the last ids, the start and end tokens among them.
@@ -37,3 +40,16 @@ def add_random_tokens(caption: str, tokenizer, count: int, rng: random.Random) -
 def prompt_rng(seed: int, prompt: int) -> random.Random:
     """The random draw of prompt ``prompt``: the same for a resumed or sharded run."""
     return random.Random(f"{seed}/{prompt}")
+
+
+def prepare(pipe, args, _neuron_sets=None) -> Prepare:
+    """Script 4's ``--random_tokens N``: N random vocabulary tokens inserted into each caption."""
+
+    def changed(index: int, caption: str, _latents) -> PromptCondition:
+        text, added = add_random_tokens(caption, pipe.tokenizer, args.random_tokens,
+                                        prompt_rng(args.random_token_seed, index))
+        condition = caption_condition(pipe, text)
+        condition.record = dict(caption_used=text, added_tokens=added)
+        return condition
+
+    return changed

@@ -13,13 +13,15 @@ exactly that logit by C; the mask is the ``attention_mask`` argument of the atte
 
 from __future__ import annotations
 
+import functools
 from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from utils.defaults import REN_BOS_LOGIT_FACTOR, REN_MASK_PADDING
+from utils.methods.ren import REN_BOS_LOGIT_FACTOR, REN_MASK_PADDING
+from utils.generation import PromptCondition, Prepare, caption_condition
 from utils.hooks import edit_calls, edit_outputs
 from utils.layers import modules_ending
 
@@ -71,3 +73,17 @@ def scale_attention(unet: nn.Module, length: int, guided: bool, factor: float = 
         if mask_padding:
             stack.enter_context(edit_calls(layers, mask_keys))
         yield
+
+
+def prepare(pipe, args, _neuron_sets=None) -> Prepare:
+    """Script 4's ``--ren``: the caption's BOS attention logit scaled, padding keys masked, at every step."""
+
+    def scaled(_index: int, caption: str, _latents) -> PromptCondition:
+        condition = caption_condition(pipe, caption)
+        length = prompt_length(pipe.tokenizer, caption)
+        condition.intervention = functools.partial(scale_attention, pipe.unet, length, args.guidance_scale > 1,
+                                                   args.ren_factor, not args.ren_no_mask)
+        condition.record = dict(prompt_tokens=length)
+        return condition
+
+    return scaled

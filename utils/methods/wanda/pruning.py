@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from diffusers import PNDMScheduler
 from tqdm import tqdm
 
-from utils.defaults import (WANDA_COLLECTION_GUIDANCE, WANDA_COLLECTION_SEED, WANDA_COLLECTION_STEPS,
-                            WANDA_PRUNED_CALLS, WANDA_SPARSITY, WANDA_SUBSET_SEED, WANDA_SUBSET_SIZE)
+from utils.methods.wanda import (WANDA_COLLECTION_GUIDANCE, WANDA_COLLECTION_SEED, WANDA_COLLECTION_STEPS,
+                                 WANDA_PRUNED_CALLS, WANDA_SPARSITY, WANDA_SUBSET_SEED, WANDA_SUBSET_SIZE)
 from utils.diffusion import encode_prompts
 from utils.generation import generation_latents, stop_after
 from utils.hooks import edit_calls

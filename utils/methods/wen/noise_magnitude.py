@@ -1,6 +1,6 @@
 """Wen et al. (ICLR 2024): the magnitude of the text-conditional noise prediction, as a
-memorization score and as the objective of their inference-time mitigation (Table 1,
-"prompt embedding adjustment").
+memorization score (``prompt_scores``, script 2) and as the objective of their inference-time
+mitigation (``prepare``, script 4; Table 1, "prompt embedding adjustment").
 
 The text-conditional noise difference of latents x [n, 4, h, w] at timestep t is
 eps(x, t, e) - eps(x, t, e_empty). Defaults are the authors' (YuxinWenRick/diffusion_memorization):
@@ -10,14 +10,16 @@ the mitigation from ``inference_mem.py`` with their README's command, the score 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 
-from utils.defaults import (GENERATION_STEPS, WEN_LEARNING_RATE, WEN_MAX_ITERATIONS, WEN_SCORE_GUIDANCE_SCALE,
-                            WEN_SCORE_STEPS, WEN_TARGET_LOSS, WEN_TARGET_STEP)
+from utils.defaults import GENERATION_STEPS
+from utils.methods.wen import (WEN_LEARNING_RATE, WEN_MAX_ITERATIONS, WEN_SCORE_GUIDANCE_SCALE, WEN_SCORE_STEPS,
+                               WEN_TARGET_LOSS, WEN_TARGET_STEP)
 from utils.diffusion import encode_prompts, predicted_noise, schedule_timestep
-from utils.generation import stop_after
+from utils.generation import PromptCondition, Prepare, caption_condition, stop_after
 from utils.hooks import edit_calls, edit_outputs
 from utils.models import frozen
 
@@ -104,3 +106,30 @@ def noise_magnitude_scores(pipe, embedding: torch.Tensor, latents: torch.Tensor,
              num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent",
              callback_on_step_end=stop_after(score_steps))
     return torch.stack(norms[:score_steps]).mean(0)  # [n]
+
+
+def prepare(pipe, args, _neuron_sets=None) -> Prepare:
+    """Script 4's ``--wen``: the caption's embedding adjusted on the prompt's first
+    ``--wen_samples`` generation latents, then used for all of its images."""
+
+    def adjusted(_index: int, caption: str, latents) -> PromptCondition:
+        start = time.perf_counter()
+        condition = caption_condition(pipe, caption)
+        adjustment = adjust_embedding(pipe, condition.embedding, latents[: args.wen_samples],
+                                      timestep_index=args.wen_timestep_index, steps=args.steps,
+                                      learning_rate=args.wen_learning_rate, max_iterations=args.wen_max_iterations,
+                                      target_loss=args.wen_target_loss)
+        condition.embedding = adjustment.embedding
+        condition.record = dict(wen_losses=[round(l, 4) for l in adjustment.losses],
+                                mitigation_unet_sample_forwards=adjustment.unet_sample_forwards,
+                                mitigation_seconds=round(time.perf_counter() - start, 3))
+        return condition
+
+    return adjusted
+
+
+def prompt_scores(pipe, _layers, latents: torch.Tensor, args, prompt: str) -> torch.Tensor:
+    """Script 2's ``--score wen``: per-sample scores [n] of latents [n, 4, h, w]."""
+    embedding = encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompt])
+    return noise_magnitude_scores(pipe, embedding, latents, steps=args.num_inference_steps,
+                                  guidance_scale=args.wen_guidance_scale, score_steps=args.wen_score_steps)
