@@ -33,7 +33,7 @@ from utils import cli
 from utils.methods.nemo import SEEDS_PER_CALL_CPU, SEEDS_PER_CALL_CUDA
 from utils.files import read_prompts, read_threshold
 from utils.layers import count_neurons, value_layers
-from utils.methods.nemo.localization import BlockedScorer, LocalizationSettings, set_key, localize_prompt
+from utils.methods.nemo.localization import BlockedScorer, LocalizationConfig, set_key, localize_prompt
 from utils.models import load_pipeline, resolve_device
 from utils.diffusion import initial_latents, latent_shape
 from utils.methods.nemo.noise import NoiseDifference, UNetCounter, prompt_noise_difference
@@ -106,7 +106,7 @@ def testbed_benchmark(args) -> dict:
         found = {}
         for mode in modes:
             batch = 0 if mode == "authors" else int(mode.split()[1])
-            settings = LocalizationSettings(pairwise_ssim_threshold=threshold, ssim_threshold_initial_selection=threshold,
+            settings = LocalizationConfig(pairwise_ssim_threshold=threshold, ssim_threshold_initial_selection=threshold,
                                             ssim_threshold_refinement=threshold, batch_candidates=batch,
                                             early_decisions=mode.startswith("early"),
                                             seeds_per_call=SEEDS_PER_CALL_CUDA if device.type == "cuda" else SEEDS_PER_CALL_CPU)

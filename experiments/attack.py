@@ -62,13 +62,13 @@ def run(args) -> dict:
     from tqdm import tqdm
 
     from metrics.copies import similarity_to_original
-    from metrics.images import load_images, original_images
+    from utils.images import load_images, original_images
     from utils.methods.dori import attack as dori
     from utils.distributed import Shard
     from utils.files import RowWriter, merge_rows, read_csv, read_prompts, read_results, require_neurons, rows_of_type
     from utils.generation import PromptCondition, generate_prompt_images, generation_latents, image_path
     from utils.layers import layer_widths, value_layers
-    from utils.mitigation import with_neurons
+    from utils.methods.nemo.mitigation import with_neurons
     from utils.models import load_pipeline_from_args
     from utils.outputs import save_image, save_torch, write_json
 

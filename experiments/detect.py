@@ -45,7 +45,7 @@ def run(args) -> float | None:
     from utils.distributed import Shard
     from utils.files import RowWriter, merge_rows, numeric_columns, read_csv, read_prompts, threshold_path
     from utils.methods.registry import load
-    from utils.models import load_detection_model
+    from utils.methods.nemo.noise import load_detection_model
     from utils.outputs import write_json
 
     detector = DETECTORS[args.score]

@@ -67,12 +67,12 @@ def run(args) -> dict:
 
     import torch
 
-    from metrics.images import load_images, original_images
+    from utils.images import load_images, original_images
     from utils.methods.dori import attack as dori
     from utils.crashpoints import crash_point
     from utils.generation import generate_prompt_images, generation_latents
     from utils.layers import layer_widths, value_layers
-    from utils.mitigation import with_neurons
+    from utils.methods.nemo.mitigation import with_neurons
     from utils.models import load_pipeline, resolve_device, resolve_dtype
 
     originals = original_images(args.originals)

@@ -35,7 +35,7 @@ from metrics.cli import write_json
 from utils.cli import fraction, non_negative_int, positive_int
 from metrics.copies import similarity_to_original
 from metrics.core import summarize
-from metrics.images import load_images, original_images
+from utils.images import load_images, original_images
 from metrics.plots import new_axis, save_figure
 from experiments.rows import IN_P, PLAIN
 from utils import cli
@@ -49,14 +49,14 @@ from utils.files import read_json, read_prompts
 from utils.generation import PromptCondition, generate_prompt_images, generation_latents
 from utils.layers import value_layers
 from utils.models import load_pipeline_from_args
-from utils.methods.nemo.localization import LocalizationSettings, localize_prompt
+from utils.methods.nemo.localization import LocalizationConfig, localize_prompt
 from utils.methods.nemo.noise import embedding_noise_difference
 from utils.methods.nemo.statistics import load_statistics, prompt_activations, text_activations
 
 SUBSETS = 3  # disjoint subsets of the memorized prompts compared pairwise (our choice; Chavhan et al. Fig. 2)
 # A prompt enters a ratio only when the method it divides by lowered S by at least this much.
 MIN_DROP = 0.05
-NEMO, PRUNED, BOTH = "NeMo", "Wanda (pruned model)", "NeMo on the Wanda-pruned model"  # rows of experiments/report.py
+NEMO, PRUNED, BOTH = "NeMo", "Wanda (pruned model)", "NeMo on the Wanda-pruned model"  # rows of experiments/tables.py
 TRIGGER_STARTS = 5  # random starts of the triggers analysis (the paper: 100)
 
 
@@ -256,7 +256,7 @@ def triggers(argv) -> dict:
     if args.statistics and replicating:
         stats = load_statistics(args.statistics, layers)
         tau = args.memorization_threshold if args.memorization_threshold is not None else MEMORIZATION_THRESHOLD
-        settings = LocalizationSettings(pairwise_ssim_threshold=tau, ssim_threshold_initial_selection=tau,
+        settings = LocalizationConfig(pairwise_ssim_threshold=tau, ssim_threshold_initial_selection=tau,
                                         ssim_threshold_refinement=tau)
         neuron_sets = []
         for embedding in [own.cpu()] + [t[None] for t in triggers_]:

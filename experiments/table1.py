@@ -12,13 +12,13 @@ import os
 from typing import Callable
 
 from experiments import attack, detect, finetune, generate, localize, locality, prune
-from experiments import report as table1
+from experiments import tables
 from experiments.rows import ALL_REFINED, FINETUNED, GIVEN, PLAIN, WANDA, Row, chosen_rows, folder_name, table_rows
 from metrics import plots
 from metrics.cli import write_json
 from metrics.copies import embedded_references
 from metrics.embedders import CLIPEmbedder, image_embedder
-from metrics.images import original_images
+from utils.images import original_images
 from utils import cli, defaults
 from utils.assets import sscd_copy_threshold
 from utils.defaults import SSCD_COPY_THRESHOLD
@@ -220,7 +220,7 @@ def claim_table_folder(args, output: str) -> None:
         logger.warning("%s: continuing a run with the same configuration (finished steps are kept)", output)
 
 
-def run(args, measures: table1.Measures, title: str, claim: bool = True,
+def run(args, measures: tables.Measures, title: str, claim: bool = True,
         attack_neuron_sets: dict[str, str] | None = None,
         sections: Callable[[dict], str] | None = None) -> dict:
     """Every step of the table for the configuration ``args`` (``config``); ``measures`` decide
@@ -257,26 +257,26 @@ def run(args, measures: table1.Measures, title: str, claim: bool = True,
     captions = dict(enumerate(prompts["Caption"]))
     quality_captions = dict(enumerate(read_prompts(args.quality_prompts)["Caption"])) if args.quality_prompts else {}
     originals = original_images(args.originals) if args.originals else {}
-    report = table1.build_table(folders, quality, originals, captions, quality_captions, types,
+    report = tables.build_table(folders, quality, originals, captions, quality_captions, types,
                                 {i: count_neurons(cell) for i, cell in refined.items()}, measures,
                                 set(pruning["rows"]) if pruning else set())
     report["localization"] = {key: float(frame[column].median()) if column in frame else None
                               for key, column in (("seconds", "Seconds"), ("forwards", "UNet Sample Forwards"))}
     report["wanda"], report["finetuning"] = pruning, finetuning
-    text = table1.markdown(report, title) + "\n" + table1.cost_markdown(report["rows"], report["localization"], pruning,
+    text = tables.markdown(report, title) + "\n" + tables.cost_markdown(report["rows"], report["localization"], pruning,
                                                                  finetuning)
     if all(name in report["rows"] for name in (locality.NEMO, locality.PRUNED, locality.BOTH)):
         agreement = locality.agreement_from(report, types, set(pruning["rows"]))
         agreement["figure"] = locality.agreement_figure(agreement, os.path.join(args.output, "nemo_wanda_agreement.png"))
         report["nemo_wanda_agreement"] = agreement
-        text += "\n" + table1.agreement_markdown(agreement)
-    report["figures"] = table1.write_grids(report, folders, originals, captions, types, measures, args.output)
+        text += "\n" + tables.agreement_markdown(agreement)
+    report["figures"] = tables.write_grids(report, folders, originals, captions, types, measures, args.output)
     report["figures"].append(plots.neurons_per_layer(
         plots.neuron_counts(list(refined.values()), [types.get(i, "all") for i in refined])[1],
         os.path.join(args.output, "neurons_per_layer.png")))
     if args.unmemorized_prompts:
         report["detection"] = run_detection(args)
-        text += "\n" + table1.detection_markdown(report["detection"])
+        text += "\n" + tables.detection_markdown(report["detection"])
         scores = {label: plots.scores_of(plots.read_scores(os.path.join(args.output, "detection", f"nemo_{label}.csv")))
                   for label in ("memorized", "unmemorized")}
         kinds = [types.get(i, "memorized") for i in range(len(scores["memorized"]))]
@@ -286,7 +286,7 @@ def run(args, measures: table1.Measures, title: str, claim: bool = True,
                                                            os.path.join(args.output, "memorization_scores.png")))
     if args.dori:
         report["attack"] = run_attacks(args, results, models, attack_neuron_sets)
-        text += "\n" + table1.attack_markdown(report["attack"], args.dori_type)
+        text += "\n" + tables.attack_markdown(report["attack"], args.dori_type)
     if sections:
         text += sections(report)
     text += "\nFigures: " + ", ".join(os.path.basename(f) for f in report["figures"]) + "\n"
@@ -296,11 +296,11 @@ def run(args, measures: table1.Measures, title: str, claim: bool = True,
     return report
 
 
-def paper_measures(args) -> table1.Measures:
+def paper_measures(args) -> tables.Measures:
     """The paper's columns (SSCD or a stand-in embedder, CLIP) and the nearest-copy references."""
     device = resolve_device(args.device)
     embedder = image_embedder(args.embedder, device, args.sscd_model, args.clip_model)
-    measures = table1.embedder_measures(embedder, None if args.clip_model == "none" else CLIPEmbedder(args.clip_model, device))
+    measures = tables.embedder_measures(embedder, None if args.clip_model == "none" else CLIPEmbedder(args.clip_model, device))
     folder = args.references or args.originals
     if folder:
         paths = [os.path.join(folder, name) for name in sorted(os.listdir(folder))

@@ -17,7 +17,7 @@ from PIL import Image
 
 from metrics.core import cosine_matrix
 from metrics.embedders import SSCDEmbedder
-from metrics.images import load_images
+from utils.images import load_images
 from metrics.pixel_ssim import ssim_to_original
 from utils.defaults import SSCD_COPY_THRESHOLD
 

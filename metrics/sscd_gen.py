@@ -12,7 +12,7 @@ import logging
 from metrics import cli
 from metrics.core import sscd_gen_score
 from metrics.embedders import embed_files
-from metrics.images import paired_images
+from utils.images import paired_images
 from utils.cli import parse, parser_for, run
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import logging
 from metrics import cli
 from metrics.core import sscd_orig_scores
 from metrics.embedders import embed_files
-from metrics.images import generated_images, original_images
+from utils.images import generated_images, original_images
 from utils.cli import parse, parser_for, run
 
 logger = logging.getLogger(__name__)

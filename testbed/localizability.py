@@ -32,13 +32,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 import testbed
-from metrics.images import original_images
+from utils.images import original_images
 from testbed import synthetic_data as data
 from testbed.train_testbed import SEED, Sampler, to_tensor
 from utils import cli
 from utils.files import read_prompts, read_threshold
 from utils.layers import layer_widths, value_layers
-from utils.methods.nemo.localization import LocalizationSettings
+from utils.methods.nemo.localization import LocalizationConfig
 from utils.models import load_pipeline, resolve_device
 from utils.methods.nemo import NUM_INFERENCE_STEPS, TIMESTEP_INDEX
 from utils.diffusion import initial_latents, latent_shape, schedule_timestep
@@ -160,7 +160,7 @@ def main(argv=None) -> dict:
     threshold = read_threshold(args.threshold_file)
     pipe = load_pipeline(args.model, resolve_device(args.device))
     layers = value_layers(pipe.unet)
-    settings = LocalizationSettings()
+    settings = LocalizationConfig()
     latents = initial_latents(settings.seed, settings.samples_per_prompt, latent_shape(pipe.unet))  # [n, 4, h, w]
     empty = prompt_noise_difference(pipe, layers, "", normalized=False)(latents)[0]  # [n, 4, h, w]
     unconditional = normalize_maps(empty)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 import testbed
 from metrics.core import median
-from metrics.images import original_images
+from utils.images import original_images
 from metrics.pixel_ssim import ssim_to_original
 from utils import cli
 from utils.files import read_prompts

@@ -30,13 +30,13 @@ from torchvision.transforms.functional import to_tensor
 
 import testbed
 from experiments import detect, generate, statistics
-from experiments import report as table1
+from experiments import tables
 from experiments import table1 as reproduce
 from metrics import ground_truth
 from experiments.rows import IN_P, PLAIN, WANDA, folder_name, table_rows
 from metrics.copies import References
 from metrics.embedders import PixelEmbedder
-from metrics.images import generated_images, load_images, original_images
+from utils.images import generated_images, load_images, original_images
 from metrics.pixel_quality import pixel_kid
 from metrics.pixel_ssim import pixel_ssim_matrix, ssim_to_original
 from testbed.alignment import alignment
@@ -136,10 +136,10 @@ def memorized_references(originals: str) -> References:
     return References(names, lambda images: pixel_ssim_matrix(images, pixels), PIXEL_COPY_THRESHOLD)
 
 
-def testbed_measures(rows: list[int], originals: str) -> table1.Measures:
+def testbed_measures(rows: list[int], originals: str) -> tables.Measures:
     """The weight-free columns; ``rows``: the full-file row of each prompt of the run."""
     pixels = PixelEmbedder()
-    return table1.Measures(
+    return tables.Measures(
         "SSIM_Orig", "Pix_Gen", "D_Pix", pixels,
         lambda original, images, _embeddings: ssim_to_original(original, images).median().item(),
         align_name="A_color", align=alignment, align_memorized=False, quality_name="KID_pix",
@@ -184,7 +184,7 @@ def checks(rows: dict) -> dict:
     return result
 
 
-def folder_ssim(folder: str, originals: dict[int, str], measures: table1.Measures) -> dict[int, float]:
+def folder_ssim(folder: str, originals: dict[int, str], measures: tables.Measures) -> dict[int, float]:
     """Per prompt the SSIM_Orig of a folder of generated images."""
     return {prompt: measures.orig(load_images([originals[prompt]])[0], load_images(paths), None)
             for prompt, paths in generated_images(folder).items()}
@@ -206,7 +206,7 @@ def write_truth_file(run_truth: ground_truth.GroundTruth, out: str) -> str:
 
 
 def planted_checks(report: dict, run_truth: ground_truth.GroundTruth, truth_file: str, out: str,
-                   generation: dict, measures: table1.Measures) -> tuple[dict, str]:
+                   generation: dict, measures: tables.Measures) -> tuple[dict, str]:
     """The planted bed's criteria and localization table.
 
     Script 4 deactivates the ground truth (``truth_file``, a results file of script 3), as many

@@ -37,7 +37,7 @@ def measure(args, name: str, model: str, results: str, prompts: str, quality: st
             neurons_from: str | None = None) -> dict:
     """Held-out A_color and KID_pix (script 4 with ``generation``) and the attack's success
     (script 8, on ``neurons_from``'s refined neurons off if given) of one model."""
-    from experiments import report as table1
+    from experiments import tables
     from testbed.alignment import alignment
     from testbed.table1 import kid_to_renders
     from utils.files import read_prompts
@@ -46,16 +46,16 @@ def measure(args, name: str, model: str, results: str, prompts: str, quality: st
     images = os.path.join(folder, f"quality_{args.quality_samples}")
     cli.run_step(generate, result_file=results, prompts=quality, output=images, version=model, steps=args.steps,
              num_samples=args.quality_samples, batch_size=args.quality_samples, **generation)
-    measures = table1.Measures("", "", "", None, None, align_name="A_color", align=alignment,
+    measures = tables.Measures("", "", "", None, None, align_name="A_color", align=alignment,
                                quality_name="KID_pix", image_quality=kid_to_renders)
     captions = dict(enumerate(read_prompts(quality)["Caption"]))
     attacked = cli.run_step(attack, version=model, dataset=prompts, originals=os.path.join(args.output, "originals"),
                         resume=True, output=os.path.join(folder, "attack"), similarity="pixel_ssim",
                         attack_steps=args.attack_steps, steps=args.steps, num_samples=args.num_samples,
                         neurons_from=neurons_from)["overall"]
-    alignment_summary = table1.quality_score(images, captions, measures)["overall"]
+    alignment_summary = tables.quality_score(images, captions, measures)["overall"]
     return dict(A_color=alignment_summary["median"], A_color_mean=alignment_summary["mean"],
-                KID_pix=table1.image_quality_score(images, captions, measures)["overall"]["mean"],
+                KID_pix=tables.image_quality_score(images, captions, measures)["overall"]["mean"],
                 success=attacked["replicated_after"], replicated_before=attacked["replicated_before"])
 
 

@@ -1,6 +1,8 @@
 """A tiny SD-shaped pipeline built offline (SD v1.4 block types, 7 value layers)."""
 
+import importlib
 import os
+import re
 
 import pandas as pd
 import pytest
@@ -8,6 +10,11 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from testbed.components import TinySize, build_components
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The numbered scripts by number (0_fetch_assets.py ... 9_adversarial_finetuning.py)
+SCRIPT_NAMES = {int(name[0]): name[:-3] for name in os.listdir(ROOT) if re.fullmatch(r"\d_\w+\.py", name)}
+script = {number: importlib.import_module(name) for number, name in SCRIPT_NAMES.items()}
 
 TINY_WORDS = "a an the red blue green cat dog house tree photo of painting famous poster".split()
 TINY_KERNEL = 5  # MS-SSIM kernel for the tiny model's 24x24 latents

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from metrics.images import original_images
+from utils.images import original_images
 from tests.conftest import upstream_file
 from utils.assets import CATALOGUE, SD14, TRAINING_IMAGES, Asset, mirror_url, select, sscd_checkpoint
 from utils.download import DEAD_LINKS, MANIFEST, Settings, fetch_file, fetch_images, prompt_urls, read_manifest

@@ -7,11 +7,8 @@ import shutil
 import pytest
 import torch
 from PIL import Image
+from tests.conftest import script
 
-script = {n: importlib.import_module(name) for n, name in {
-    1: "1_compute_activations_statistics", 2: "2_compute_pairwise_ssim", 3: "3_detect_memorized_neurons",
-    4: "4_generate_images", 5: "5_export_pruned_model", 6: "6_reproduce_table1", 7: "7_prune_memorized_weights",
-    8: "8_attack_mitigation", 9: "9_adversarial_finetuning"}.items()}
 
 # Broken versions of a ';' CSV (prompt, results and score files alike).
 BROKEN_CSV = {

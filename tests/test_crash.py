@@ -22,24 +22,22 @@ from testbed.synthetic_data import write_ordinary_pairs
 from testbed.train_testbed import SEED
 from utils.crashpoints import CRASH_VARIABLE
 from utils.files import read_threshold
+from tests.conftest import SCRIPT_NAMES, script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = {1: "1_compute_activations_statistics", 2: "2_compute_pairwise_ssim", 3: "3_detect_memorized_neurons",
-           4: "4_generate_images", 7: "7_prune_memorized_weights", 8: "8_attack_mitigation",
-           9: "9_adversarial_finetuning"}
 MODEL = ["-v", testbed.MODEL_DIR]
 DETECTION = ["--samples_per_prompt", "2", "--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE), "--limit", "2"]
 GENERATION = ["-n", "2", "--steps", "2"]
 
 
 def run(number: int, args: list[str]) -> None:
-    importlib.import_module(SCRIPTS[number]).main(args)
+    script[number].main(args)
 
 
 def killed(number: int, args: list[str], point: str) -> None:
     """Run script ``number`` in a process that SIGKILLs itself at ``point`` (POINT:N)."""
     env = dict(os.environ, PYTHONPATH=ROOT, **{CRASH_VARIABLE: point})
-    process = subprocess.run([sys.executable, os.path.join(ROOT, f"{SCRIPTS[number]}.py"), *args], cwd=ROOT, env=env,
+    process = subprocess.run([sys.executable, os.path.join(ROOT, f"{SCRIPT_NAMES[number]}.py"), *args], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=600)
     assert process.returncode == -signal.SIGKILL, f"not killed at {point}: {process.stderr[-800:]}"
 

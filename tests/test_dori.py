@@ -10,7 +10,8 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 import testbed
-from metrics.images import original_images
+from experiments import finetune
+from utils.images import original_images
 from metrics.pixel_ssim import ssim_to_original
 from utils.methods.dori import attack as dori
 from utils.files import read_prompts
@@ -80,7 +81,7 @@ def test_finetuning_changes_the_unet_and_the_folder_reloads(tiny_model_dir, tmp_
     summary = finetune_script.main(["-v", tiny_model_dir, "-d", str(prompts), "--originals", str(originals),
                                     "-f", str(results), "--utility_data", pairs, "-o", out, "--epochs", "1",
                                     "--attack_steps", "2", "--learning_rate", "1e-3"])
-    assert summary["updates"] == 1 and json.load(open(os.path.join(out, finetune_script.SUMMARY_NAME)))["rows"] == [0]
+    assert summary["updates"] == 1 and json.load(open(os.path.join(out, finetune.SUMMARY_NAME)))["rows"] == [0]
     before = StableDiffusionPipeline.from_pretrained(tiny_model_dir).unet.state_dict()
     after = StableDiffusionPipeline.from_pretrained(out).unet.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -249,7 +249,7 @@ def test_initial_selection_stopped_by_its_limit_refines_against_its_score():
 # ---------------------------------------------------------------------------------------
 # Early decisions (issue 23): a sub-batch's MS-SSIM bounds the full batch's from below.
 
-from utils.methods.nemo.localization import BlockedScorer, LocalizationSettings, localize_prompt, set_key  # noqa: E402
+from utils.methods.nemo.localization import BlockedScorer, LocalizationConfig, localize_prompt, set_key  # noqa: E402
 from utils.methods.nemo.noise import normalize_maps  # noqa: E402
 from utils.methods.nemo.score import ms_ssim  # noqa: E402
 
@@ -312,7 +312,7 @@ def fake_scorers(case, n=10, **settings):
     latents = torch.arange(n, dtype=torch.float32).reshape(n, 1, 1, 1).expand(n, 4, 24, 24)
     priority = torch.rand(n, generator=g)
     make = lambda early: BlockedScorer(FakeNoise(unblocked, case), latents, unblocked, KERNEL,
-                                       LocalizationSettings(early_decisions=early, **settings), priority)
+                                       LocalizationConfig(early_decisions=early, **settings), priority)
     return make(True), make(False)
 
 
@@ -364,7 +364,7 @@ def tiny_walk(tiny_pipe, prompt: int, early: bool, batch: int):
     """NeMo on the tiny model for one prompt, with tau and random z-scores chosen by ``prompt``."""
     noise, shape, z, a = tiny_walk_inputs(tiny_pipe, f"prompt number {prompt}", prompt)
     tau = (0.25, 0.5, 0.75, 0.9)[prompt]
-    settings = LocalizationSettings(samples_per_prompt=4, pairwise_ssim_threshold=-1.0,
+    settings = LocalizationConfig(samples_per_prompt=4, pairwise_ssim_threshold=-1.0,
                                     ssim_threshold_initial_selection=tau, ssim_threshold_refinement=tau,
                                     schedule=SelectionSchedule(initial_theta=2.0), early_decisions=early,
                                     batch_candidates=batch)
@@ -392,7 +392,7 @@ def test_prompts_side_by_side_decide_and_write_as_the_sequential_walk(tiny_pipe)
     from utils.methods.nemo.localization import localize_prompts
 
     inputs = [tiny_walk_inputs(tiny_pipe, f"side by side {i}", 10 + i) for i in range(3)]
-    settings = LocalizationSettings(samples_per_prompt=3, pairwise_ssim_threshold=-1.0,
+    settings = LocalizationConfig(samples_per_prompt=3, pairwise_ssim_threshold=-1.0,
                                     ssim_threshold_initial_selection=0.5, ssim_threshold_refinement=0.5,
                                     schedule=SelectionSchedule(initial_theta=2.0))
     row = lambda r: (r.initial_neurons, r.initial_score, r.refined_neurons, r.refined_score, r.seeds_skipped)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from metrics import alignment, core, detection, diversity, plots, quality, sscd_gen, sscd_orig
 from metrics.embedders import CLIPEmbedder, PixelEmbedder, SSCDEmbedder, embed_files
-from metrics.images import generated_images, original_images, paired_images
+from utils.images import generated_images, original_images, paired_images
 from tests.conftest import write_prompt_file
 from utils.files import COST_COLUMNS, RESULT_COLUMNS
 from utils.generation import image_path

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from metrics import core, table1
+from experiments import tables
+from metrics import core
 from metrics.pixel_quality import pixel_features, pixel_kid
 from testbed.synthetic_data import ordinary_caption, ordinary_combination
 from testbed.table1 import kid_to_renders, reference_renders
@@ -46,8 +47,8 @@ def test_the_column_scores_every_image_of_a_folder(tmp_path):
     captions = dict(enumerate(CAPTIONS[:4]))
     for prompt, image in enumerate(reference_renders(CAPTIONS[:4] * 5, seed=3)):
         image.save(image_path(str(tmp_path), prompt % 4, prompt // 4))
-    measures = table1.Measures("o", "g", "d", None, None, quality_name="KID_pix", image_quality=kid_to_renders)
-    figure = table1.image_quality_score(str(tmp_path), captions, measures)
+    measures = tables.Measures("o", "g", "d", None, None, quality_name="KID_pix", image_quality=kid_to_renders)
+    figure = tables.image_quality_score(str(tmp_path), captions, measures)
     assert figure["overall"]["n"] == 20
     assert figure["overall"]["mean"] < 0.05 * kid_to_renders([Image.new("RGB", (48, 48))] * 20, CAPTIONS[:20])
 
@@ -64,6 +65,6 @@ def test_the_alignment_column_gives_the_median_and_mean_share_over_prompts(tmp_p
     for i, image in enumerate(renders):
         prompt, sample = i % 3, i // 3
         (image if sample < aligned[prompt] else blank).save(image_path(str(tmp_path), prompt, sample))
-    measures = table1.Measures("o", "g", "d", None, None, align_name="A_color", align=alignment)
-    summary = table1.quality_score(str(tmp_path), captions, measures)["overall"]
+    measures = tables.Measures("o", "g", "d", None, None, align_name="A_color", align=alignment)
+    summary = tables.quality_score(str(tmp_path), captions, measures)["overall"]
     assert summary["median"] == 0.25 and summary["mean"] == pytest.approx(5 / 12)

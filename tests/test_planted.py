@@ -234,7 +234,7 @@ def test_table1_dori_attacks_the_planted_neurons_off(tmp_path):
     from testbed import table1
 
     report = table1.main(["--bed", "planted", "--output", str(tmp_path), "--vm", "1", "--tm", "1", "--steps", "4",
-                          "--num_samples", "2", "--quality", "1", "--unmemorized", "2", "--settings", "NeMo", "--dori",
+                          "--num_samples", "2", "--quality", "1", "--unmemorized", "2", "--rows", "NeMo", "--dori",
                           "--attack_steps", "1", "--finetune_epochs", "1", "--memorization_threshold", "0.428"])
     attack = report["attack"]
     assert list(attack) == ["none", "NeMo", table1.PLANTED_OFF, "adversarial fine-tuning"]
@@ -257,7 +257,7 @@ def test_table1_localization_table_has_wandas_pruned_model(tmp_path):
 
     report = table1.main(["--bed", "planted", "--output", str(tmp_path), "--vm", "2", "--tm", "0", "--steps", "4",
                           "--num_samples", "2", "--quality", "1", "--unmemorized", "2",
-                          "--settings", "NeMo,Wanda (pruned model)", "--memorization_threshold", "0.428"])
+                          "--rows", "NeMo,Wanda (pruned model)", "--memorization_threshold", "0.428"])
     pruned = report["wanda"]["pruned_weights"]
     rows = [r for r in report["planted"]["localization"] if r["method"].startswith("Wanda")]
     assert [r["prompt"] for r in rows] == [0, 1] and all(r["size"] == pruned > 0 for r in rows)

@@ -11,14 +11,10 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY_KERNEL
+from tests.conftest import script, TINY_KERNEL
 from utils.files import RESULT_COLUMNS, RowWriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-script = {n: importlib.import_module(name) for n, name in {
-    1: "1_compute_activations_statistics", 2: "2_compute_pairwise_ssim", 3: "3_detect_memorized_neurons",
-    4: "4_generate_images", 5: "5_export_pruned_model", 6: "6_reproduce_table1", 7: "7_prune_memorized_weights",
-    8: "8_attack_mitigation", 9: "9_adversarial_finetuning"}.items()}
 FAST = ["--samples_per_prompt", "2", "--ssim_kernel_size", str(TINY_KERNEL)]
 GEN = ["--steps", "2", "-n", "2"]
 TINY_WIDTHS = [8, 8, 16, 16, 16, 16, 16]

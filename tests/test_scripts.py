@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from tests.conftest import TINY_KERNEL, upstream_file
+from tests.conftest import script, TINY_KERNEL, upstream_file
 from utils.files import read_results
 from utils.generation import RECORDS_NAME, read_records
 from utils.methods.nemo.deactivation import deactivate_neurons
@@ -19,9 +19,6 @@ from utils.layers import value_layers
 from utils.methods.nemo import localization
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-script = {n: importlib.import_module(name) for n, name in enumerate(
-    ["1_compute_activations_statistics", "2_compute_pairwise_ssim", "3_detect_memorized_neurons",
-     "4_generate_images", "5_export_pruned_model", "6_reproduce_table1"], start=1)}
 FAST = ["--samples_per_prompt", "4", "--ssim_kernel_size", str(TINY_KERNEL)]
 
 

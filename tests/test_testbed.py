@@ -11,11 +11,11 @@ from PIL import Image
 
 import testbed
 from metrics.core import median
-from metrics.images import original_images
+from utils.images import original_images
 from metrics.pixel_ssim import ssim_to_original
 from utils.files import read_prompts, read_threshold
 from utils.generation import generate_prompt_images, generation_latents, read_records
-from utils.mitigation import with_neurons
+from utils.methods.nemo.mitigation import with_neurons
 from utils.layers import count_neurons, value_layers
 from utils.models import load_pipeline
 from utils.diffusion import initial_latents, latent_shape
@@ -88,14 +88,14 @@ def test_training_data_matches_the_shipped_prompt_files_and_originals():
 
 
 def test_table1_demo_runs_every_row_end_to_end_reduced(tmp_path, capsys):
-    from experiments.rows import FINETUNED, SETTINGS, WANDA
+    from experiments.rows import FINETUNED, WANDA, table_rows
     from testbed import table1
 
     report = table1.main(["--output", str(tmp_path), "--vm", "1", "--tm", "1", "--steps", "4", "--num_samples", "2",
                           "--quality", "2", "--unmemorized", "3"])
     rows = report["rows"]
     expected = []
-    for setting in SETTINGS:
+    for setting in table_rows():
         if setting.model != FINETUNED:  # the adversarial fine-tuning row comes with --dori
             expected += [setting.name] + ([f"{setting.name}, prompts in P"] if setting.model == WANDA else [])
     assert list(rows) == expected

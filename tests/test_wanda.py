@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from experiments import prune
 from diffusers import StableDiffusionPipeline
 
 from utils.methods.wanda import pruning as wanda
@@ -88,13 +89,13 @@ def test_script7_prunes_only_masked_ffn_weights_and_the_folder_reloads(tiny_mode
     assert summary["pruned_weights"] > 0 and len(summary["rows"]) == 2
     before = StableDiffusionPipeline.from_pretrained(tiny_model_dir).unet.state_dict()
     after = StableDiffusionPipeline.from_pretrained(out).unet.state_dict()
-    masks = wanda.load_masks(os.path.join(out, prune_script.MASKS_NAME))
+    masks = wanda.load_masks(os.path.join(out, prune.MASKS_NAME))
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {f"{name}.weight" for name, m in zip(masks.layers, masks.union) if m.any()}
     for name, mask in zip(masks.layers, masks.union):
         w0, w1 = before[f"{name}.weight"], after[f"{name}.weight"]
         assert torch.equal(w1[mask], torch.zeros(int(mask.sum()))) and torch.equal(w1[~mask], w0[~mask])
-    assert json.load(open(os.path.join(out, prune_script.SUMMARY_NAME)))["rows"] == summary["rows"]
+    assert json.load(open(os.path.join(out, prune.SUMMARY_NAME)))["rows"] == summary["rows"]
 
 
 def test_a_file_that_is_not_a_mask_file_is_a_one_line_error(tmp_path):

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 16
 USER_AGENT = "nemo-repro-fetch/1 (+https://github.com/ml-research/localizing_memorization_in_diffusion_models)"
-IMAGE_NAME = "{row:04d}.png"  # metrics.images.ORIGINAL_NAME: one PNG per prompt row
+IMAGE_NAME = "{row:04d}.png"  # utils.images.ORIGINAL_NAME: one PNG per prompt row
 MANIFEST = "manifest.csv"
 DEAD_LINKS = "dead_links.json"
 MANIFEST_INTERVAL = 2.0  # seconds between two rewrites of the manifest during a run

@@ -11,8 +11,6 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from utils.defaults import DTYPES, MODEL_VERSIONS
-from utils.diffusion import latent_shape
-from utils.layers import value_layers
 
 logger = logging.getLogger(__name__)
 
@@ -88,15 +86,3 @@ def frozen(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-
-
-def load_detection_model(args):
-    """(pipeline, value layers, latent shape) for scripts 2 and 3 from their flags; the SSIM
-    window (--ssim_kernel_size) is checked against the latent size before any work is done."""
-    from utils.methods.nemo.score import check_ssim_size
-
-    pipe = load_pipeline_from_args(args)
-    kernel_size = args.ssim_kernel_size
-    shape = latent_shape(pipe.unet)
-    check_ssim_size(shape[-1], kernel_size)
-    return pipe, value_layers(pipe.unet), shape

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from metrics.images import load_images
+from utils.images import load_images
 from utils.methods.dori import (ATTACK_BATCH, ATTACK_LEARNING_RATE, ATTACK_SEED, ATTACK_STEPS, FINETUNE_EPOCHS,
                                 DISTILLATION_WEIGHT, FINETUNE_LEARNING_RATE, UTILITY_EMPTY_CAPTION_SHARE,
                                 UTILITY_WEIGHT)

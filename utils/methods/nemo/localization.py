@@ -197,7 +197,7 @@ def refine(neurons: NeuronSet, score: float, score_sets: ScoreSets, threshold: f
 
 
 @dataclass(frozen=True)
-class LocalizationSettings:
+class LocalizationConfig:
     """Script 3's settings; defaults from the authors' script (SPEC §3-4), early decisions ours."""
 
     seed: int = DETECTION_SEED
@@ -257,7 +257,7 @@ class BlockedScorer:
     """
 
     def __init__(self, noise: NoiseDifference, latents: torch.Tensor, unblocked: torch.Tensor,
-                 kernel_size: int, settings: LocalizationSettings, priority: torch.Tensor | None = None):
+                 kernel_size: int, settings: LocalizationConfig, priority: torch.Tensor | None = None):
         self.noise, self.latents, self.unblocked = noise, latents, unblocked  # [n, 4, h, w] each
         self.kernel_size, self.settings = kernel_size, settings
         self.per_call = max(settings.batch_candidates, 1)
@@ -353,7 +353,7 @@ class BlockedScorer:
 
 
 def localize_prompt(noise: NoiseDifference, latent_shape, z_scores, activations,
-                    settings: LocalizationSettings, kernel_size: int,
+                    settings: LocalizationConfig, kernel_size: int,
                     scorer_type: type[BlockedScorer] = BlockedScorer, progress: bool = False) -> LocalizationResult:
     """NeMo for one prompt (SPEC §4); ``noise`` holds the prompt's embedding. ``progress``:
     a bar of the sets scored within the prompt (under a per-prompt bar).
@@ -462,7 +462,7 @@ class LockstepNoise:
 
 
 def localize_prompts(noises: list[NoiseDifference], latent_shape, z_scores: list, activations: list,
-                     settings: LocalizationSettings, kernel_size: int) -> list[LocalizationResult]:
+                     settings: LocalizationConfig, kernel_size: int) -> list[LocalizationResult]:
     """``localize_prompt`` for several prompts side by side: one U-Net call carries every
     prompt's current test (each slice its own text embedding and neuron set). The decisions
     and rows are the sequential walk's (early decisions and the full computation's reported

@@ -8,9 +8,10 @@ from typing import Sequence
 import torch
 
 from utils.methods.nemo import DETECTION_GUIDANCE_SCALE, NUM_INFERENCE_STEPS, SCALING_FACTOR, TIMESTEP_INDEX
-from utils.diffusion import encode_prompts, predicted_noise, schedule_timestep
+from utils.diffusion import encode_prompts, latent_shape, predicted_noise, schedule_timestep
 from utils.methods.nemo.deactivation import deactivate_per_slice
-from utils.layers import NeuronSet
+from utils.layers import NeuronSet, value_layers
+from utils.models import load_pipeline_from_args
 
 
 def normalize_maps(x: torch.Tensor) -> torch.Tensor:
@@ -140,3 +141,15 @@ def embedding_noise_difference(pipe, layers: dict, embedding: torch.Tensor, *,
     timestep = schedule_timestep(pipe.scheduler, num_inference_steps, timestep_index)
     return NoiseDifference(pipe.unet, layers, embedding, timestep, pipe.scheduler, uncond, guidance_scale,
                            scaling_factor, normalized=normalized)
+
+
+def load_detection_model(args):
+    """(pipeline, value layers, latent shape) for scripts 2 and 3 from their flags; the SSIM
+    window (--ssim_kernel_size) is checked against the latent size before any work is done."""
+    from utils.methods.nemo.score import check_ssim_size  # score imports this module
+
+    pipe = load_pipeline_from_args(args)
+    kernel_size = args.ssim_kernel_size
+    shape = latent_shape(pipe.unet)
+    check_ssim_size(shape[-1], kernel_size)
+    return pipe, value_layers(pipe.unet), shape

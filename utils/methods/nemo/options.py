@@ -70,7 +70,7 @@ def add_localization_args(parser: argparse.ArgumentParser) -> None:
 
 
 def localization_settings(args: argparse.Namespace, device_type: str = "cpu"):
-    """Script 3's ``LocalizationSettings`` from its flags (``device_type``: 'cpu' or 'cuda')."""
+    """Script 3's ``LocalizationConfig`` from its flags (``device_type``: 'cpu' or 'cuda')."""
     from utils.methods.nemo import localization
 
     if args.memorization_threshold is not None:
@@ -85,7 +85,7 @@ def localization_settings(args: argparse.Namespace, device_type: str = "cpu"):
         args.batch_candidates, args.early_decisions = 0, True
     schedule = localization.SelectionSchedule(args.initial_theta, args.theta_reduction_per_step, args.min_theta,
                                               args.initial_k, not args.no_theta, not args.no_top_k)
-    return localization.LocalizationSettings(args.seed, args.samples_per_prompt, args.pairwise_ssim_threshold,
+    return localization.LocalizationConfig(args.seed, args.samples_per_prompt, args.pairwise_ssim_threshold,
                                              args.ssim_threshold_initial_selection, args.ssim_threshold_refinement,
                                              schedule, args.batch_candidates, args.early_decisions,
                                              args.seeds_per_call or (SEEDS_PER_CALL_CUDA if device_type == "cuda"

@@ -1,4 +1,4 @@
-"""Image folders of the metrics: generated images by prompt and sample, original training images.
+"""Image files by name: generated images by prompt and sample, original training images.
 
 Generated images are named ``img_{prompt:04d}_{sample:02d}.jpg`` (script 4,
 ``utils.generation.IMAGE_NAME``); original training images ``{prompt:04d}.png`` (the test

@@ -18,7 +18,7 @@ from PIL import Image
 from metrics.copies import References, nearest_copies
 from metrics.core import (MEMORIZATION_TYPES, OVERALL, alignment_score, diversity_score, median, sscd_gen_score,
                           sscd_orig_scores, summarize)
-from metrics.images import generated_images, load_images
+from utils.images import generated_images, load_images
 from metrics.plots import image_grid
 from experiments.rows import IN_P, PLAIN, WANDA, table_rows
 from utils.generation import read_records
