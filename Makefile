@@ -13,9 +13,9 @@ $(VENV)/installed: requirements.txt
 	touch $@
 
 # Both built-in models, each with its Table 1 and grids (demo_output/natural, demo_output/planted;
-# 12.5 min on 2 idle CPU cores, BENCHMARKS.md, issue 24): the natural test bed, then the planted
-# one with its criteria and localization table, at SD v1.4's tau_mem 0.428 (the planted bed's
-# own, 0.158, lies below what NeMo's first-step test reaches on it: BENCHMARKS.md, issue 24).
+# time in BENCHMARKS.md, "The demo"): the natural test bed, then the planted one with its
+# criteria and localization table, at SD v1.4's tau_mem 0.428 (the planted bed's own, 0.158,
+# lies below what NeMo's first-step test reaches on it: BENCHMARKS.md, "The planted test bed").
 demo: $(VENV)/installed
 	$(RUN) -m testbed.table1
 	$(RUN) -m testbed.table1 --bed planted --memorization_threshold 0.428

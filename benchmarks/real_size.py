@@ -117,7 +117,7 @@ def reduced_pass(model: str, inputs: dict[str, str], sscd: str, clip: str, work:
          [*model_flags, "-d", inputs["prompts"], "--originals", inputs["originals"], "-f", results,
           "--utility_data", inputs["utility"], "-o", path("finetuned"), "--limit", "1", "--epochs", "1",
           "--attack_steps", "1", "--attack_batch", "1", "--utility_batch", "1", "--surrogate_steps", "1",
-          "--gradient_checkpointing"]),  # 1 GiB less at its peak, which is CI's largest (BENCHMARKS.md, issue 20)
+          "--gradient_checkpointing"]),  # 1 GiB less at its peak, which is CI's largest (BENCHMARKS.md)
         ("SSCD_Orig", "metrics.sscd_orig", ["-i", path("images", "plain"), "-r", inputs["originals"],
                                             "-p", inputs["prompts"], "--sscd-model", sscd, "-o", path("sscd_orig.json")]),
         ("SSCD_Gen", "metrics.sscd_gen", ["-i", path("images", "refined"), "-r", path("images", "plain"),

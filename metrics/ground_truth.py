@@ -17,7 +17,7 @@ import pandas as pd
 from utils.files import RESULT_COLUMNS
 from utils.layers import NeuronSet, count_neurons, distinct_neurons, validate_neuron_set
 
-STOP_RATIO = 0.5  # issue 24: SSIM to the original with the planted neurons off <= 0.5x the plain value
+STOP_RATIO = 0.5  # ours: SSIM to the original with the planted neurons off <= 0.5x the plain value
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,7 @@ def main(argv=None) -> list[str]:
     return written
 
 
-# Image grids (issue 16): a cell per image, captioned; groups of cells under one header.
+# Image grids: a cell per image, captioned; groups of cells under one header.
 GRID_CELL = 96  # pixels of an image's side in a grid
 GRID_TEXT = 12  # pixels of a caption line
 GRID_LABEL_WIDTH = 150  # pixels of the row labels

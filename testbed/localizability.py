@@ -1,4 +1,4 @@
-"""Can any neuron set bring the test bed's memorized prompts below tau_mem? (issue 3, point 3)
+"""Can any neuron set bring the test bed's memorized prompts below tau_mem?
 
 NeMo accepts a set when the blocked score (SPEC §4.1: MS-SSIM between a kept seed's
 unblocked and blocked noise differences, max over kept seeds) is at or below tau_mem. Two

@@ -1,4 +1,4 @@
-"""Does the test bed copy its training images? (issue 3, point 1)
+"""Does the test bed copy its training images?
 
 For every memorized prompt: the pixel SSIM of each generated image to its training image
 (median over seeds). For held-out ordinary prompts: the SSIM between the images of

@@ -1,4 +1,4 @@
-"""Adversarial fine-tuning's recipe knobs (utils/methods/dori/attack.py, issue 25) on the tiny pipeline, and
+"""Adversarial fine-tuning's recipe knobs (utils/methods/dori) on the tiny pipeline, and
 the trade-off figure."""
 
 import pytest

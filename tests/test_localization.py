@@ -247,7 +247,7 @@ def test_initial_selection_stopped_by_its_limit_refines_against_its_score():
 
 
 # ---------------------------------------------------------------------------------------
-# Early decisions (issue 23): a sub-batch's MS-SSIM bounds the full batch's from below.
+# Early decisions: a sub-batch's MS-SSIM bounds the full batch's from below.
 
 from utils.methods.nemo.localization import BlockedScorer, LocalizationConfig, localize_prompt, set_key  # noqa: E402
 from utils.methods.nemo.noise import normalize_maps  # noqa: E402

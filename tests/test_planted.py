@@ -244,7 +244,7 @@ def test_table1_dori_attacks_the_planted_neurons_off(tmp_path):
     assert before[table1.PLANTED_OFF] < 0.75 * before["none"], before  # 2 images of 4 steps: a margin, not the criterion
     assert not (tmp_path / "scores_unmemorized.csv").exists()
     assert f"| {table1.PLANTED_OFF} | 2 |" in (tmp_path / "table1.md").read_text()
-    recipe = json.loads((tmp_path / "finetuned_model" / "finetune.json").read_text())["settings"]  # issue 25's
+    recipe = json.loads((tmp_path / "finetuned_model" / "finetune.json").read_text())["settings"]  # the chosen recipe's
     assert (recipe["learning_rate"], recipe["distillation_weight"], recipe["utility_batch"]) == (
         table1.FINETUNE_LEARNING_RATE, table1.FINETUNE_DISTILLATION_WEIGHT, table1.FINETUNE_UTILITY_BATCH)
 

@@ -3,7 +3,7 @@ fp32, and the gradient methods (Wen's adjustment, the Dori attack, adversarial f
 under autocast) without NaN.
 
 fp16 runs on the CPU about 3.5x slower than fp32 on the test bed, so script 3 keeps 2 seeds of
-2 prompts (BENCHMARKS.md, issue 20, gives the time).
+2 prompts (BENCHMARKS.md gives the time).
 """
 
 import importlib

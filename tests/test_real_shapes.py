@@ -4,7 +4,7 @@ SD v1.4's (benchmarks/real_size.reduced_pass: one prompt, 1-2 seeds, one DDIM st
 and 6 with --smoke).
 
 The folders are written once per session under $NEMO_REHEARSAL_DIR (default: a pytest
-temporary folder), about 2-3 GB each. Everything runs in CI; BENCHMARKS.md (issue 20)
+temporary folder), about 2-3 GB each. Everything runs in CI; BENCHMARKS.md
 says what it costs. Script 9 at real size is the pass's largest: its peak is about 15 GiB
 (AdamW over 860M float32 weights).
 """

@@ -1,13 +1,15 @@
-"""The suite's library: each method once, over shared machinery.
+"""The suite's library: shared machinery, and each method once over it (``utils.methods``).
 
-Methods: ``nemo`` (NeMo: statistics, noise differences, scores, localization, neuron
-selection, export), ``baselines`` (Wen's embedding adjustment, Ren's attention scaling,
-random tokens), ``wanda`` (Chavhan et al.'s pruning of memorized weights), ``dori``
-(Kowalczuk et al.'s attack and adversarial fine-tuning).
+Methods (``utils/methods/<name>``, each registering what script 2, script 4 and Table 1 run of
+it): ``nemo``, ``wen``, ``ren``, ``random_tokens``, ``wanda``, ``dori``.
 
-Shared: ``defaults`` (every flag's default and its source; torch-free), ``cli`` (flag
-groups; torch-free), ``models`` (loading), ``diffusion`` (text conditioning, latents,
-timesteps), ``layers`` (layer discovery), ``hooks`` (the one hook mechanism),
-``generation`` and ``mitigation`` (images under any mitigation), ``files`` (file formats),
-``distributed`` (sharding over processes).
+Machinery, which knows no method: ``defaults`` (the shared defaults and their sources;
+torch-free), ``cli`` (flag groups, settings records, steps run by name; torch-free), ``models``
+(loading), ``diffusion`` (text conditioning, latents, timesteps), ``layers`` (layer
+discovery), ``hooks`` (the one hook mechanism), ``generation`` (images under any prompt
+condition), ``images`` (image files by name), ``files`` (what the files contain: prompt,
+results and score formats), ``outputs`` (how anything is written: atomically, with its
+settings record), ``distributed`` (sharding over processes), ``assets`` and ``download``
+(fetching the authors' files and the training images), ``crashpoints`` (planned crashes of
+the crash test).
 """

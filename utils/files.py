@@ -1,4 +1,6 @@
-"""Prompt files, results files and run settings in the authors' formats (SPEC §4, §7)."""
+"""What the files contain: prompt files, results files and score files in the authors' formats
+(SPEC §4, §7), read and checked, and result rows appended as each prompt finishes. How any
+output is written (atomically, with its settings record) is ``utils.outputs``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Atomic outputs: a file or folder appears under its final name only once it is complete.
+"""How outputs are written: a file or folder appears under its final name only once it is
+complete, beside the settings record that made it (what is in them: ``utils.files``).
 
 Everything is first written to a hidden temporary beside its destination
 (``.<name>.<pid>-<n>.part``, same folder, so the final ``os.replace`` is atomic on one file
