@@ -56,6 +56,38 @@ def add_args(parser) -> None:
     cli.add_run_args(parser, what="prompts with an original image")
 
 
+def nemo_neurons(pipe, path: str | None, rows: list[int]) -> dict:
+    """Each row's refined neurons from script 3's results at ``path``; none without ``path``.
+    Every row must have some: a prompt is never attacked unmitigated under NeMo's name."""
+    from utils.files import read_results, require_neurons
+    from utils.layers import layer_widths, value_layers
+
+    if not path:
+        return {}
+    neurons = dict(enumerate(read_results(path, layer_widths(value_layers(pipe.unet)))["Refined Neurons"]))
+    require_neurons(rows, neurons, path)
+    return neurons
+
+
+def attack_row(caption: str, kind: str, outcome, threshold: float) -> dict:
+    """attack.csv's row of one attacked prompt (an ``AttackOutcome``)."""
+    before, after = outcome.similarity_before, outcome.similarity_after
+    return {"Caption": caption, "type": kind, "Similarity Before": round(before, 4), "Similarity After": round(after, 4),
+            "Replicated Before": int(before > threshold), "Replicated After": int(after > threshold),
+            "L2": round(outcome.l2, 4), "Cosine": round(outcome.cosine, 4),
+            "Final Loss": round(outcome.losses[-1], 5), "Seconds": round(outcome.seconds, 2)}
+
+
+def print_summary(args, summary: dict, threshold: float) -> None:
+    """The success rates of ``summarize_attack``, a line per type."""
+    print(f"attack on {args.version}{' with NeMo neurons off' if args.neurons_from else ''} "
+          f"({args.similarity} > {threshold}):")
+    for group, figures in summary.items():
+        print(f"  {group:<8} {figures['prompts']:>3} prompts: replicated {figures['replicated_before']:.2f} before, "
+              f"{figures['replicated_after']:.2f} after the attack; median L2 {figures['median_l2']:.2f}, "
+              f"cosine {figures['median_cosine']:.3f} to the prompt's embedding")
+
+
 def run(args) -> dict:
     threshold = cli.replication_threshold(args)
 
@@ -63,11 +95,10 @@ def run(args) -> dict:
 
     from metrics.copies import similarity_to_original
     from utils.images import load_images, original_images
-    from utils.methods.dori import attack as dori
+    from utils.methods.dori.attack import attack_prompt
     from utils.distributed import Shard
-    from utils.files import RowWriter, merge_rows, read_csv, read_prompts, read_results, require_neurons, rows_of_type
-    from utils.generation import PromptCondition, generate_prompt_images, generation_latents, image_path
-    from utils.layers import layer_widths, value_layers
+    from utils.files import RowWriter, merge_rows, read_csv, read_prompts, rows_of_type
+    from utils.generation import generation_latents, image_path
     from utils.methods.nemo.mitigation import with_neurons
     from utils.models import load_pipeline_from_args
     from utils.outputs import save_image, save_torch, write_json
@@ -78,14 +109,8 @@ def run(args) -> dict:
     if not rows:
         raise ValueError(f"no prompt of {args.dataset} has an original image in {args.originals}")
     pipe = load_pipeline_from_args(args)
-    device = pipe.device
-    similarity = similarity_to_original(args.similarity, device, args.sscd_model)
-    neurons = {}
-    if args.neurons_from:
-        results = read_results(args.neurons_from, layer_widths(value_layers(pipe.unet)))
-        neurons = dict(enumerate(results["Refined Neurons"]))
-        require_neurons(rows[: args.limit], neurons, args.neurons_from)  # never attacked unmitigated under NeMo's name
-    prepare = with_neurons(pipe, neurons)
+    similarity = similarity_to_original(args.similarity, pipe.device, args.sscd_model)
+    prepare = with_neurons(pipe, nemo_neurons(pipe, args.neurons_from, rows[: args.limit]))
     latents = generation_latents(pipe.unet, args.seed, args.num_samples)  # [n, 4, h, w]
     images_dir = os.path.join(args.output, "images")
     embeddings_dir = os.path.join(args.output, "embeddings")
@@ -98,36 +123,20 @@ def run(args) -> dict:
         pending = [i for i in rows[: args.limit][shard.rank::shard.world_size] if i not in writer.done]
         for i in tqdm(pending, desc="attacking", unit="prompt"):
             caption = frame["Caption"][i]
-            original = load_images([originals[i]])[0]
             condition = prepare(i, caption, latents)  # the prompt's embedding and its NeMo neurons, if any
-            generate = lambda embedding: generate_prompt_images(
-                pipe, PromptCondition(embedding, condition.intervention), latents, steps=args.steps,
-                guidance_scale=args.guidance_scale)
-            before = similarity(original, generate(condition.embedding)).max().item()
-            found = dori.attack(pipe, dori.image_latents(pipe, [original]), condition.embedding,
-                                steps=args.attack_steps, learning_rate=args.attack_learning_rate,
-                                batch=args.attack_batch, seed=args.attack_seed, intervention=condition.intervention)
-            images = generate(found.embedding)
-            for j, image in enumerate(images):
+            outcome = attack_prompt(pipe, load_images([originals[i]])[0], condition, latents, similarity,
+                                    steps=args.attack_steps, learning_rate=args.attack_learning_rate,
+                                    batch=args.attack_batch, seed=args.attack_seed, generation_steps=args.steps,
+                                    guidance_scale=args.guidance_scale)
+            for j, image in enumerate(outcome.images):
                 save_image(image_path(images_dir, i, j), image)
-            save_torch(os.path.join(embeddings_dir, f"{i:04d}.pt"), found.embedding.cpu())
-            after = similarity(original, images).max().item()
-            distances = dori.embedding_distances(found.embedding, condition.embedding)
-            writer.write(i, {"Caption": caption, "type": frame["type"][i] if "type" in frame else "",
-                             "Similarity Before": round(before, 4), "Similarity After": round(after, 4),
-                             "Replicated Before": int(before > threshold), "Replicated After": int(after > threshold),
-                             "L2": round(distances["l2"], 4), "Cosine": round(distances["cosine"], 4),
-                             "Final Loss": round(found.losses[-1], 5), "Seconds": round(found.seconds, 2)})
+            save_torch(os.path.join(embeddings_dir, f"{i:04d}.pt"), outcome.embedding.cpu())
+            writer.write(i, attack_row(caption, frame["type"][i] if "type" in frame else "", outcome, threshold))
     if not shard.finish(output, merge_rows):
         return {}
     summary = summarize_attack(read_csv(output, tuple(COLUMNS), "attack file"))
     write_json(os.path.join(args.output, SUMMARY_NAME), dict(summary=summary, threshold=threshold,
                                                             similarity=args.similarity, model=args.version,
                                                             nemo_neurons=args.neurons_from))
-    print(f"attack on {args.version}{' with NeMo neurons off' if args.neurons_from else ''} "
-          f"({args.similarity} > {threshold}):")
-    for group, figures in summary.items():
-        print(f"  {group:<8} {figures['prompts']:>3} prompts: replicated {figures['replicated_before']:.2f} before, "
-              f"{figures['replicated_after']:.2f} after the attack; median L2 {figures['median_l2']:.2f}, "
-              f"cosine {figures['median_cosine']:.3f} to the prompt's embedding")
+    print_summary(args, summary, threshold)
     return summary

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 
 from utils import cli, defaults
@@ -53,6 +52,16 @@ def add_args(parser) -> None:
     cli.add_run_args(parser, resumable=False, what="memorized prompts (they change the model: recorded)")
 
 
+def log_update(record: dict) -> None:
+    """Progress of one update of ``adversarial_finetune`` (and the crash point the tests kill at)."""
+    from utils.crashpoints import crash_point
+
+    logger.info("epoch %d image %d: attack %.4f, adversarial %.4f, utility %.4f, %.1f s", record["epoch"],
+                record["image"], record["attack_loss"], record["adversarial_loss"], record["utility_loss"],
+                record["seconds"])
+    crash_point("update_done")
+
+
 def run(args) -> dict:
 
     from utils.files import read_json, read_prompts, read_results, require_neurons, rows_of_type
@@ -67,11 +76,9 @@ def run(args) -> dict:
 
     import torch
 
-    from utils.images import load_images, original_images
-    from utils.methods.dori import attack as dori
-    from utils.crashpoints import crash_point
-    from utils.generation import generate_prompt_images, generation_latents
+    from utils.images import original_images
     from utils.layers import layer_widths, value_layers
+    from utils.methods.dori.finetuning import adversarial_finetune, surrogate_targets, utility_sampler
     from utils.methods.nemo.mitigation import with_neurons
     from utils.models import load_pipeline, resolve_device, resolve_dtype
 
@@ -86,25 +93,16 @@ def run(args) -> dict:
         pipe.unet.enable_gradient_checkpointing()
     neurons = dict(enumerate(read_results(args.result_file, layer_widths(value_layers(pipe.unet)))["Refined Neurons"]))
     require_neurons(rows, neurons, args.result_file)
-    utility = dori.utility_sampler(pipe, args.utility_data, args.utility_batch, args.empty_caption_share)
-    prepare = with_neurons(pipe, neurons)
-    first_latent = generation_latents(pipe.unet)[:1]  # script 4's first seed
-    targets = []
-    for i in rows:
-        condition = prepare(i, frame["Caption"][i], first_latent)
-        surrogate = generate_prompt_images(pipe, condition, first_latent, steps=args.surrogate_steps)[0]  # NeMo-mitigated
-        targets.append(dori.FinetuneTarget(dori.image_latents(pipe, load_images([originals[i]])),
-                                           condition.embedding, dori.image_latents(pipe, [surrogate])))
-    random.Random(args.seed).shuffle(targets)
+    utility = utility_sampler(pipe, args.utility_data, args.utility_batch, args.empty_caption_share)
+    prompts = [(i, frame["Caption"][i], originals[i]) for i in rows]
+    targets = surrogate_targets(pipe, with_neurons(pipe, neurons), prompts, steps=args.surrogate_steps,
+                                seed=args.seed)  # surrogates: what the NeMo-mitigated model draws
     start = time.perf_counter()
-    history = dori.adversarial_finetune(
+    history = adversarial_finetune(
         pipe, targets, utility, epochs=args.epochs, learning_rate=args.learning_rate, attack_steps=args.attack_steps,
         attack_learning_rate=args.attack_learning_rate, attack_batch=args.attack_batch, seed=args.seed,
         utility_weight=args.utility_weight, distillation_weight=args.distillation_weight,
-        compute_dtype=resolve_dtype(args.dtype, device),
-        progress=lambda r: (logger.info("epoch %d image %d: attack %.4f, adversarial %.4f, utility %.4f, %.1f s",
-                                       r["epoch"], r["image"], r["attack_loss"], r["adversarial_loss"],
-                                       r["utility_loss"], r["seconds"]), crash_point("update_done")))
+        compute_dtype=resolve_dtype(args.dtype, device), progress=log_update)
     seconds = time.perf_counter() - start
     summary = dict(rows=rows, seconds=round(seconds, 1), updates=len(history), history=history,
                    settings=dict(vars(args)))

@@ -198,7 +198,7 @@ def neuron_iou(a: list[list[int]], b: list[list[int]]) -> list[float]:
     return result
 
 
-def triggers(argv) -> dict:
+def triggers_parser():
     parser = cli.parser_for(__doc__)
     parser.epilog = ("Attack defaults are script 8's, from the Dori paper (Adam, lr 0.1, 50 steps; SSCD > 0.7 replicates); "
                      "the paper draws 100 starts; the MS-SSIM kernel is NeMo's (the authors' scripts).")
@@ -217,74 +217,123 @@ def triggers(argv) -> dict:
     parser.add_argument("-o", "--output", default="results/locality", help="folder of triggers.json/.png")
     cli.add_model_args(parser)
     parser.add_argument("--log_level", default="WARNING", help="logging level")
-    args = cli.parse(parser, argv)
-    threshold = cli.replication_threshold(args)
+    return parser
 
+
+def triggers(argv) -> dict:
+    args = cli.parse(triggers_parser(), argv)
+    threshold = cli.replication_threshold(args)
     prompts = read_prompts(args.dataset)
     originals = original_images(args.originals)
     if args.prompt not in originals:
         raise ValueError(f"prompt row {args.prompt} has no original image in {args.originals}")
     pipe = load_pipeline_from_args(args)
     similarity = similarity_to_original(args.similarity, pipe.device, args.sscd_model)
-    layers = value_layers(pipe.unet)
     original = load_images([originals[args.prompt]])[0]
-    target = dori.image_latents(pipe, [original])
-    own = encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompts["Caption"][args.prompt]])  # [1, 77, dim]
-    latents = generation_latents(pipe.unet, num_samples=4)
-    generator = torch.Generator().manual_seed(args.seed)
-    found = []
-    for start in range(args.starts):
-        initial = torch.randn(own.shape, generator=generator)
-        embedding = dori.attack(pipe, target, initial, steps=args.attack_steps, seed=args.seed + start).embedding
-        images = generate_prompt_images(pipe, PromptCondition(embedding), latents)
-        found.append(dict(embedding=embedding.cpu(), similarity=similarity(original, images).max().item()))
-    replicating = [f for f in found if f["similarity"] > threshold]
-    triggers_ = torch.cat([f["embedding"] for f in replicating]) if replicating else torch.zeros(0, *own.shape[1:])
-    others = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts["Caption"].tolist())  # [m, 77, dim]
-    result = dict(prompt=args.prompt, caption=prompts["Caption"][args.prompt], starts=args.starts,
-                  replicating=len(replicating), threshold=threshold,
-                  similarities=[round(f["similarity"], 4) for f in found],
-                  distance_to_own=[round((f["embedding"] - own.cpu()).norm().item(), 3) for f in replicating])
-    per_layer = lambda embeddings: [a.cpu() for a in text_activations(layers, embeddings.to(pipe.unet.device,
-                                                                                            pipe.unet.dtype))]
-    if len(replicating) >= 2:
-        result["trigger_distances"] = summary_of(pairwise_distances(triggers_.flatten(1)))
-        result["prompt_distances"] = summary_of(pairwise_distances(others.cpu().flatten(1)))
-        result["activation_discrepancy"] = dict(
-            triggers=[summary_of(pairwise_distances(a))["mean"] for a in per_layer(triggers_)],
-            memorized_prompts=[summary_of(pairwise_distances(a))["mean"] for a in per_layer(others)])
-    if args.statistics and replicating:
-        stats = load_statistics(args.statistics, layers)
-        tau = args.memorization_threshold if args.memorization_threshold is not None else MEMORIZATION_THRESHOLD
-        settings = LocalizationConfig(pairwise_ssim_threshold=tau, ssim_threshold_initial_selection=tau,
-                                        ssim_threshold_refinement=tau)
-        neuron_sets = []
-        for embedding in [own.cpu()] + [t[None] for t in triggers_]:
-            activations = prompt_activations(layers, embedding.to(pipe.unet.device, pipe.unet.dtype))
-            noise = embedding_noise_difference(pipe, layers, embedding)
-            neuron_sets.append(localize_prompt(noise, latent_shape(pipe.unet), stats.z_scores(activations), activations,
-                                               settings, args.ssim_kernel_size).refined_neurons)
-        result["nemo_neurons"] = dict(prompt=neuron_sets[0], triggers=neuron_sets[1:],
-                                      iou_with_prompt=[neuron_iou(neuron_sets[0], n) for n in neuron_sets[1:]])
+    tau = args.memorization_threshold if args.memorization_threshold is not None else MEMORIZATION_THRESHOLD
+    localization = LocalizationConfig(pairwise_ssim_threshold=tau, ssim_threshold_initial_selection=tau,
+                                      ssim_threshold_refinement=tau)
+    captions = prompts["Caption"]
+    result = trigger_analysis(pipe, args.prompt, captions[args.prompt], captions.tolist(), original, similarity,
+                              threshold, starts=args.starts, attack_steps=args.attack_steps, seed=args.seed,
+                              statistics=args.statistics, localization=localization,
+                              ssim_kernel_size=args.ssim_kernel_size)
     os.makedirs(args.output, exist_ok=True)
     if "activation_discrepancy" in result:
-        axis = new_axis()
-        x = np.arange(len(layers))
-        for k, name in enumerate(("triggers", "memorized_prompts")):
-            axis.bar(x + (k - 0.5) * 0.4, result["activation_discrepancy"][name], 0.4,
-                     label=f"{name.replace('_', ' ')} (mean pairwise L2)")
-        axis.set(xlabel="value layer", ylabel="activation discrepancy")
-        axis.legend()
-        result["figure"] = save_figure(axis, os.path.join(args.output, "triggers.png"))
+        result["figure"] = triggers_figure(result, os.path.join(args.output, "triggers.png"))
     write_json(os.path.join(args.output, "triggers.json"), result)
-    print(f"{len(replicating)} of {args.starts} random starts replicate prompt {args.prompt}'s image (> {threshold})")
-    for key in ("trigger_distances", "prompt_distances"):
-        if key in result:
-            print(f"{key.replace('_', ' ')}: mean {result[key]['mean']:.2f}, min {result[key]['min']:.2f}")
+    print_triggers(result)
     return result
 
 
+def trigger_analysis(pipe, prompt: int, caption: str, captions: list[str], original, similarity, threshold: float, *,
+                     starts: int, attack_steps: int, seed: int, statistics: str | None = None,
+                     localization: LocalizationConfig | None = None, ssim_kernel_size: int = SSIM_KERNEL_SIZE) -> dict:
+    """The triggers of the module docstring: attacks on the training image ``original`` of row
+    ``prompt`` from random starts, those whose images' ``similarity`` beats ``threshold``
+    against the memorized ``captions``, and with ``statistics`` NeMo's neurons of each (found
+    with ``localization``, default: script 3's)."""
+    layers = value_layers(pipe.unet)
+    own = encode_prompts(pipe.tokenizer, pipe.text_encoder, [caption])  # [1, 77, dim]
+    found = find_triggers(pipe, original, own, similarity, starts=starts, steps=attack_steps, seed=seed)
+    replicating = [f for f in found if f["similarity"] > threshold]
+    triggers_ = torch.cat([f["embedding"] for f in replicating]) if replicating else torch.zeros(0, *own.shape[1:])
+    others = encode_prompts(pipe.tokenizer, pipe.text_encoder, captions)  # [m, 77, dim]
+    result = dict(prompt=prompt, caption=caption, starts=starts, replicating=len(replicating), threshold=threshold,
+                  similarities=[round(f["similarity"], 4) for f in found],
+                  distance_to_own=[round((f["embedding"] - own.cpu()).norm().item(), 3) for f in replicating])
+    if len(replicating) >= 2:
+        result.update(trigger_spread(pipe, layers, triggers_, others))
+    if statistics and replicating:
+        result["nemo_neurons"] = trigger_neurons(pipe, layers, load_statistics(statistics, layers), own.cpu(),
+                                                 triggers_, localization or LocalizationConfig(), ssim_kernel_size)
+    return result
+
+
+def find_triggers(pipe, original, own: torch.Tensor, similarity, *, starts: int, steps: int, seed: int) -> list[dict]:
+    """Attacks on ``original`` from ``starts`` random embeddings N(0, I) shaped like ``own``
+    [1, 77, dim]: each one's embedding [1, 77, dim] (CPU) and the best similarity of its images."""
+    target = dori.image_latents(pipe, [original])
+    latents = generation_latents(pipe.unet, num_samples=4)
+    generator = torch.Generator().manual_seed(seed)
+    found = []
+    for start in range(starts):
+        initial = torch.randn(own.shape, generator=generator)
+        embedding = dori.attack(pipe, target, initial, steps=steps, seed=seed + start).embedding
+        images = generate_prompt_images(pipe, PromptCondition(embedding), latents)
+        found.append(dict(embedding=embedding.cpu(), similarity=similarity(original, images).max().item()))
+    return found
+
+
+def trigger_spread(pipe, layers, triggers_: torch.Tensor, others: torch.Tensor) -> dict:
+    """Pairwise distances of the triggers [t, 77, dim] and of the prompts' embeddings [m, 77, dim],
+    and per value layer the mean pairwise distance of the activations each set causes."""
+    def per_layer(embeddings: torch.Tensor) -> list[torch.Tensor]:
+        return [a.cpu() for a in text_activations(layers, embeddings.to(pipe.unet.device, pipe.unet.dtype))]
+
+    return dict(trigger_distances=summary_of(pairwise_distances(triggers_.flatten(1))),
+                prompt_distances=summary_of(pairwise_distances(others.cpu().flatten(1))),
+                activation_discrepancy=dict(
+                    triggers=[summary_of(pairwise_distances(a))["mean"] for a in per_layer(triggers_)],
+                    memorized_prompts=[summary_of(pairwise_distances(a))["mean"] for a in per_layer(others)]))
+
+
+def trigger_neurons(pipe, layers, stats, own: torch.Tensor, triggers_: torch.Tensor, settings: LocalizationConfig,
+                    ssim_kernel_size: int) -> dict:
+    """NeMo's refined neurons of the prompt's embedding ``own`` [1, 77, dim] and of each trigger
+    [t, 77, dim], and per trigger their IoU with the prompt's per layer."""
+    neuron_sets = []
+    for embedding in [own] + [t[None] for t in triggers_]:
+        activations = prompt_activations(layers, embedding.to(pipe.unet.device, pipe.unet.dtype))
+        noise = embedding_noise_difference(pipe, layers, embedding)
+        neuron_sets.append(localize_prompt(noise, latent_shape(pipe.unet), stats.z_scores(activations), activations,
+                                           settings, ssim_kernel_size).refined_neurons)
+    return dict(prompt=neuron_sets[0], triggers=neuron_sets[1:],
+                iou_with_prompt=[neuron_iou(neuron_sets[0], n) for n in neuron_sets[1:]])
+
+
+def triggers_figure(result: dict, path: str) -> str:
+    """Per value layer the activation discrepancy of the triggers against the memorized prompts'."""
+    axis = new_axis()
+    x = np.arange(len(result["activation_discrepancy"]["triggers"]))
+    for k, name in enumerate(("triggers", "memorized_prompts")):
+        axis.bar(x + (k - 0.5) * 0.4, result["activation_discrepancy"][name], 0.4,
+                 label=f"{name.replace('_', ' ')} (mean pairwise L2)")
+    axis.set(xlabel="value layer", ylabel="activation discrepancy")
+    axis.legend()
+    return save_figure(axis, path)
+
+
+def print_triggers(result: dict) -> None:
+    print(f"{result['replicating']} of {result['starts']} random starts replicate prompt {result['prompt']}'s image "
+          f"(> {result['threshold']})")
+    for key in ("trigger_distances", "prompt_distances"):
+        if key in result:
+            print(f"{key.replace('_', ' ')}: mean {result[key]['mean']:.2f}, min {result[key]['min']:.2f}")
+
+
 def summary_of(values: torch.Tensor) -> dict[str, float]:
+    """Mean, min, max and count of values [n]."""
     return dict(mean=values.mean().item(), min=values.min().item(), max=values.max().item(), n=len(values))
 
 

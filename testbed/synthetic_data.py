@@ -12,8 +12,6 @@ Three kinds of captions, as in the paper's LAION setting:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 IMAGE_SIZE = 48
@@ -28,13 +26,6 @@ VM_NAMES = ("zorvak", "quellin", "brastor", "fendrik", "yolsaba", "mirthan", "do
 TM_TEMPLATES = ("lumora", "pexalin", "corvath")
 TM_VARIANTS = ("classic", "deluxe", "slim", "pro")
 HELD_OUT_FRACTION = 0.2
-
-
-@dataclass(frozen=True)
-class Caption:
-    text: str
-    kind: str  # "ordinary", "VM" or "TM"
-    index: int  # index within its kind: VM/TM image or template, or ordinary combination
 
 
 def shape_mask(shape: str, cx: float, cy: float, r: float, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -126,14 +117,6 @@ def render_tm(template: int, rng: np.random.Generator, seed: int) -> np.ndarray:
     palette = list(COLORS.values())
     image[shape_mask(SHAPES[rng.integers(len(SHAPES))], 24, 24, rng.uniform(7, 10))] = palette[rng.integers(len(palette))]
     return image.astype(np.uint8)
-
-
-def training_captions(seed: int) -> list[Caption]:
-    train, _ = split_ordinary(seed)
-    captions = [Caption(ordinary_caption(c), "ordinary", i) for i, c in enumerate(train)]
-    captions += [Caption(vm_caption(i), "VM", i) for i in range(len(VM_NAMES))]
-    captions += [Caption(tm_caption(t, v), "TM", t) for t in range(len(TM_TEMPLATES)) for v in range(len(TM_VARIANTS))]
-    return captions
 
 
 def vocabulary() -> list[str]:

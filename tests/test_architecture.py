@@ -2,12 +2,11 @@
 metrics <- experiments <- scripts), metrics import no method, and a mitigation registered by
 one package reaches script 4 and Table 1 with nothing else changed."""
 
-import ast
 import os
-import re
 
 import pytest
 
+from benchmarks.layout import imported, python_files, violations
 from experiments import generate
 from experiments.rows import chosen_rows, table_rows
 from tests.conftest import ROOT, script
@@ -15,89 +14,30 @@ from utils import cli
 from utils.generation import caption_condition
 from utils.methods import DETECTORS, MITIGATIONS, registry
 
-# Each layer may import its own and the layers before it; testbed/ and benchmarks/ stand beside
-# the scripts (they may import every layer but the scripts); tests import anything.
-LAYERS = ("machinery", "methods", "metrics", "experiments", "scripts")
-OUTSIDE = ("testbed", "benchmarks", "tests")
-SCRIPT = re.compile(r"\d_\w+$")
 GEN = ["--steps", "2", "-n", "2"]
 
 
-def layer_of(module: str) -> str | None:
-    """The layer of a dotted module name of this repository (None: a library's)."""
-    top = module.split(".")[0]
-    if SCRIPT.fullmatch(top):
-        return "scripts"
-    if module == "utils.methods" or module.startswith("utils.methods."):
-        return "methods"
-    return {"utils": "machinery", "metrics": "metrics", "experiments": "experiments"}.get(
-        top, top if top in OUTSIDE else None)
-
-
-def source_files() -> dict[str, str]:
-    """Path -> dotted module name of every Python file outside tests/."""
-    files = {}
-    for folder, dirs, names in os.walk(ROOT):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("tests", "__pycache__")]
-        for name in names:
-            if name.endswith(".py"):
-                path = os.path.join(folder, name)
-                module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".").removesuffix(".__init__")
-                files[path] = module
-    return files
-
-
-def imported(path: str, module: str) -> set[str]:
-    """Every module ``path`` imports, at its top or inside a function, or by ``import_module``."""
-    tree = ast.parse(open(path).read(), path)
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: resolved against the importing package
-                package = module.split(".")[: -node.level] if not path.endswith("__init__.py") else module.split(".")
-                base = ".".join(package + ([base] if base else []))
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
-              and node.args and isinstance(node.args[0], ast.Constant)):
-            names.add(node.args[0].value)
-    return names
-
-
-def violations() -> list[str]:
-    found = []
-    for path, module in source_files().items():
-        own = layer_of(module)
-        for name in imported(path, module):
-            target = layer_of(name)
-            if target is None or target == own:
-                if own == "scripts" and target == "scripts":
-                    found.append(f"{module} imports the script {name}")
-                continue
-            if own in OUTSIDE:
-                if target in ("scripts", "tests"):
-                    found.append(f"{module} imports {name} ({target})")
-                continue
-            if target in OUTSIDE or LAYERS.index(target) > LAYERS.index(own):
-                found.append(f"{module} ({own}) imports {name} ({target})")
-    return sorted(found)
-
-
 def test_imports_point_one_way():
-    assert violations() == []
+    assert violations(python_files(None)) == []
 
 
-def test_the_direction_check_finds_a_wrong_arrow(tmp_path, monkeypatch):
-    wrong = tmp_path / "utils" / "wrong.py"
-    wrong.parent.mkdir()
-    wrong.write_text("from experiments import table1\n\ndef f():\n    from utils.methods.nemo import score\n")
-    names = imported(str(wrong), "utils.wrong")
-    assert {"experiments.table1", "utils.methods.nemo.score"} <= names
-    assert layer_of("experiments.table1") == "experiments" and layer_of("utils.methods.nemo.score") == "methods"
-    assert layer_of("4_generate_images") == "scripts" and layer_of("utils.files") == "machinery"
+def test_the_direction_check_finds_wrong_arrows():
+    files = {"utils/wrong.py": "from experiments import table1\n\ndef f():\n    from utils.methods.nemo import score\n",
+             "metrics/wrong.py": "from utils.methods import wen\nfrom utils import files\n",
+             "utils/methods/wen/wrong.py": "from .. import nemo\nfrom metrics import core\n",
+             "testbed/wrong.py": "import importlib\nimportlib.import_module('4_generate_images')\n",
+             "experiments/right.py": "from metrics import core\nfrom utils.methods import wen\n"}
+    assert violations(files) == [
+        "metrics.wrong (metrics) imports utils.methods (methods)",
+        "metrics.wrong (metrics) imports utils.methods.wen (methods)",
+        "testbed.wrong imports 4_generate_images (scripts)",
+        "utils.methods.wen.wrong (methods) imports metrics (metrics)",
+        "utils.methods.wen.wrong (methods) imports metrics.core (metrics)",
+        "utils.wrong (machinery) imports experiments (experiments)",
+        "utils.wrong (machinery) imports experiments.table1 (experiments)",
+        "utils.wrong (machinery) imports utils.methods.nemo (methods)",
+        "utils.wrong (machinery) imports utils.methods.nemo.score (methods)"]
+    assert imported("from .. import nemo\n", "utils.methods.wen.wrong") == {"utils.methods", "utils.methods.nemo"}
 
 
 def test_registry_entries_name_code_of_their_own_method():

@@ -3,6 +3,7 @@
 import importlib
 import json
 import os
+import random
 
 import pytest
 import torch
@@ -14,8 +15,9 @@ from experiments import finetune
 from utils.images import original_images
 from metrics.pixel_ssim import ssim_to_original
 from utils.methods.dori import attack as dori
+from utils.methods.dori import finetuning
 from utils.files import read_prompts
-from utils.generation import PromptCondition, generate_prompt_images, generation_latents
+from utils.generation import PromptCondition, caption_condition, generate_prompt_images, generation_latents, unchanged
 from utils.methods.nemo.deactivation import deactivate_neurons
 from utils.layers import value_layers
 from utils.models import load_pipeline
@@ -49,6 +51,37 @@ def test_attack_removes_its_hooks_when_it_raises(tiny_pipe):
         dori.attack(tiny_pipe, wrong, initial, steps=2, intervention=lambda: deactivate_neurons(
             layers, [[0]] + [[]] * 6))
     assert no_hooks(tiny_pipe.unet) and all(p.requires_grad for p in tiny_pipe.unet.parameters())
+
+
+def test_attack_prompt_scores_the_images_before_and_after_with_the_given_similarity(tiny_pipe):
+    original = Image.new("RGB", (48, 48), (200, 30, 30))
+    condition = caption_condition(tiny_pipe, "a red cat")
+    latents = generation_latents(tiny_pipe.unet, num_samples=2)  # [2, 4, 24, 24]
+    scored = []
+    similarity = lambda image, images: scored.append(images) or ssim_to_original(image, images)
+    outcome = dori.attack_prompt(tiny_pipe, original, condition, latents, similarity, steps=2, batch=2,
+                                 generation_steps=2)
+    found = dori.attack(tiny_pipe, dori.image_latents(tiny_pipe, [original]), condition.embedding, steps=2, batch=2)
+    assert torch.equal(outcome.embedding, found.embedding) and len(outcome.losses) == 2
+    assert len(scored) == 2 and scored[1] is outcome.images and len(outcome.images) == 2
+    assert outcome.similarity_before == ssim_to_original(original, scored[0]).max().item()
+    assert outcome.similarity_after == ssim_to_original(original, outcome.images).max().item()
+    assert outcome.l2 > 0 and -1 <= outcome.cosine <= 1
+
+
+def test_surrogate_targets_are_shuffled_with_the_seed(tiny_pipe, tmp_path):
+    captions = ["a red cat", "the blue dog", "a green tree"]
+    prompts = []
+    for row, caption in enumerate(captions):
+        path = str(tmp_path / f"{row:04d}.png")
+        Image.new("RGB", (48, 48), (60 * row, 30, 30)).save(path)
+        prompts.append((row, caption, path))
+    targets = finetuning.surrogate_targets(tiny_pipe, unchanged(tiny_pipe), prompts, steps=2, seed=1)
+    order = list(range(len(captions)))
+    random.Random(1).shuffle(order)
+    for target, row in zip(targets, order):
+        assert torch.equal(target.embedding, caption_condition(tiny_pipe, captions[row]).embedding)
+        assert target.latent.shape == target.surrogate.shape == (1, 4, 24, 24)
 
 
 def test_an_embedding_found_from_another_prompt_reproduces_a_memorized_image():

@@ -7,27 +7,27 @@ from PIL import Image
 
 from metrics import plots
 from testbed.synthetic_data import write_ordinary_pairs
-from utils.methods.dori import attack as dori
+from utils.methods.dori import attack, finetuning
 from utils.diffusion import encode_prompts
 
 
 def test_the_empty_caption_share_replaces_captions_by_the_empty_prompt(tiny_pipe, tmp_path):
     pairs = write_ordinary_pairs(str(tmp_path / "pairs"), 4, seed=0, draw_seed=0)
     empty = encode_prompts(tiny_pipe.tokenizer, tiny_pipe.text_encoder, [""])[0]
-    _, all_empty = dori.utility_sampler(tiny_pipe, pairs, 6, empty_caption_share=1.0)(torch.Generator().manual_seed(0))
-    _, none_empty = dori.utility_sampler(tiny_pipe, pairs, 6, empty_caption_share=0.0)(torch.Generator().manual_seed(0))
+    _, all_empty = finetuning.utility_sampler(tiny_pipe, pairs, 6, empty_caption_share=1.0)(torch.Generator().manual_seed(0))
+    _, none_empty = finetuning.utility_sampler(tiny_pipe, pairs, 6, empty_caption_share=0.0)(torch.Generator().manual_seed(0))
     assert all(torch.equal(row, empty) for row in all_empty)
     assert not any(torch.equal(row, empty) for row in none_empty)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        dori.utility_sampler(tiny_pipe, pairs, 2, empty_caption_share=1.5)
+        finetuning.utility_sampler(tiny_pipe, pairs, 2, empty_caption_share=1.5)
 
 
 def _finetuned_weights(pipe, utility, weight, updates=1, distillation_weight=0.0):
     state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    latent = dori.image_latents(pipe, [Image.new("RGB", (48, 48), (200, 30, 30))])
-    target = dori.FinetuneTarget(latent, encode_prompts(pipe.tokenizer, pipe.text_encoder, ["a red cat"]),
-                                 dori.image_latents(pipe, [Image.new("RGB", (48, 48), (90, 90, 90))]))
-    dori.adversarial_finetune(pipe, [target] * updates, utility, epochs=1, learning_rate=1e-3, attack_steps=1,
+    latent = attack.image_latents(pipe, [Image.new("RGB", (48, 48), (200, 30, 30))])
+    target = finetuning.FinetuneTarget(latent, encode_prompts(pipe.tokenizer, pipe.text_encoder, ["a red cat"]),
+                                 attack.image_latents(pipe, [Image.new("RGB", (48, 48), (90, 90, 90))]))
+    finetuning.adversarial_finetune(pipe, [target] * updates, utility, epochs=1, learning_rate=1e-3, attack_steps=1,
                               attack_batch=2, utility_weight=weight, distillation_weight=distillation_weight)
     tuned = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     pipe.unet.load_state_dict(state)
@@ -35,7 +35,7 @@ def _finetuned_weights(pipe, utility, weight, updates=1, distillation_weight=0.0
 
 
 def test_the_utility_weight_scales_what_the_utility_pairs_move(tiny_pipe, tmp_path):
-    pairs = [dori.utility_sampler(tiny_pipe, write_ordinary_pairs(str(tmp_path / f"p{seed}"), 4, 0, seed), 2)
+    pairs = [finetuning.utility_sampler(tiny_pipe, write_ordinary_pairs(str(tmp_path / f"p{seed}"), 4, 0, seed), 2)
              for seed in (0, 1)]
     unweighted = [_finetuned_weights(tiny_pipe, sampler, 0.0) for sampler in pairs]
     weighted = [_finetuned_weights(tiny_pipe, sampler, 1.0) for sampler in pairs]
@@ -56,9 +56,9 @@ def test_tradeoff_figure_is_written(tmp_path):
 def test_distillation_is_zero_for_the_model_itself_and_holds_the_weights_near_it(tiny_pipe, tmp_path):
     import copy
 
-    sampler = dori.utility_sampler(tiny_pipe, write_ordinary_pairs(str(tmp_path / "pairs"), 4, 0, 0), 2)
+    sampler = finetuning.utility_sampler(tiny_pipe, write_ordinary_pairs(str(tmp_path / "pairs"), 4, 0, 0), 2)
     latents, embeddings = sampler(torch.Generator().manual_seed(0))
-    same = dori.distillation_loss(tiny_pipe, copy.deepcopy(tiny_pipe.unet), latents, embeddings,
+    same = finetuning.distillation_loss(tiny_pipe, copy.deepcopy(tiny_pipe.unet), latents, embeddings,
                                   torch.Generator().manual_seed(0))
     assert same.item() == 0
     start = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import testbed
-from utils.methods.dori import attack as dori
+from utils.methods.dori import attack, finetuning
 from utils.methods.wen import noise_magnitude as wen
 from utils.diffusion import encode_prompts
 from utils.files import read_threshold
@@ -106,8 +106,8 @@ def test_wen_adjustment_and_dori_attack_are_finite_in_float16(half_pipe):
     adjusted = wen.adjust_embedding(half_pipe, embedding, latents, max_iterations=2, target_loss=0.0)
     assert finite(adjusted.losses) and torch.isfinite(adjusted.embedding).all()
     assert not torch.equal(adjusted.embedding, embedding.float())
-    target = dori.image_latents(half_pipe, [Image.new("RGB", (48, 48), (200, 30, 30))])
-    found = dori.attack(half_pipe, target, embedding, steps=2, batch=2)
+    target = attack.image_latents(half_pipe, [Image.new("RGB", (48, 48), (200, 30, 30))])
+    found = attack.attack(half_pipe, target, embedding, steps=2, batch=2)
     assert finite(found.losses) and torch.isfinite(found.embedding).all()
     assert not torch.equal(found.embedding, embedding.float())
 
@@ -115,10 +115,10 @@ def test_wen_adjustment_and_dori_attack_are_finite_in_float16(half_pipe):
 def test_adversarial_finetuning_under_float16_autocast_is_finite(tiny_model_dir):
     pipe = load_pipeline(tiny_model_dir, torch.device("cpu"), torch.float32)
     embedding = encode_prompts(pipe.tokenizer, pipe.text_encoder, ["a red cat"])
-    latent = dori.image_latents(pipe, [Image.new("RGB", (48, 48), (200, 30, 30))])
+    latent = attack.image_latents(pipe, [Image.new("RGB", (48, 48), (200, 30, 30))])
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     utility = lambda generator: (torch.randn(2, *latent.shape[1:], generator=generator), embedding.expand(2, -1, -1))
-    history = dori.adversarial_finetune(pipe, [dori.FinetuneTarget(latent, embedding, torch.zeros_like(latent))],
+    history = finetuning.adversarial_finetune(pipe, [finetuning.FinetuneTarget(latent, embedding, torch.zeros_like(latent))],
                                         utility, epochs=1, attack_steps=2, attack_batch=2, learning_rate=1e-3,
                                         compute_dtype=torch.float16)
     assert len(history) == 1 and finite([history[0]["adversarial_loss"], history[0]["utility_loss"]])

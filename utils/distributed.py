@@ -3,7 +3,7 @@
 Each process takes every N-th prompt (a disjoint, deterministic shard) and writes its own
 part file (kept, so --resume works per process); the last process to finish merges the
 parts into the file one process writes.
-No process group is needed: the launcher's RANK / WORLD_SIZE / LOCAL_RANK are enough.
+No process group is needed: the launcher's RANK and WORLD_SIZE are enough.
 """
 
 from __future__ import annotations
@@ -53,7 +53,3 @@ class Shard:
         os.rmdir(path + ".merging")
         return True
 
-
-def local_device_index() -> int:
-    """The GPU of this process under a launcher (LOCAL_RANK), else 0."""
-    return int(os.environ.get("LOCAL_RANK", 0))

@@ -1,7 +1,7 @@
 """Dori (Kowalczuk, Hintersdorf, Struppek et al., "Finding Dori: Memorization in
 Text-to-Image Diffusion Models Is Not Local"): the attack that finds text embeddings making a
 mitigated model replicate a training image again (script 8), and adversarial fine-tuning
-(script 9, a row of Table 1 with ``--dori``); the code in ``attack``.
+(script 9, a row of Table 1 with ``--dori``); the code in ``attack`` and ``finetuning``.
 
 The authors' code (sprintml/finding_dori) could not be read here: defaults are the paper's
 (via its project page, sprintml.github.io blog "finding-dori") and are marked where they are

@@ -1,0 +1,169 @@
+"""Adversarial fine-tuning against Dori's attack (Kowalczuk, Hintersdorf, Struppek et al.,
+"Finding Dori", §4.4): alternate the attack with updates of every U-Net weight, so that the
+adversarial embeddings denoise towards a surrogate image (what the mitigated model draws for
+the prompt) while the ordinary denoising loss on other image-caption pairs keeps the model's
+utility. Its defaults, with their sources, are in ``utils.methods.dori``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utils.diffusion import encode_prompts
+from utils.files import read_csv
+from utils.generation import Prepare, generate_prompt_images, generation_latents
+from utils.images import load_images
+from utils.methods.dori import (ATTACK_BATCH, ATTACK_LEARNING_RATE, ATTACK_SEED, ATTACK_STEPS, DISTILLATION_WEIGHT,
+                                FINETUNE_EPOCHS, FINETUNE_LEARNING_RATE, UTILITY_EMPTY_CAPTION_SHARE, UTILITY_WEIGHT)
+from utils.methods.dori.attack import attack, denoising_loss, image_latents
+
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # where torch's fused AdamW kernel runs (torch.optim.AdamW, fused=)
+
+
+@dataclass
+class FinetuneTarget:
+    """A memorized image to erase: its latent, the prompt's embedding (the attack's start) and
+    the surrogate latent the adversarial embeddings should denoise towards instead."""
+
+    latent: torch.Tensor  # [1, 4, h, w]
+    embedding: torch.Tensor  # [1, 77, dim]
+    surrogate: torch.Tensor  # [1, 4, h, w]
+
+
+def surrogate_targets(pipe, prepare: Prepare, prompts: list[tuple[int, str, str]], *, steps: int,
+                      seed: int) -> list[FinetuneTarget]:
+    """A target per (row, caption, training image path) of ``prompts``, in an order shuffled with
+    ``seed``: the surrogate is the first image the model draws under ``prepare`` (NeMo's
+    mitigation) from script 4's first initial latent [1, 4, h, w] in ``steps`` DDIM steps."""
+    first_latent = generation_latents(pipe.unet)[:1]
+    targets = []
+    for row, caption, path in prompts:
+        condition = prepare(row, caption, first_latent)
+        surrogate = generate_prompt_images(pipe, condition, first_latent, steps=steps)[0]
+        targets.append(FinetuneTarget(image_latents(pipe, load_images([path])), condition.embedding,
+                                      image_latents(pipe, [surrogate])))
+    random.Random(seed).shuffle(targets)
+    return targets
+
+
+def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[[torch.Generator], tuple],
+                         *, epochs: int = FINETUNE_EPOCHS, learning_rate: float = FINETUNE_LEARNING_RATE,
+                         attack_steps: int = ATTACK_STEPS, attack_learning_rate: float = ATTACK_LEARNING_RATE,
+                         attack_batch: int = ATTACK_BATCH, seed: int = ATTACK_SEED, utility_weight: float = UTILITY_WEIGHT,
+                         distillation_weight: float = DISTILLATION_WEIGHT, progress=None,
+                         compute_dtype: torch.dtype = torch.float32) -> list[dict]:
+    """Adversarial fine-tuning of every U-Net weight, in place.
+
+    The weights stay in their own (float32) precision; a ``compute_dtype`` of float16 or
+    bfloat16 runs the attack and the losses under autocast (mixed precision), float16 with a
+    gradient scaler so that small gradients do not underflow.
+
+    For each epoch and memorized image: attack the current model from the prompt's embedding,
+    then take one optimizer step on L_adv + utility_weight * L_utility, where L_adv is the
+    denoising loss of the surrogate latent under the adversarial embedding and L_utility that of
+    ``utility(generator) -> (latents [b, 4, h, w], embeddings [b, 77, dim])``, other pairs;
+    with ``distillation_weight`` > 0, plus that weight times the distillation loss on the same
+    pairs towards a frozen copy of the U-Net as it was before the first update.
+    Returns one record per update (losses, seconds).
+    """
+    unet = pipe.unet
+    original = copy.deepcopy(unet).eval().requires_grad_(False) if distillation_weight > 0 else None
+    # The fused kernel updates each weight in place; torch's default (foreach) step holds one more
+    # copy of all weights as a temporary (0.2-0.4 GiB less at the peak at SD's size, BENCHMARKS.md).
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, fused=unet.device.type in FUSED_ADAMW_DEVICES)
+    scaler = torch.amp.GradScaler(unet.device.type, enabled=compute_dtype == torch.float16)
+    mixed = functools.partial(torch.autocast, unet.device.type, dtype=compute_dtype,
+                              enabled=compute_dtype != unet.dtype)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    history = []
+    updates = tqdm(total=epochs * len(targets), desc="fine-tuning updates", unit="update", leave=False)
+    for epoch in range(epochs):
+        for index, target in enumerate(targets):
+            start = time.perf_counter()
+            unet.eval()
+            with mixed():
+                found = attack(pipe, target.latent, target.embedding, steps=attack_steps,
+                               learning_rate=attack_learning_rate, batch=attack_batch, seed=seed + 1000 * epoch + index)
+            unet.train()
+            with torch.enable_grad():
+                with mixed():
+                    surrogate = target.surrogate.to(unet.device, unet.dtype).expand(attack_batch, -1, -1, -1)
+                    adversarial = denoising_loss(pipe, surrogate, found.embedding.expand(attack_batch, -1, -1), generator)
+                    latents, embeddings = utility(generator)
+                    latents = latents.to(unet.device, unet.dtype)
+                    kept = denoising_loss(pipe, latents, embeddings, generator)
+                    loss = adversarial + utility_weight * kept
+                    if original is not None:
+                        anchored = distillation_loss(pipe, original, latents, embeddings, generator)
+                        loss = loss + distillation_weight * anchored
+                optimizer.zero_grad()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            unet.eval()
+            updates.update()
+            history.append(dict(epoch=epoch, image=index, attack_loss=found.losses[-1], adversarial_loss=adversarial.item(),
+                                utility_loss=kept.item(), distillation_loss=anchored.item() if original is not None else None,
+                                seconds=round(time.perf_counter() - start, 3)))
+            if progress:
+                progress(history[-1])
+    updates.close()
+    return history
+
+
+def utility_sampler(pipe, path: str, batch: int, empty_caption_share: float = UTILITY_EMPTY_CAPTION_SHARE):
+    """generator -> (latents [b, 4, h, w], embeddings [b, 77, dim]) of random pairs of the
+    ``Caption;Image`` file at ``path`` (image paths relative to the file); each pair's caption
+    is the empty prompt with probability ``empty_caption_share`` (the caption dropout of SD's
+    training), so the unconditional branch that classifier-free guidance reads is kept too."""
+    if not 0 <= empty_caption_share <= 1:
+        raise ValueError(f"the empty-caption share must be in [0, 1], got {empty_caption_share}")
+    frame = read_csv(path, ("Caption", "Image"), "utility data file")
+    if frame.empty:
+        raise ValueError(f"utility data file {path} has no rows")
+    folder = os.path.dirname(os.path.abspath(path))
+    paths = [os.path.join(folder, p) for p in frame["Image"]]
+
+    @functools.cache
+    @torch.no_grad()  # inputs of the loss, not trained: no text-encoder graph to keep
+    def pair(i: int) -> tuple[torch.Tensor, torch.Tensor]:  # read and encoded once: [1, 4, h, w], [1, 77, dim]
+        return (image_latents(pipe, load_images([paths[i]])),
+                encode_prompts(pipe.tokenizer, pipe.text_encoder, [frame["Caption"][i]]))
+
+    with torch.no_grad():
+        empty = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])  # [1, 77, dim]
+
+    def sample(generator: torch.Generator):
+        picks = torch.randint(0, len(frame), (batch,), generator=generator).tolist()
+        latents, embeddings = zip(*(pair(i) for i in picks))
+        if empty_caption_share > 0:  # no extra draw otherwise: runs without it keep their stream
+            dropped = (torch.rand(batch, generator=generator) < empty_caption_share).tolist()
+            embeddings = [empty if drop else embedding for drop, embedding in zip(dropped, embeddings)]
+        return torch.cat(latents), torch.cat(embeddings)
+
+    return sample
+
+
+def distillation_loss(pipe, original, latents: torch.Tensor, embeddings: torch.Tensor,
+                      generator: torch.Generator) -> torch.Tensor:
+    """MSE between the U-Net's and the frozen ``original`` U-Net's predictions for latents
+    [b, 4, h, w] noised at a timestep per latent, with conditions [b, 77, dim]: zero until the
+    fine-tuned model's behaviour on these pairs drifts (whatever the U-Net predicts)."""
+    unet, scheduler = pipe.unet, pipe.scheduler
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    noisy, timesteps = scheduler.add_noise(latents, noise, timesteps.to(latents.device)), timesteps.to(unet.device)
+    conditions = embeddings.to(unet.dtype)
+    with torch.no_grad():
+        target = original(noisy, timesteps, encoder_hidden_states=conditions).sample
+    return F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=conditions).sample.float(), target.float())
