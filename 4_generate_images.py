@@ -52,7 +52,8 @@ def add_mode_args(parser) -> None:
                    help="stop once || eps(e) - eps(empty) || over the latents is at or below this (README's "
                         "--optim_target_loss 3, for 4 SD latents of 4x64x64)")
     w.add_argument("--wen_timestep_index", type=cli.non_negative_int, default=defaults.WEN_TARGET_STEP,
-                   help="schedule index of the loss's timestep (--optim_target_steps)")
+                   help="schedule index of the loss's timestep (--optim_target_steps); past 0 the latents are first "
+                        "denoised to it with the caption and -g, as their aug_prompt")
     w.add_argument("--wen_samples", type=cli.positive_int, default=defaults.WEN_OPTIMIZATION_SAMPLES,
                    help="the prompt's first N generation latents the loss is taken over (--num_images_per_prompt)")
     r = parser.add_argument_group("--ren settings (defaults: renjie3/MemAttn local_cmd_inference_time_mitigation.sh)")
@@ -92,7 +93,7 @@ def preparation(args, pipe, neuron_sets: dict):
     if args.wen:
         settings = mitigation.WenSettings(args.wen_learning_rate, args.wen_max_iterations, args.wen_target_loss,
                                           args.wen_timestep_index, args.wen_samples)
-        return mitigation.with_adjusted_embedding(pipe, settings, args.steps)
+        return mitigation.with_adjusted_embedding(pipe, settings, args.steps, args.guidance_scale)
     if args.ren:
         return mitigation.with_attention_scaling(pipe, args.ren_factor, not args.ren_no_mask, args.guidance_scale)
     if args.random_tokens is not None:

@@ -45,16 +45,18 @@ class WenSettings:
     samples: int = WEN_OPTIMIZATION_SAMPLES  # the first latents of the prompt's generation
 
 
-def with_adjusted_embedding(pipe, settings: WenSettings = WenSettings(), steps: int = GENERATION_STEPS) -> Prepare:
+def with_adjusted_embedding(pipe, settings: WenSettings = WenSettings(), steps: int = GENERATION_STEPS,
+                            guidance_scale: float = GUIDANCE_SCALE) -> Prepare:
     """Wen et al.: the caption's embedding adjusted on the prompt's first ``settings.samples``
-    generation latents, then used for all of its images."""
+    generation latents (denoised to the loss's timestep by the generation's ``steps`` and
+    ``guidance_scale`` when it is not the first), then used for all of its images."""
 
     def prepare(_index: int, caption: str, latents) -> PromptCondition:
         start = time.perf_counter()
         condition = caption_condition(pipe, caption)
         adjustment = wen.adjust_embedding(pipe, condition.embedding, latents[: settings.samples],
                                           timestep_index=settings.timestep_index, steps=steps,
-                                          learning_rate=settings.learning_rate,
+                                          guidance_scale=guidance_scale, learning_rate=settings.learning_rate,
                                           max_iterations=settings.max_iterations, target_loss=settings.target_loss)
         condition.embedding = adjustment.embedding
         condition.record = dict(wen_losses=[round(l, 4) for l in adjustment.losses],
