@@ -145,11 +145,13 @@ def pixel_differences(folder: str, paths: list[str], clip_embedder, work: str) -
     quality.folder_features(folder, quality.FeatureExtractor(recorder), torch.device("cpu"), num_workers=0)
     clip_fid = received(clip_embedder.model.vision_model, lambda: quality.folder_features(
         folder, quality.clip_extractor(clip_embedder), torch.device("cpu"), num_workers=0))
-    clip_fid_reference = clip_fid_normalize(clean_fid_inputs(paths, lambda a: clip_fid_resize(a, clip_embedder.image_size)))
+    size = clip_embedder.image_size
+    clip_fid_reference = clip_fid_normalize(clean_fid_inputs(paths, lambda image: clip_fid_resize(image, size)))
+    inception = torch.cat(recorder.inputs)  # [n, 3, 299, 299] in 0..255 already
     return {
         "A_CLIP (clip.load)": grey_levels(clip_pixels, clip_reference, CLIP_STD),
         "SSCD (skew_320)": grey_levels(sscd(images).reshape(sscd_reference.shape), sscd_reference, SSCD_STD),
-        "FID/KID (clean-fid Inception)": (torch.cat(recorder.inputs) - clean_fid_inputs(paths, clean_resize)).abs().max().item(),
+        "FID/KID (clean-fid Inception)": (inception - clean_fid_inputs(paths, clean_resize)).abs().max().item(),
         "CLIP-FID (clean-fid clip_vit_b_32)": grey_levels(clip_fid, clip_fid_reference, CLIP_STD),
     }
 

@@ -81,8 +81,8 @@ def test_clip_captions_are_tokenized_as_clip_tokenize(clip_b32, caplog):
     from open_clip.tokenizer import SimpleTokenizer
     from transformers import CLIPTokenizer
 
-    captions = ["The Famous  Cat\tPoster", "Tom &amp;amp; Jerry &quot;Movie&quot;", "cafÃ© au lait", "a &lt;b&gt; c <i>",
-                " ".join(["word"] * 80)]
+    captions = ["The Famous  Cat\tPoster", "Tom &amp;amp; Jerry &quot;Movie&quot;", "cafÃ© au lait",
+                "a &lt;b&gt; c <i>", " ".join(["word"] * 80)]
     reference = SimpleTokenizer()(captions, context_length=77)  # long captions cut as clip's truncate=True
     tokenizer = CLIPTokenizer.from_pretrained(clip_b32)
     ids = clip_token_ids(tokenizer, captions)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from utils.defaults import (GENERATION_STEPS, GUIDANCE_SCALE, WEN_LEARNING_RATE, WEN_MAX_ITERATIONS, WEN_SCORE_GUIDANCE_SCALE,
-                            WEN_SCORE_STEPS, WEN_TARGET_LOSS, WEN_TARGET_STEP)
+from utils.defaults import (GENERATION_STEPS, GUIDANCE_SCALE, WEN_LEARNING_RATE, WEN_MAX_ITERATIONS,
+                            WEN_SCORE_GUIDANCE_SCALE, WEN_SCORE_STEPS, WEN_TARGET_LOSS, WEN_TARGET_STEP)
 from utils.diffusion import encode_prompts, predicted_noise, schedule_timestep
 from utils.generation import stop_after
 from utils.hooks import edit_calls, edit_outputs
