@@ -8,13 +8,15 @@ levels, between what each metric's model receives and what the authors' code (or
 gives it: CLIP of A_CLIP (``clip.load``'s preprocess), SSCD (the authors' ``skew_320``),
 clean-fid's Inception input (FID, KID) and its CLIP-FID input. Then A_CLIP per prompt with
 the suite's former preprocessing (transformers' ``CLIPImageProcessor`` and tokenizer) and
-with the present one.
+with the present one. With --captions, how many captions of those prompt files the former
+tokenization (transformers' own text cleaning) gives other token ids than ``clip.tokenize``.
 
 No CLIP weights can be downloaded here, so the default CLIP is testbed.rehearsal's seeded
 stand-in shaped like openai/clip-vit-base-patch32 (its real tokenizer, random weights): the
 A_CLIP figures show how much the preprocessing moves a score, not real alignments.
 
     PYTHONPATH=. python -m benchmarks.preprocessing    # 2.5 minutes on 2 CPU cores; writes a 580 MB stand-in
+    PYTHONPATH=. python -m benchmarks.preprocessing --captions prompts/memorized_laion_prompts.csv
     PYTHONPATH=. python -m benchmarks.preprocessing --clip-model openai/clip-vit-base-patch32
 """
 
@@ -181,6 +183,22 @@ def former_alignment(clip_source: str, captions: dict[int, str], images: dict[in
     return scores, largest
 
 
+def token_differences(tokenizer, captions: list[str]) -> dict:
+    """How many captions the former tokenization (transformers' own cleaning) gives other token
+    ids than ``clip.tokenize``'s (up to the end token), with up to 3 of them, and how many are
+    longer than 77 tokens."""
+    from metrics.embedders import CLIP_CONTEXT_LENGTH, clip_token_ids
+
+    present = clip_token_ids(tokenizer, captions)
+    differ = []
+    for caption, ids in zip(captions, present):
+        former = tokenizer(caption, truncation=True, max_length=CLIP_CONTEXT_LENGTH).input_ids
+        if ids[: len(former)].tolist() != former or (len(former) < CLIP_CONTEXT_LENGTH and ids[len(former)] != 0):
+            differ.append(caption)
+    longer = sum(len(tokenizer(caption).input_ids) > CLIP_CONTEXT_LENGTH for caption in captions)
+    return dict(captions=len(captions), other_tokens=len(differ), examples=differ[:3], over_77_tokens=longer)
+
+
 def main(argv=None) -> dict:
     from metrics.alignment import prompt_alignment
     from metrics.embedders import CLIPEmbedder
@@ -194,6 +212,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--clip-model", default=None, help="CLIP folder or hub id (default: the seeded stand-in)")
     parser.add_argument("--output", default=os.path.join("demo_output", "preprocessing"),
                         help="folder of the images, the stand-ins and preprocessing.json")
+    parser.add_argument("--captions", nargs="*", default=[],
+                        help="prompt files whose captions are tokenized both ways (e.g. the authors' prompts/*.csv)")
     args = parser.parse_args(argv)
     os.makedirs(args.output, exist_ok=True)
     clip_source = args.clip_model or rehearsal.write(["clip-b32"], args.output)["clip-b32"]
@@ -220,6 +240,8 @@ def main(argv=None) -> dict:
             largest_pixel_difference=differences,
             alignment={captions[p]: dict(type=frame["type"][p], before=before[p], after=after[p],
                                          difference=after[p] - before[p]) for p in images})
+    report["captions"] = {path: token_differences(embedder.tokenizer, read_prompts(path)["Caption"].astype(str).tolist())
+                          for path in args.captions}
     print(json.dumps(report, indent=1))
     write_json(os.path.join(args.output, "preprocessing.json"), report)
     return report
