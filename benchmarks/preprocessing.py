@@ -23,7 +23,6 @@ A_CLIP figures show how much the preprocessing moves a score, not real alignment
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 
@@ -205,6 +204,8 @@ def main(argv=None) -> dict:
     from utils.images import generated_images
     from testbed import rehearsal
     from testbed.table1 import BEDS, write_csv
+    from experiments import generate
+    from utils import cli
     from utils.files import read_prompts
     from utils.outputs import write_json
 
@@ -227,8 +228,7 @@ def main(argv=None) -> dict:
         prompt_file = os.path.join(args.output, f"{name}_prompts.csv")
         write_csv(frame, prompt_file)
         folder = os.path.join(args.output, f"{name}_images")
-        importlib.import_module("4_generate_images").main(["-v", bed.model, "--prompts", prompt_file, "-o", folder,
-                                                           "--log_level", "WARNING"])
+        cli.run_step(generate, version=bed.model, prompts=prompt_file, output=folder)
         images = generated_images(folder)
         captions = dict(enumerate(frame["Caption"]))
         paths = [p for prompt_paths in images.values() for p in prompt_paths]
