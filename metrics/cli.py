@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 def add_clip_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip-model", default=CLIP_MODEL,
-                        help="CLIP ViT-B/32: hub id or local folder with CLIPModel + CLIPProcessor")
+                        help="CLIP ViT-B/32: hub id or local folder with CLIPModel + its tokenizer")
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:

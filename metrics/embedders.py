@@ -5,11 +5,14 @@ Every image embedder maps a list of PIL images to a float tensor [n_images, dim]
 
 from __future__ import annotations
 
+import html
 import logging
 import os
+import re
 
 import torch
 import torch.nn.functional as F
+from ftfy import fix_text
 from PIL import Image
 from torchvision import transforms
 from torchvision.transforms.functional import to_tensor
@@ -25,6 +28,13 @@ SSCD_SIZE = 320  # resize to 320x320, no crop (SPEC §6)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # SSCD's input normalization (SPEC §6)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PIXEL_SIZE = 32  # side of the pixel stand-in's thumbnails
+# CLIP (the authors' metric scripts: clip.load("ViT-B/32"); clean-fid's CLIP-FID, cleanfid/clip_features.py).
+# Images: shorter side resized to the model's size with PIL's bicubic filter, centre crop, these
+# mean and std (openai/CLIP clip/clip.py ``_transform``; clean-fid normalizes with the same).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_CONTEXT_LENGTH = 77  # clip.tokenize: start token, caption tokens, end token, zeros
+CLIP_PADDING_ID = 0  # clip.tokenize pads with zeros
 EMBEDDERS = ("sscd", "pixel", "clip")
 
 
@@ -75,27 +85,56 @@ class PixelEmbedder:
         return F.normalize(flat - flat.mean(1, keepdim=True), dim=1)
 
 
+def clip_caption(text: str) -> str:
+    """A caption as OpenAI CLIP's tokenizer cleans it before BPE (clip/simple_tokenizer.py:
+    ftfy, HTML entities unescaped twice, whitespace runs to one space, lower case)."""
+    text = html.unescape(html.unescape(fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def clip_token_ids(tokenizer, texts: list[str]) -> torch.Tensor:
+    """Token ids [n, 77] of the captions as ``clip.tokenize`` lays them out, ``tokenizer``
+    being CLIP's BPE (transformers). A caption longer than 77 tokens, which ``clip.tokenize``
+    refuses, is cut as its ``truncate=True`` cuts: the first 76 tokens, then the end token
+    (a warning names it)."""
+    ids = torch.full((len(texts), CLIP_CONTEXT_LENGTH), CLIP_PADDING_ID, dtype=torch.long)
+    for i, text in enumerate(texts):
+        tokens = tokenizer(clip_caption(text)).input_ids  # [start, BPE tokens, end]
+        if len(tokens) > CLIP_CONTEXT_LENGTH:
+            logger.warning("caption of %d CLIP tokens cut to %d: %r", len(tokens), CLIP_CONTEXT_LENGTH, text)
+            tokens = tokens[:CLIP_CONTEXT_LENGTH - 1] + tokens[-1:]
+        ids[i, :len(tokens)] = torch.tensor(tokens)
+    return ids
+
+
 class CLIPEmbedder:
-    """CLIP through transformers (``CLIPModel``/``CLIPProcessor``) from the hub or a local folder:
-    images -> [n, projection_dim], captions -> [n, projection_dim]."""
+    """CLIP through transformers (``CLIPModel`` and its tokenizer) from the hub or a local folder:
+    images -> [n, projection_dim], captions -> [n, projection_dim]. Images and captions reach
+    the model as OpenAI's ``clip`` package prepares them (the authors' ``clip.load`` and
+    ``clip.tokenize``), not as transformers' processor does."""
 
     name = "clip"
 
     def __init__(self, source: str, device: torch.device):
         self.label = f"clip ({source})"
-        from transformers import CLIPModel, CLIPProcessor
+        from transformers import CLIPModel, CLIPTokenizer
 
         try:
             self.model = CLIPModel.from_pretrained(source).to(device).eval()
-            self.processor = CLIPProcessor.from_pretrained(source)
+            self.tokenizer = CLIPTokenizer.from_pretrained(source)
         except (OSError, ValueError) as error:  # hub, network and file errors alike end in one line
             first_line = (str(error).splitlines() or [type(error).__name__])[0]
             raise ValueError(f"could not load CLIP model {source} ({first_line}); "
-                             "pass a local folder of CLIPModel + CLIPProcessor with --clip-model") from None
+                             "pass a local folder of CLIPModel + its tokenizer with --clip-model") from None
         self.device = device
         self.image_size = self.model.config.vision_config.image_size  # 224 for ViT-B/32
-        self.mean = torch.tensor(self.processor.image_processor.image_mean, device=device)[:, None, None]  # [3, 1, 1]
-        self.std = torch.tensor(self.processor.image_processor.image_std, device=device)[:, None, None]
+        self.normalize = transforms.Normalize(CLIP_MEAN, CLIP_STD)
+        self.transform = transforms.Compose([
+            transforms.Resize(self.image_size, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(self.image_size),
+            transforms.ToTensor(),
+            self.normalize,
+        ])
 
     @staticmethod
     def _pooled(output) -> torch.Tensor:
@@ -104,19 +143,25 @@ class CLIPEmbedder:
 
     @torch.no_grad()
     def pixel_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Embeddings [n, projection_dim] of resized images [n, 3, size, size] with values in [0, 255]."""
-        normalized = (pixels.to(self.device).float() / 255 - self.mean) / self.std
+        """Embeddings [n, projection_dim] of resized images [n, 3, size, size] with values in
+        [0, 255] (clean-fid's CLIP features: divided by 255, then normalized)."""
+        normalized = self.normalize(pixels.to(self.device).float() / 255)
         return self._pooled(self.model.get_image_features(pixel_values=normalized)).float().cpu()
+
+    def pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        """What the image encoder receives: [n, 3, size, size], normalized. RGB images (as
+        ``load_images`` reads them; ``clip`` converts to RGB after the crop, the same for RGB)."""
+        return torch.stack([self.transform(image) for image in images])
 
     @torch.no_grad()
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        pixels = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]  # [n, 3, s, s]
-        return self._pooled(self.model.get_image_features(pixel_values=pixels.to(self.device))).float().cpu()
+        pixels = self.pixels(images).to(self.device)  # [n, 3, size, size]
+        return self._pooled(self.model.get_image_features(pixel_values=pixels)).float().cpu()
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
-        return self._pooled(self.model.get_text_features(**tokens)).float().cpu()  # [n, projection_dim]
+        ids = clip_token_ids(self.tokenizer, texts).to(self.device)  # no attention mask: as clip, causal only
+        return self._pooled(self.model.get_text_features(input_ids=ids)).float().cpu()  # [n, projection_dim]
 
 
 def image_embedder(name: str, device: torch.device, sscd_model: str = SSCD_MODEL, clip_model: str = CLIP_MODEL):

@@ -81,9 +81,9 @@ PLANTED_OFF, PLANTED_RANDOM = "planted neurons", "random neurons (planted count)
 WANDA_ROW = next(row.name for row in table_rows() if row.model == WANDA and not row.neurons)
 DEMO_QUALITY_PROMPTS = 1  # held-out prompts of A_color and KID_pix in the demo (ours, as above)
 DEMO_DETECTION_PROMPTS = 10  # held-out prompts of the detectors in the demo (ours, as above)
-# Wanda's share of each weight row: the authors' 1% prunes nothing on the test bed's ff.net.2
-# rows of 32 and 64 inputs (int(0.01 * 64) = 0); 5% is the smallest round share that prunes at
-# least one weight of every row (1 and 3).
+# Wanda's share of each weight row: the test bed's ff.net.2 rows have 64 inputs (5 layers) and
+# 128 (11 layers); the authors' 1% prunes none of a row of 64 (int(0.01 * 64) = 0) and one of a
+# row of 128 (383 weights in all on 4 VM prompts); 5% (ours) prunes 3 and 6 of every row.
 WANDA_SPARSITY = 0.05
 # Adversarial fine-tuning (--dori) on the test bed, each knob ours, chosen by the trade-off
 # sweeps (testbed.tradeoff; BENCHMARKS.md, docs/tradeoff_finetuning.png): a distillation loss

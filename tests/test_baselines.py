@@ -43,6 +43,53 @@ def test_wen_adjustment_stops_at_the_target_loss(tiny_pipe):
     assert result.losses == [first] and torch.equal(result.embedding, embedding.float())
 
 
+def authors_adjustment(pipe, embedding, latents, target_step, steps, guidance_scale, lr, iterations):
+    """Wen et al.'s ``aug_prompt`` (local_sd_pipeline.py) restated: the guided generation from
+    the original embedding runs to the target step, where the embedding is optimized on one
+    [uncond, cond] U-Net batch; BOS held as the suite holds it (their gradient is zeroed)."""
+    unet, scheduler = pipe.unet, pipe.scheduler
+    n = len(latents)
+    uncond, cond = embed(pipe, "").expand(n, -1, -1), embedding.expand(n, -1, -1)
+    scheduler.set_timesteps(steps)
+    for i, t in enumerate(scheduler.timesteps):
+        latent_model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+        if i == target_step:
+            single = embedding.clone().detach().requires_grad_(True)
+            optimizer = torch.optim.AdamW([single], lr=lr)
+            losses = []
+            for _ in range(iterations):
+                prediction = unet(latent_model_input, t,
+                                  encoder_hidden_states=torch.cat([uncond, single.repeat(n, 1, 1)])).sample
+                noise_pred_uncond, noise_pred_text = prediction.chunk(2)
+                loss = torch.norm(noise_pred_text - noise_pred_uncond, p=2).mean()
+                losses.append(loss.item())
+                (single.grad,) = torch.autograd.grad(loss, [single])
+                single.grad[:, [0]] = single.grad[:, [0]] * 0
+                optimizer.step()
+                optimizer.zero_grad()
+                with torch.no_grad():
+                    single[:, :1] = embedding[:, :1]
+            return single.detach(), losses
+        with torch.no_grad():
+            prediction = unet(latent_model_input, t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+            noise_pred_uncond, noise_pred_text = prediction.chunk(2)
+            noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+            latents = scheduler.step(noise_pred, t, latents).prev_sample
+
+
+@pytest.mark.parametrize("target_step", [0, 2])
+def test_wen_adjustment_is_the_authors_at_the_first_and_a_later_step(tiny_pipe, target_step):
+    embedding = embed(tiny_pipe, "the famous cat poster")
+    latents = generation_latents(tiny_pipe.unet, num_samples=3)
+    expected, losses = authors_adjustment(tiny_pipe, embedding, latents, target_step, 5, 7.5, 0.05, 4)
+    result = wen.adjust_embedding(tiny_pipe, embedding, latents, timestep_index=target_step, steps=5,
+                                  guidance_scale=7.5, max_iterations=4, target_loss=0.0)
+    assert result.losses[:4] == pytest.approx(losses, rel=1e-5)
+    torch.testing.assert_close(result.embedding, expected, rtol=1e-5, atol=1e-6)
+    assert result.unet_sample_forwards == target_step * 2 * 3 + 3 * 5
+    assert no_hooks(tiny_pipe.unet)
+
+
 @torch.no_grad()
 def test_wen_score_of_one_step_is_the_first_guided_noise_difference(tiny_pipe):
     embedding = embed(tiny_pipe, "the famous cat poster")

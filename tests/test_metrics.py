@@ -54,7 +54,7 @@ def prompts(tmp_path) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> str:
-    """A random tiny CLIPModel + CLIPProcessor folder (what --clip-model takes)."""
+    """A random tiny CLIPModel + tokenizer folder (what --clip-model takes)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     directory = str(tmp_path_factory.mktemp("clip"))

@@ -119,6 +119,7 @@ GEN = ["--steps", "2", "-n", "2"]
 @pytest.mark.parametrize("mode", [[], ["--refined_neurons"], ["--initial_neurons"], ["--block_random_neurons"],
                                   ["--block_top_k_neurons_per_layer", "1"], ["--block_top_k_neurons", "2"],
                                   ["--block_top_k_neuron_subgroups", "1"], ["--wen", "--wen_max_iterations", "2"],
+                                  ["--wen", "--wen_max_iterations", "2", "--wen_timestep_index", "1"],
                                   ["--ren"], ["--random_tokens", "4"]])
 def test_script4_generates_named_images_config_and_records(tiny_model_dir, results, prompt_files, tmp_path, mode):
     out = str(tmp_path / "images")

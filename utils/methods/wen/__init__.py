@@ -36,7 +36,8 @@ def add_adjustment_options(parser) -> None:
                        help="stop once || eps(e) - eps(empty) || over the latents is at or below this (README's "
                             "--optim_target_loss 3, for 4 SD latents of 4x64x64)")
     group.add_argument("--wen_timestep_index", type=cli.non_negative_int, default=WEN_TARGET_STEP,
-                       help="schedule index of the loss's timestep (--optim_target_steps)")
+                       help="schedule index of the loss's timestep (--optim_target_steps); past 0 the latents are first "
+                            "denoised to it with the caption and -g, as their aug_prompt")
     group.add_argument("--wen_samples", type=cli.positive_int, default=WEN_OPTIMIZATION_SAMPLES,
                        help="the prompt's first N generation latents the loss is taken over (--num_images_per_prompt)")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from utils.defaults import GENERATION_STEPS
+from utils.defaults import GENERATION_STEPS, GUIDANCE_SCALE
 from utils.methods.wen import (WEN_LEARNING_RATE, WEN_MAX_ITERATIONS, WEN_SCORE_GUIDANCE_SCALE, WEN_SCORE_STEPS,
                                WEN_TARGET_LOSS, WEN_TARGET_STEP)
 from utils.diffusion import encode_prompts, predicted_noise, schedule_timestep
@@ -31,25 +31,44 @@ def _unconditional(pipe, n: int) -> torch.Tensor:
 class Adjustment:
     embedding: torch.Tensor  # [1, 77, dim], float32
     losses: list[float]  # the loss before each update (the last one: where it stopped)
-    unet_sample_forwards: int  # latents through the U-Net (each also backpropagated, but the last)
+    unet_sample_forwards: int  # latents through the U-Net (the optimization's also backpropagated, but the last)
+
+
+@torch.no_grad()
+def denoised_latents(pipe, embedding: torch.Tensor, latents: torch.Tensor, steps: int, guidance_scale: float,
+                     until: int) -> torch.Tensor:
+    """x_{t_until} [n, 4, h, w]: the latents x_T after the first ``until`` steps of the
+    ``steps``-step generation from the embedding [1, 77, dim] (guided by the empty prompt)."""
+    unet = pipe.unet
+    n = len(latents)
+    return pipe(prompt_embeds=embedding.to(unet.device, unet.dtype).expand(n, -1, -1),
+                negative_prompt_embeds=_unconditional(pipe, n).to(unet.dtype),
+                latents=latents.to(unet.device, unet.dtype), num_inference_steps=steps, guidance_scale=guidance_scale,
+                output_type="latent", callback_on_step_end=stop_after(until)).images
 
 
 def adjust_embedding(pipe, embedding: torch.Tensor, latents: torch.Tensor, *, timestep_index: int = WEN_TARGET_STEP,
-                     steps: int = GENERATION_STEPS, learning_rate: float = WEN_LEARNING_RATE,
-                     max_iterations: int = WEN_MAX_ITERATIONS, target_loss: float = WEN_TARGET_LOSS) -> Adjustment:
-    """Wen et al.'s mitigation: minimize || eps(x_T, t, e) - eps(x_T, t, e_empty) || over the
+                     steps: int = GENERATION_STEPS, guidance_scale: float = GUIDANCE_SCALE,
+                     learning_rate: float = WEN_LEARNING_RATE, max_iterations: int = WEN_MAX_ITERATIONS,
+                     target_loss: float = WEN_TARGET_LOSS) -> Adjustment:
+    """Wen et al.'s mitigation: minimize || eps(x_t, t, e) - eps(x_t, t, e_empty) || over the
     prompt embedding e [1, 77, dim], one L2 norm over all latents [n, 4, h, w], at the
-    ``timestep_index``-th timestep of a ``steps``-step schedule, with AdamW; stop once the loss
-    is <= ``target_loss`` or after ``max_iterations`` U-Net passes. The U-Net is frozen; the
-    BOS position is not optimized (the authors zero its gradient). Optimized in float32
-    (AdamW on float16 turns the zero BOS gradient into NaN)."""
+    ``timestep_index``-th timestep t of a ``steps``-step schedule, with AdamW; stop once the
+    loss is <= ``target_loss`` or after ``max_iterations`` U-Net passes. x_t is x_T at index 0;
+    at a later index, as the authors' ``aug_prompt`` (local_sd_pipeline.py), the latents x_T
+    denoised to t by the generation with the original embedding and ``guidance_scale``. The
+    U-Net is frozen; the BOS position is not optimized (the authors zero its gradient).
+    Optimized in float32 (AdamW on float16 turns the zero BOS gradient into NaN)."""
     unet, scheduler = pipe.unet, pipe.scheduler
     timestep = schedule_timestep(scheduler, steps, timestep_index)
+    n = len(latents)
+    denoising_forwards = timestep_index * n * (2 if guidance_scale > 1 else 1)
+    if timestep_index:
+        latents = denoised_latents(pipe, embedding, latents, steps, guidance_scale, until=timestep_index)
     x_t = latents.to(unet.device, unet.dtype)
     x = scheduler.scale_model_input(x_t, timestep)
-    n = len(x)
 
-    def noise(embedding: torch.Tensor) -> torch.Tensor:  # eps(x_T, t, e) [n, 4, h, w], float32
+    def noise(embedding: torch.Tensor) -> torch.Tensor:  # eps(x_t, t, e) [n, 4, h, w], float32
         output = unet(x, timestep, encoder_hidden_states=embedding.to(unet.dtype).expand(n, -1, -1)).sample
         return predicted_noise(scheduler, output.float(), x_t, timestep)
 
@@ -71,7 +90,7 @@ def adjust_embedding(pipe, embedding: torch.Tensor, latents: torch.Tensor, *, ti
             optimizer.step()
             with torch.no_grad():
                 adjusted[:, :1] = bos  # weight decay would still move BOS; the authors' bf16 rounds it away
-    return Adjustment(adjusted.detach(), losses, n * (len(losses) + 1))
+    return Adjustment(adjusted.detach(), losses, denoising_forwards + n * (len(losses) + 1))
 
 
 @torch.no_grad()
@@ -110,15 +129,16 @@ def noise_magnitude_scores(pipe, embedding: torch.Tensor, latents: torch.Tensor,
 
 def prepare(pipe, args, _neuron_sets=None) -> Prepare:
     """Script 4's ``--wen``: the caption's embedding adjusted on the prompt's first
-    ``--wen_samples`` generation latents, then used for all of its images."""
+    ``--wen_samples`` generation latents (denoised to the loss's timestep by the generation's
+    ``--steps`` and ``-g`` when it is not the first), then used for all of its images."""
 
     def adjusted(_index: int, caption: str, latents) -> PromptCondition:
         start = time.perf_counter()
         condition = caption_condition(pipe, caption)
         adjustment = adjust_embedding(pipe, condition.embedding, latents[: args.wen_samples],
                                       timestep_index=args.wen_timestep_index, steps=args.steps,
-                                      learning_rate=args.wen_learning_rate, max_iterations=args.wen_max_iterations,
-                                      target_loss=args.wen_target_loss)
+                                      guidance_scale=args.guidance_scale, learning_rate=args.wen_learning_rate,
+                                      max_iterations=args.wen_max_iterations, target_loss=args.wen_target_loss)
         condition.embedding = adjustment.embedding
         condition.record = dict(wen_losses=[round(l, 4) for l in adjustment.losses],
                                 mitigation_unet_sample_forwards=adjustment.unet_sample_forwards,
