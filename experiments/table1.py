@@ -220,6 +220,38 @@ def claim_table_folder(args, output: str) -> None:
         logger.warning("%s: continuing a run with the same configuration (finished steps are kept)", output)
 
 
+def check_inputs(args) -> None:
+    """Every input is read and checked before hours of work, not after."""
+    if args.dori and not (args.originals and args.utility_data):
+        raise ValueError("--dori needs --originals (the images to attack and erase) and --utility_data")
+    for path in (args.dataset, args.quality_prompts, args.unmemorized_prompts):
+        if path:
+            read_prompts(path)
+    if args.utility_data:
+        read_csv(args.utility_data, ("Caption", "Image"), "utility data file")
+
+
+def localization_results(args) -> str:
+    """Script 3's results of the memorized prompts (resumed); returns the results file."""
+    output = os.path.join(args.output, "memorization_statistics.csv")
+    cli.run_step(localize, version=args.version, dataset=args.dataset, output=output, statistics=args.statistics,
+                 resume=True, memorization_threshold=args.memorization_threshold,
+                 ssim_kernel_size=args.ssim_kernel_size, limit=args.limit, smoke=args.smoke, **model_options(args))
+    return cli.versioned_path(output, args.version)
+
+
+def score_histogram(args, types: dict[int, str]) -> str:
+    """The NeMo scores of the memorized prompts by type and of the non-memorized ones (paper
+    Fig. 2a), from the detection step's files; returns the PNG."""
+    scores = {label: plots.scores_of(plots.read_scores(os.path.join(args.output, "detection", f"nemo_{label}.csv")))
+              for label in ("memorized", "unmemorized")}
+    kinds = [types.get(i, "memorized") for i in range(len(scores["memorized"]))]
+    series = {"non-memorized": scores["unmemorized"].numpy()}
+    series.update({kind: scores["memorized"].numpy()[[k == kind for k in kinds]] for kind in sorted(set(kinds))})
+    return plots.score_distributions(series, args.memorization_threshold,
+                                     os.path.join(args.output, "memorization_scores.png"))
+
+
 def run(args, measures: tables.Measures, title: str, claim: bool = True,
         attack_neuron_sets: dict[str, str] | None = None,
         sections: Callable[[dict], str] | None = None) -> dict:
@@ -229,20 +261,10 @@ def run(args, measures: tables.Measures, title: str, claim: bool = True,
     (``run_attacks``). ``sections(report) -> markdown``: further sections of the caller, added
     to the report and the table before both are written."""
     rows = chosen_rows(args.rows, args.dori)
-    if args.dori and not (args.originals and args.utility_data):
-        raise ValueError("--dori needs --originals (the images to attack and erase) and --utility_data")
-    for path in (args.dataset, args.quality_prompts, args.unmemorized_prompts):
-        if path:
-            read_prompts(path)  # every input is checked before hours of work, not after
-    if args.utility_data:
-        read_csv(args.utility_data, ("Caption", "Image"), "utility data file")
+    check_inputs(args)
     if claim:
         claim_table_folder(args, args.output)
-    results = cli.versioned_path(os.path.join(args.output, "memorization_statistics.csv"), args.version)
-    cli.run_step(localize, version=args.version, dataset=args.dataset,
-             output=os.path.join(args.output, "memorization_statistics.csv"), statistics=args.statistics, resume=True,
-             memorization_threshold=args.memorization_threshold, ssim_kernel_size=args.ssim_kernel_size,
-             limit=args.limit, smoke=args.smoke, **model_options(args))
+    results = localization_results(args)
     frame = read_results(results, None)
     refined = dict(enumerate(frame["Refined Neurons"]))
     models, pruning, finetuning = {GIVEN: args.version}, None, None
@@ -263,8 +285,8 @@ def run(args, measures: tables.Measures, title: str, claim: bool = True,
     report["localization"] = {key: float(frame[column].median()) if column in frame else None
                               for key, column in (("seconds", "Seconds"), ("forwards", "UNet Sample Forwards"))}
     report["wanda"], report["finetuning"] = pruning, finetuning
-    text = tables.markdown(report, title) + "\n" + tables.cost_markdown(report["rows"], report["localization"], pruning,
-                                                                 finetuning)
+    text = tables.markdown(report, title) + "\n" + tables.cost_markdown(report["rows"], report["localization"],
+                                                                        pruning, finetuning)
     if all(name in report["rows"] for name in (locality.NEMO, locality.PRUNED, locality.BOTH)):
         agreement = locality.agreement_from(report, types, set(pruning["rows"]))
         agreement["figure"] = locality.agreement_figure(agreement, os.path.join(args.output, "nemo_wanda_agreement.png"))
@@ -277,13 +299,7 @@ def run(args, measures: tables.Measures, title: str, claim: bool = True,
     if args.unmemorized_prompts:
         report["detection"] = run_detection(args)
         text += "\n" + tables.detection_markdown(report["detection"])
-        scores = {label: plots.scores_of(plots.read_scores(os.path.join(args.output, "detection", f"nemo_{label}.csv")))
-                  for label in ("memorized", "unmemorized")}
-        kinds = [types.get(i, "memorized") for i in range(len(scores["memorized"]))]
-        series = {"non-memorized": scores["unmemorized"].numpy()}
-        series.update({kind: scores["memorized"].numpy()[[k == kind for k in kinds]] for kind in sorted(set(kinds))})
-        report["figures"].append(plots.score_distributions(series, args.memorization_threshold,
-                                                           os.path.join(args.output, "memorization_scores.png")))
+        report["figures"].append(score_histogram(args, types))
     if args.dori:
         report["attack"] = run_attacks(args, results, models, attack_neuron_sets)
         text += "\n" + tables.attack_markdown(report["attack"], args.dori_type)

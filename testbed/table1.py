@@ -253,8 +253,7 @@ def planted_checks(report: dict, run_truth: ground_truth.GroundTruth, truth_file
                 lost=lost), text
 
 
-def main(argv=None) -> dict:
-    parser = cli.parser_for(__doc__)
+def add_args(parser) -> None:
     parser.epilog = ("Prompt counts are ours, sized for the demo, and so are the test bed's Wanda sparsity (5%), "
                      "adversarial fine-tuning recipe (learning rate 1e-3, distillation weight 100, 64 utility pairs a "
                      "step; BENCHMARKS.md, testbed.tradeoff); every "
@@ -289,7 +288,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--attack_steps", type=cli.positive_int, default=None, help="steps of every attack (default: the paper's 50)")
     cli.add_run_args(parser, resumable=False, limit=False)
     parser.set_defaults(log_level="WARNING")
-    args = cli.parse(parser, argv)
+
+
+def run(args) -> dict:
+    """The bed's Table 1 for the flags of ``add_args``; returns the report."""
     bed = BEDS[args.bed]
     counts = {kind: getattr(args, kind.lower()) if getattr(args, kind.lower()) is not None else n
               for kind, n in bed.demo_prompts}
@@ -344,6 +346,13 @@ def main(argv=None) -> dict:
     title = ("Test-bed" if args.bed == "natural" else "Planted test-bed") + f" Table 1 (tau_mem = {threshold:.3f})"
     return reproduce.run(config, measures, title, claim=False,
                          attack_neuron_sets={PLANTED_OFF: truth_file} if truth_file else None, sections=sections)
+
+
+def main(argv=None) -> dict:
+    parser = cli.parser_for(__doc__)
+    add_args(parser)
+    return run(cli.parse(parser, argv))
+
 
 if __name__ == "__main__":
     cli.run(main)

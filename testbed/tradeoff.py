@@ -80,8 +80,7 @@ def finetuned(args, value: str, prompts: str, results: str, pairs: str) -> tuple
     return folder, summary
 
 
-def main(argv=None) -> dict:
-    parser = cli.parser_for(__doc__)
+def add_args(parser) -> None:
     parser.epilog = ("Every knob not swept is the test-bed Table 1's recipe (testbed.table1: learning rate, "
                      "distillation weight, utility batch), else script 9's default (its --help names the sources); "
                      "prompt counts are ours, sized for 2 CPU cores.")
@@ -108,7 +107,10 @@ def main(argv=None) -> dict:
                         help="images per held-out prompt of the utility (ours: at 4, the unmodified model's KID_pix "
                              "spans 8.1-13.7 over 4 seeds; BENCHMARKS.md)")
     parser.add_argument("--log_level", default="WARNING", help="logging level")
-    args = cli.parse(parser, argv)
+
+
+def run(args) -> dict:
+    """The sweep and its references for the flags of ``add_args``; returns the report."""
     recipe = [item.split("=", 1) for item in args.recipe.split(",") if item.strip()]
     if any(len(item) != 2 for item in recipe):
         raise ValueError(f"--recipe: expected comma-separated NAME=VALUE, got {args.recipe!r}")
@@ -173,6 +175,12 @@ def main(argv=None) -> dict:
                  subset_size=wanda_subset_size(args.vm))
     record("references", "Wanda", measure(args, "wanda", wanda, results, prompts, quality, {}))
     return report
+
+
+def main(argv=None) -> dict:
+    parser = cli.parser_for(__doc__)
+    add_args(parser)
+    return run(cli.parse(parser, argv))
 
 
 if __name__ == "__main__":
