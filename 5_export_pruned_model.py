@@ -35,9 +35,9 @@ def main(argv=None) -> None:
 
     from utils.files import parse_neuron_set, read_results
     from utils.layers import count_neurons, layer_widths, value_layers
-    from utils.models import load_pipeline_from_args
     from utils.methods.nemo import selection
     from utils.methods.nemo.export import prune_value_neurons
+    from utils.models import load_pipeline_from_args
 
     pipe = load_pipeline_from_args(args)
     widths = layer_widths(value_layers(pipe.unet))

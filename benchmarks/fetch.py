@@ -14,8 +14,8 @@ import os
 import tempfile
 import time
 
-from utils.download import Settings, fetch_images
 from benchmarks.loopback import Loopback, Route, random_image
+from utils.download import Settings, fetch_images
 
 
 def main(argv=None) -> dict:

@@ -30,15 +30,15 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 import testbed
 from testbed.rehearsal import SD14_UNET_CONFIG
 from utils import cli
-from utils.methods.nemo import SEEDS_PER_CALL_CPU, SEEDS_PER_CALL_CUDA
+from utils.diffusion import initial_latents, latent_shape
 from utils.files import read_prompts, read_threshold
 from utils.layers import count_neurons, value_layers
-from utils.methods.nemo.localization import BlockedScorer, LocalizationConfig, set_key, localize_prompt
-from utils.models import load_pipeline, resolve_device
-from utils.diffusion import initial_latents, latent_shape
+from utils.methods.nemo import SEEDS_PER_CALL_CPU, SEEDS_PER_CALL_CUDA
+from utils.methods.nemo.localization import BlockedScorer, LocalizationConfig, localize_prompt, set_key
 from utils.methods.nemo.noise import NoiseDifference, UNetCounter, prompt_noise_difference
 from utils.methods.nemo.score import ms_ssim
 from utils.methods.nemo.statistics import compute_statistics, prompt_activations
+from utils.models import load_pipeline, resolve_device
 
 BATCH_SIZES = (0,)
 # Paper §4.3 / SPEC §4: median neurons after the initial selection (VM, TM).

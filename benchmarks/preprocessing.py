@@ -199,14 +199,14 @@ def token_differences(tokenizer, captions: list[str]) -> dict:
 
 
 def main(argv=None) -> dict:
+    from experiments import generate
     from metrics.alignment import prompt_alignment
     from metrics.embedders import CLIPEmbedder
-    from utils.images import generated_images
     from testbed import rehearsal
     from testbed.table1 import BEDS, write_csv
-    from experiments import generate
     from utils import cli
     from utils.files import read_prompts
+    from utils.images import generated_images
     from utils.outputs import write_json
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -27,7 +27,6 @@ import pandas as pd
 
 from utils.defaults import SSCD_COPY_THRESHOLD
 
-
 REDUCED_PROMPTS = 2  # the authors' first memorized prompts: one VM, one TM
 IMAGE_SIZE = 512  # SD v1.4's resolution: the originals and utility images of the pass
 FORWARD_LATENTS = 10  # SPEC §3: a scored set is one U-Net call over 10 latents

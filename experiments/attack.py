@@ -94,11 +94,11 @@ def run(args) -> dict:
     from tqdm import tqdm
 
     from metrics.copies import similarity_to_original
-    from utils.images import load_images, original_images
-    from utils.methods.dori.attack import attack_prompt
     from utils.distributed import Shard
     from utils.files import RowWriter, merge_rows, read_csv, read_prompts, rows_of_type
     from utils.generation import generation_latents, image_path
+    from utils.images import load_images, original_images
+    from utils.methods.dori.attack import attack_prompt
     from utils.methods.nemo.mitigation import with_neurons
     from utils.models import load_pipeline_from_args
     from utils.outputs import save_image, save_torch, write_json

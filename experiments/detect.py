@@ -44,8 +44,8 @@ def run(args) -> float | None:
     from utils.diffusion import initial_latents
     from utils.distributed import Shard
     from utils.files import RowWriter, merge_rows, numeric_columns, read_csv, read_prompts, threshold_path
-    from utils.methods.registry import load
     from utils.methods.nemo.noise import load_detection_model
+    from utils.methods.registry import load
     from utils.outputs import write_json
 
     detector = DETECTORS[args.score]

@@ -31,27 +31,26 @@ import random
 import numpy as np
 import torch
 
+from experiments.rows import IN_P, PLAIN
 from metrics.cli import write_json
-from utils.cli import fraction, non_negative_int, positive_int
 from metrics.copies import similarity_to_original
 from metrics.core import summarize
-from utils.images import load_images, original_images
 from metrics.plots import new_axis, save_figure
-from experiments.rows import IN_P, PLAIN
 from utils import cli
-from utils.methods.dori import attack as dori
-from utils.methods.wanda import pruning as wanda
-from utils.methods.dori import ATTACK_STEPS
-from utils.methods.nemo import MEMORIZATION_THRESHOLD, SSIM_KERNEL_SIZE
-from utils.methods.wanda import WANDA_PRUNED_CALLS, WANDA_SPARSITY, WANDA_SUBSET_SEED, WANDA_SUBSET_SIZE
+from utils.cli import fraction, non_negative_int, positive_int
 from utils.diffusion import encode_prompts, latent_shape
 from utils.files import read_json, read_prompts
 from utils.generation import PromptCondition, generate_prompt_images, generation_latents
+from utils.images import load_images, original_images
 from utils.layers import value_layers
-from utils.models import load_pipeline_from_args
+from utils.methods.dori import ATTACK_STEPS, attack as dori
+from utils.methods.nemo import MEMORIZATION_THRESHOLD, SSIM_KERNEL_SIZE
 from utils.methods.nemo.localization import LocalizationConfig, localize_prompt
 from utils.methods.nemo.noise import embedding_noise_difference
 from utils.methods.nemo.statistics import load_statistics, prompt_activations, text_activations
+from utils.methods.wanda import (WANDA_PRUNED_CALLS, WANDA_SPARSITY, WANDA_SUBSET_SEED, WANDA_SUBSET_SIZE,
+                                 pruning as wanda)
+from utils.models import load_pipeline_from_args
 
 SUBSETS = 3  # disjoint subsets of the memorized prompts compared pairwise (our choice; Chavhan et al. Fig. 2)
 # A prompt enters a ratio only when the method it divides by lowered S by at least this much.

@@ -30,11 +30,10 @@ def run(args) -> None:
     from utils.distributed import Shard
     from utils.files import COST_COLUMNS, RESULT_COLUMNS, RowWriter, merge_rows, read_prompts
     from utils.layers import count_neurons
-    from utils.methods.nemo.noise import load_detection_model
-    from utils.models import resolve_device
     from utils.methods.nemo.localization import localize_prompt, localize_prompts
-    from utils.methods.nemo.noise import prompt_noise_difference
+    from utils.methods.nemo.noise import load_detection_model, prompt_noise_difference
     from utils.methods.nemo.statistics import load_statistics, prompt_activations
+    from utils.models import resolve_device
 
     frame = read_prompts(args.dataset)
     if args.samples_per_prompt < 2:

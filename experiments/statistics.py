@@ -41,8 +41,8 @@ def run(args) -> None:
 
     from utils.distributed import Shard
     from utils.layers import value_layers
-    from utils.models import load_pipeline_from_args
     from utils.methods.nemo.statistics import activation_sums, save_statistics
+    from utils.models import load_pipeline_from_args
     from utils.outputs import save_torch
 
     pipe = load_pipeline_from_args(args)

@@ -11,18 +11,17 @@ import logging
 import os
 from typing import Callable
 
-from experiments import attack, detect, finetune, generate, localize, locality, prune
-from experiments import tables
+from experiments import attack, detect, finetune, generate, locality, localize, prune, tables
 from experiments.rows import ALL_REFINED, FINETUNED, GIVEN, PLAIN, WANDA, Row, chosen_rows, folder_name, table_rows
 from metrics import plots
 from metrics.cli import write_json
 from metrics.copies import embedded_references
 from metrics.embedders import CLIPEmbedder, image_embedder
-from utils.images import original_images
 from utils import cli, defaults
 from utils.assets import sscd_copy_threshold
 from utils.defaults import SSCD_COPY_THRESHOLD
 from utils.files import read_csv, read_prompts, read_results
+from utils.images import original_images
 from utils.layers import count_neurons
 from utils.methods import DETECTORS, dori, nemo, wanda
 from utils.methods.nemo import selection

@@ -15,14 +15,13 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from experiments.rows import IN_P, PLAIN, WANDA, table_rows
 from metrics.copies import References, nearest_copies
 from metrics.core import (MEMORIZATION_TYPES, OVERALL, alignment_score, diversity_score, median, sscd_gen_score,
                           sscd_orig_scores, summarize)
-from utils.images import generated_images, load_images
 from metrics.plots import image_grid
-from experiments.rows import IN_P, PLAIN, WANDA, table_rows
 from utils.generation import read_records
-
+from utils.images import generated_images, load_images
 
 # Nearest-copy columns (metrics/copies.py): median similarity to the nearest reference, and
 # the shares of images above the copy threshold to any reference and to another prompt's.

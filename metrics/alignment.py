@@ -11,8 +11,8 @@ import logging
 from metrics import cli
 from metrics.core import alignment_score
 from metrics.embedders import CLIPEmbedder, embed_files
-from utils.images import generated_images
 from utils.cli import parse, parser_for, run
+from utils.images import generated_images
 from utils.models import resolve_device
 
 logger = logging.getLogger(__name__)

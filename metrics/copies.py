@@ -17,10 +17,9 @@ from PIL import Image
 
 from metrics.core import cosine_matrix
 from metrics.embedders import SSCDEmbedder
-from utils.images import load_images
 from metrics.pixel_ssim import ssim_to_original
 from utils.defaults import SSCD_COPY_THRESHOLD
-
+from utils.images import load_images
 
 
 @dataclass

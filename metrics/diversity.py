@@ -11,8 +11,8 @@ import logging
 from metrics import cli
 from metrics.core import diversity_score
 from metrics.embedders import embed_files
-from utils.images import generated_images
 from utils.cli import parse, parser_for, run
+from utils.images import generated_images
 
 logger = logging.getLogger(__name__)
 JSON_NAME = "diversity.json"

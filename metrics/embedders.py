@@ -17,9 +17,9 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.transforms.functional import to_tensor
 
-from utils.images import load_images
 from utils.assets import SSCD_BASE, sscd_checkpoint
 from utils.defaults import CLIP_MODEL, SSCD_CHECKPOINTS, SSCD_MODEL
+from utils.images import load_images
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import logging
 from metrics import cli
 from metrics.core import sscd_gen_score
 from metrics.embedders import embed_files
-from utils.images import paired_images
 from utils.cli import parse, parser_for, run
+from utils.images import paired_images
 
 logger = logging.getLogger(__name__)
 JSON_NAME = "sscd_gen.json"

@@ -32,18 +32,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 import testbed
-from utils.images import original_images
 from testbed import synthetic_data as data
 from testbed.train_testbed import SEED, Sampler, to_tensor
 from utils import cli
-from utils.files import read_prompts, read_threshold
-from utils.layers import layer_widths, value_layers
-from utils.methods.nemo.localization import LocalizationConfig
-from utils.models import load_pipeline, resolve_device
-from utils.methods.nemo import NUM_INFERENCE_STEPS, TIMESTEP_INDEX
 from utils.diffusion import initial_latents, latent_shape, schedule_timestep
+from utils.files import read_prompts, read_threshold
+from utils.images import original_images
+from utils.layers import layer_widths, value_layers
+from utils.methods.nemo import NUM_INFERENCE_STEPS, TIMESTEP_INDEX
+from utils.methods.nemo.localization import LocalizationConfig
 from utils.methods.nemo.noise import normalize_maps, prompt_noise_difference
 from utils.methods.nemo.score import blocked_scores, pairwise_max_scores
+from utils.models import load_pipeline, resolve_device
 
 # Monte Carlo samples of the training mixture (and of each TM template) for the ideal denoiser;
 # 4096 keep the posterior means' effective sample size in the tens on the test bed's seeds.

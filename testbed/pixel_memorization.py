@@ -18,12 +18,12 @@ from tqdm import tqdm
 
 import testbed
 from metrics.core import median
-from utils.images import original_images
 from metrics.pixel_ssim import ssim_to_original
 from utils import cli
 from utils.files import read_prompts
 from utils.generation import (GENERATION_STEPS, NUM_SAMPLES, caption_condition, generate_prompt_images,
                               generation_latents)
+from utils.images import original_images
 from utils.models import load_pipeline, resolve_device
 
 

@@ -29,14 +29,11 @@ from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 import testbed
-from experiments import detect, generate, statistics
-from experiments import tables
-from experiments import table1 as reproduce
-from metrics import ground_truth
+from experiments import detect, generate, statistics, table1 as reproduce, tables
 from experiments.rows import IN_P, PLAIN, WANDA, folder_name, table_rows
+from metrics import ground_truth
 from metrics.copies import References
 from metrics.embedders import PixelEmbedder
-from utils.images import generated_images, load_images, original_images
 from metrics.pixel_quality import pixel_kid
 from metrics.pixel_ssim import pixel_ssim_matrix, ssim_to_original
 from testbed.alignment import alignment
@@ -44,9 +41,10 @@ from testbed.synthetic_data import ordinary_combination, render_ordinary, write_
 from testbed.train_testbed import SEED
 from utils import cli
 from utils.defaults import GENERATION_STEPS, NUM_SAMPLES
+from utils.files import read_prompts, read_results, read_threshold, threshold_path
+from utils.images import generated_images, load_images, original_images
 from utils.methods.dori import ATTACK_TYPE, ATTACK_TYPES
 from utils.methods.wanda import WANDA_SUBSET_SIZE
-from utils.files import read_prompts, read_results, read_threshold, threshold_path
 from utils.outputs import atomic_path
 
 

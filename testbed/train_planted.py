@@ -45,10 +45,10 @@ import testbed
 from testbed import synthetic_data as data
 from testbed.train_testbed import (MAX_LOSS_WEIGHT, SEED, Sampler, UNetPhase, encode_text, learning_rate_at,
                                    noised_batch, to_tensor, weighted_denoising_loss)
-from utils.images import original_images
 from utils.files import read_prompts
-from utils.methods.nemo.deactivation import deactivate_per_slice
+from utils.images import original_images
 from utils.layers import layer_widths, value_layers
+from utils.methods.nemo.deactivation import deactivate_per_slice
 
 logger = logging.getLogger(__name__)
 

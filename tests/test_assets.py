@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from utils.images import original_images
+from benchmarks.loopback import Loopback, Route, random_image
 from tests.conftest import upstream_file
 from utils.assets import CATALOGUE, SD14, TRAINING_IMAGES, Asset, mirror_url, select, sscd_checkpoint
 from utils.download import DEAD_LINKS, MANIFEST, Settings, fetch_file, fetch_images, prompt_urls, read_manifest
-from benchmarks.loopback import Loopback, Route, random_image
+from utils.images import original_images
 
 fetch_assets = importlib.import_module("0_fetch_assets")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -251,8 +251,8 @@ def test_tables_name_the_sscd_checkpoint_and_its_copy_threshold(tmp_path, monkey
 
     import torch
 
-    from metrics.embedders import SSCDEmbedder
     from experiments.table1 import paper_measures
+    from metrics.embedders import SSCDEmbedder
 
     monkeypatch.chdir(tmp_path)  # a checkpoint name is looked up in ./weights/
     with pytest.raises(ValueError, match="python 0_fetch_assets.py sscd_disc_large"):

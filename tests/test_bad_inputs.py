@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 from PIL import Image
-from tests.conftest import script
 
+from tests.conftest import script
 
 # Broken versions of a ';' CSV (prompt, results and score files alike).
 BROKEN_CSV = {

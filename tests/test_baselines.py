@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
+from utils.diffusion import encode_prompts
+from utils.generation import generation_latents
 from utils.methods.random_tokens import tokens as random_tokens
 from utils.methods.ren import attention as ren
 from utils.methods.wen import noise_magnitude as wen
-from utils.generation import generation_latents
-from utils.diffusion import encode_prompts
 
 
 def no_hooks(module):

@@ -20,9 +20,9 @@ from PIL import Image
 import testbed
 from testbed.synthetic_data import write_ordinary_pairs
 from testbed.train_testbed import SEED
+from tests.conftest import SCRIPT_NAMES, script
 from utils.crashpoints import CRASH_VARIABLE
 from utils.files import read_threshold
-from tests.conftest import SCRIPT_NAMES, script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = ["-v", testbed.MODEL_DIR]

@@ -12,16 +12,15 @@ from PIL import Image
 
 import testbed
 from experiments import finetune
-from utils.images import original_images
 from metrics.pixel_ssim import ssim_to_original
-from utils.methods.dori import attack as dori
-from utils.methods.dori import finetuning
+from utils.diffusion import encode_prompts
 from utils.files import read_prompts
 from utils.generation import PromptCondition, caption_condition, generate_prompt_images, generation_latents, unchanged
-from utils.methods.nemo.deactivation import deactivate_neurons
+from utils.images import original_images
 from utils.layers import value_layers
+from utils.methods.dori import attack as dori, finetuning
+from utils.methods.nemo.deactivation import deactivate_neurons
 from utils.models import load_pipeline
-from utils.diffusion import encode_prompts
 
 finetune_script = importlib.import_module("9_adversarial_finetuning")
 

@@ -131,8 +131,8 @@ def test_neuron_lists_with_duplicates_read_as_the_sets_they_deactivate():
     """The authors' lists name a neuron twice when it is both a z-outlier and in the top k."""
     import random
 
-    from utils.methods.nemo import selection
     from utils.layers import count_neurons, distinct_neurons
+    from utils.methods.nemo import selection
 
     with_duplicates = [[5, 7, 5], [], [2, 2], [], [], [], [9]]
     without = [[5, 7], [], [2], [], [], [], [9]]

@@ -7,8 +7,8 @@ from PIL import Image
 
 from metrics import plots
 from testbed.synthetic_data import write_ordinary_pairs
-from utils.methods.dori import attack, finetuning
 from utils.diffusion import encode_prompts
+from utils.methods.dori import attack, finetuning
 
 
 def test_the_empty_caption_share_replaces_captions_by_the_empty_prompt(tiny_pipe, tmp_path):

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from utils.methods.nemo.export import prune_value_neurons
-from utils.hooks import record_outputs
-from utils.methods.nemo.deactivation import deactivate_neurons, deactivate_per_slice
-from utils.layers import validate_neuron_set, value_layers
 from testbed.components import TinySize, build_unet
+from utils.hooks import record_outputs
+from utils.layers import validate_neuron_set, value_layers
+from utils.methods.nemo.deactivation import deactivate_neurons, deactivate_per_slice
+from utils.methods.nemo.export import prune_value_neurons
 
 SD_ORDER = [f"down_blocks.{b}.attentions.{a}.transformer_blocks.0.attn2.to_v" for b in range(3) for a in range(2)]
 SD_ORDER.append("mid_block.attentions.0.transformer_blocks.0.attn2.to_v")

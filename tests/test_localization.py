@@ -5,7 +5,7 @@ import zlib
 import pytest
 import torch
 
-from utils.methods.nemo.localization import (SelectionSchedule, candidate_set, greedy_removal, initial_selection, refine)
+from utils.methods.nemo.localization import SelectionSchedule, candidate_set, greedy_removal, initial_selection, refine
 
 TAU = 0.428
 

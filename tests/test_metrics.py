@@ -15,11 +15,11 @@ from PIL import Image
 
 from metrics import alignment, core, detection, diversity, plots, quality, sscd_gen, sscd_orig
 from metrics.embedders import CLIPEmbedder, PixelEmbedder, SSCDEmbedder, embed_files
-from utils.images import generated_images, original_images, paired_images
+from testbed.components import build_tokenizer
 from tests.conftest import write_prompt_file
 from utils.files import COST_COLUMNS, RESULT_COLUMNS
 from utils.generation import image_path
-from testbed.components import build_tokenizer
+from utils.images import generated_images, original_images, paired_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = 32

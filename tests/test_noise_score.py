@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from utils.layers import value_layers
 from utils.diffusion import initial_latents, schedule_timestep
+from utils.layers import value_layers
 from utils.methods.nemo.noise import UNetCounter, normalize_maps, prompt_noise_difference
 from utils.methods.nemo.score import blocked_scores, check_ssim_size, memorization_score, ms_ssim, pairwise_max_scores
 

@@ -175,10 +175,9 @@ def test_deactivating_the_planted_neurons_stops_replication_random_ones_do_not()
     from diffusers import StableDiffusionPipeline
     from PIL import Image
 
-    from utils.generation import caption_condition, generate_prompt_images, generation_latents
-    from utils.generation import PromptCondition
-    from utils.methods.nemo.deactivation import deactivate_neurons
+    from utils.generation import PromptCondition, caption_condition, generate_prompt_images, generation_latents
     from utils.layers import layer_widths, value_layers
+    from utils.methods.nemo.deactivation import deactivate_neurons
     from utils.methods.nemo.selection import random_like
 
     pipe = StableDiffusionPipeline.from_pretrained(MODEL, safety_checker=None, requires_safety_checker=False)

@@ -18,11 +18,11 @@ import torch
 from PIL import Image
 
 import testbed
-from utils.methods.dori import attack, finetuning
-from utils.methods.wen import noise_magnitude as wen
 from utils.diffusion import encode_prompts
 from utils.files import read_threshold
 from utils.generation import generation_latents, image_path
+from utils.methods.dori import attack, finetuning
+from utils.methods.wen import noise_magnitude as wen
 from utils.models import load_pipeline, resolve_dtype
 
 PROMPTS = 2  # the first memorized prompts of the test bed

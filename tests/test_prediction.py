@@ -12,15 +12,14 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from utils.methods.dori import attack as dori
-from utils.methods.wen import noise_magnitude as wen
+# SD 2.1's scheduler (stabilityai/stable-diffusion-2-1, scheduler/scheduler_config.json)
+from testbed.rehearsal import SD21_SCHEDULER_CONFIG
 from utils.diffusion import denoising_target, encode_prompts, initial_latents, predicted_noise
 from utils.generation import generation_latents
 from utils.layers import value_layers
+from utils.methods.dori import attack as dori
 from utils.methods.nemo.noise import prompt_noise_difference
-
-# SD 2.1's scheduler (stabilityai/stable-diffusion-2-1, scheduler/scheduler_config.json)
-from testbed.rehearsal import SD21_SCHEDULER_CONFIG
+from utils.methods.wen import noise_magnitude as wen
 
 
 def scheduler_of(kind: str) -> DDIMScheduler:

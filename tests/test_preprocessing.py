@@ -16,8 +16,8 @@ from benchmarks.preprocessing import (Recorder, authors_clip_preprocess, authors
                                       clean_resize, clip_fid_normalize, clip_fid_resize, received)
 from metrics import quality
 from metrics.embedders import CLIPEmbedder, SSCDEmbedder, clip_token_ids
-from utils.images import load_images
 from testbed import rehearsal
+from utils.images import load_images
 
 # Image sizes (width, height): SD v1 and SD 2 outputs, landscape and portrait with odd crops.
 SIZES = [(512, 512), (768, 768), (640, 427), (333, 517)]

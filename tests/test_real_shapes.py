@@ -29,8 +29,8 @@ from utils.diffusion import encode_prompts, latent_shape, predicted_noise
 from utils.files import read_results
 from utils.hooks import edit_outputs
 from utils.layers import layer_widths, value_layers
-from utils.models import load_pipeline
 from utils.methods.nemo.noise import prompt_noise_difference
+from utils.models import load_pipeline
 
 SD_VALUE_WIDTHS = [320, 320, 640, 640, 1280, 1280, 1280]
 

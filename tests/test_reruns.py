@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.conftest import script, TINY_KERNEL
+from tests.conftest import TINY_KERNEL, script
 from utils.files import RESULT_COLUMNS, RowWriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,8 +118,8 @@ def test_script4_batches_prompts_with_all_their_images_in_one_call(tiny_model_di
     args = ["-v", tiny_model_dir, "--prompts", prompt_files["unmemorized"], *GEN, "--limit", "3"]
     script[4].main([*args, "-o", one])
     script[4].main([*args, "-o", three, "-b", "3"])
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     for name in sorted(f for f in os.listdir(one) if f.endswith(".jpg")):
         a, b = (np.asarray(Image.open(os.path.join(d, name)), dtype=float) for d in (one, three))
         assert np.abs(a - b).max() <= 2, name  # the same images; a batch sums in another order

@@ -11,12 +11,12 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from tests.conftest import script, TINY_KERNEL, upstream_file
+from tests.conftest import TINY_KERNEL, script, upstream_file
 from utils.files import read_results
 from utils.generation import RECORDS_NAME, read_records
-from utils.methods.nemo.deactivation import deactivate_neurons
 from utils.layers import value_layers
 from utils.methods.nemo import localization
+from utils.methods.nemo.deactivation import deactivate_neurons
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--samples_per_prompt", "4", "--ssim_kernel_size", str(TINY_KERNEL)]
@@ -159,8 +159,8 @@ def test_script4_type_filter_and_deactivation_change_images(tiny_model_dir, resu
     script[4].main([*args, "-o", blocked, "--block_top_k_neurons", "40"])
     assert sorted(os.listdir(plain)) == ["config.json"] + [f"img_{p:04d}_{s:02d}.jpg" for p in (0,) for s in range(2)] + [
         RECORDS_NAME, "settings.json"]
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     a = np.asarray(Image.open(os.path.join(plain, "img_0000_00.jpg")), dtype=float)
     b = np.asarray(Image.open(os.path.join(blocked, "img_0000_00.jpg")), dtype=float)
     assert np.abs(a - b).mean() > 0.5

@@ -3,11 +3,11 @@ import torch
 from torch import nn
 
 from tests.conftest import upstream_file
+from utils.diffusion import encode_prompts
 from utils.hooks import record_outputs
 from utils.layers import value_layers
-from utils.diffusion import encode_prompts
-from utils.methods.nemo.statistics import (NeuronStatistics, compute_statistics, load_statistics,
-                              save_statistics, text_activations)
+from utils.methods.nemo.statistics import (NeuronStatistics, compute_statistics, load_statistics, save_statistics,
+                                           text_activations)
 
 SD14_WIDTHS = [320, 320, 640, 640, 1280, 1280, 1280]
 

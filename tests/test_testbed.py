@@ -11,16 +11,16 @@ from PIL import Image
 
 import testbed
 from metrics.core import median
-from utils.images import original_images
 from metrics.pixel_ssim import ssim_to_original
+from utils.diffusion import initial_latents, latent_shape
 from utils.files import read_prompts, read_threshold
 from utils.generation import generate_prompt_images, generation_latents, read_records
-from utils.methods.nemo.mitigation import with_neurons
+from utils.images import original_images
 from utils.layers import count_neurons, value_layers
-from utils.models import load_pipeline
-from utils.diffusion import initial_latents, latent_shape
+from utils.methods.nemo.mitigation import with_neurons
 from utils.methods.nemo.noise import normalize_maps, prompt_noise_difference
 from utils.methods.nemo.score import memorization_score
+from utils.models import load_pipeline
 
 KERNEL = ["--ssim_kernel_size", str(testbed.SSIM_KERNEL_SIZE)]
 

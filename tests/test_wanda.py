@@ -6,11 +6,11 @@ import os
 
 import pytest
 import torch
-from experiments import prune
 from diffusers import StableDiffusionPipeline
 
-from utils.methods.wanda import pruning as wanda
+from experiments import prune
 from utils.hooks import edit_calls
+from utils.methods.wanda import pruning as wanda
 
 prune_script = importlib.import_module("7_prune_memorized_weights")
 

@@ -13,8 +13,8 @@ import shutil
 import pandas as pd
 
 from utils.crashpoints import crash_point
-from utils.outputs import atomic_file, claim_output
 from utils.layers import NeuronSet, validate_neuron_set
+from utils.outputs import atomic_file, claim_output
 
 CSV_SEPARATOR = ";"  # the authors' prompt and results files
 PROMPT_COLUMN = "Caption"

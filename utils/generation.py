@@ -19,9 +19,9 @@ from typing import Callable, ContextManager
 import torch
 from tqdm import tqdm
 
-from utils.defaults import PROMPTS_PER_BATCH, GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES
-from utils.diffusion import encode_prompts, initial_latents, latent_shape
 from utils.crashpoints import crash_point, step_callback
+from utils.defaults import GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES, PROMPTS_PER_BATCH
+from utils.diffusion import encode_prompts, initial_latents, latent_shape
 from utils.files import drop_partial_line
 from utils.outputs import remove_leftovers, save_image
 

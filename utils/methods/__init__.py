@@ -9,5 +9,5 @@ entries, torch-free; its modules hold the computation. A new method is one packa
 here, its entries and its tests.
 """
 
-from utils.methods import nemo, wen, ren, random_tokens, wanda, dori  # noqa: F401 (they register, in this order)
+from utils.methods import nemo, wen, ren, random_tokens, wanda, dori  # isort: skip  # noqa: F401 (they register, in this order)
 from utils.methods.registry import DETECTORS, MITIGATIONS, ROWS  # noqa: F401

@@ -20,11 +20,11 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from utils.diffusion import initial_latents
+from utils.layers import NeuronSet, count_neurons, empty_set
 from utils.methods.nemo import (BATCH_CANDIDATES, DECISION_MARGIN, DETECTION_SEED, INITIAL_K, INITIAL_THETA,
                                 MEMORIZATION_THRESHOLD, MIN_THETA, PROBE_SHARE_RATE, SAMPLES_PER_PROMPT,
                                 SEEDS_PER_CALL_CPU, THETA_REDUCTION_PER_STEP)
-from utils.diffusion import initial_latents
-from utils.layers import NeuronSet, count_neurons, empty_set
 from utils.methods.nemo.noise import NoiseDifference, UNetCounter, merged_noise_differences
 from utils.methods.nemo.score import ms_ssim, pairwise_max_scores
 

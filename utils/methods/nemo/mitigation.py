@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import random
 
-from utils.generation import PromptCondition, Prepare, caption_condition
+from utils.generation import Prepare, PromptCondition, caption_condition
 from utils.layers import NeuronSet, count_neurons, value_layers
 from utils.methods.nemo import RANDOM_NEURON_SEED, SCALING_FACTOR, selection
 from utils.methods.nemo.deactivation import deactivate_neurons

@@ -7,10 +7,10 @@ from typing import Sequence
 
 import torch
 
-from utils.methods.nemo import DETECTION_GUIDANCE_SCALE, NUM_INFERENCE_STEPS, SCALING_FACTOR, TIMESTEP_INDEX
 from utils.diffusion import encode_prompts, latent_shape, predicted_noise, schedule_timestep
-from utils.methods.nemo.deactivation import deactivate_per_slice
 from utils.layers import NeuronSet, value_layers
+from utils.methods.nemo import DETECTION_GUIDANCE_SCALE, NUM_INFERENCE_STEPS, SCALING_FACTOR, TIMESTEP_INDEX
+from utils.methods.nemo.deactivation import deactivate_per_slice
 from utils.models import load_pipeline_from_args
 
 

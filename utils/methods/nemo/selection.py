@@ -7,6 +7,7 @@ from collections import Counter
 
 from utils.layers import NeuronSet, distinct_neurons, empty_set
 
+
 def neuron_frequencies(neuron_sets: list[NeuronSet]) -> Counter:
     """How often each (layer, neuron) is named over the prompts' lists, a neuron a list names
     twice counted twice (the authors' 4_generate_images.py counts each entry); keys ordered as

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from utils.methods.nemo import STATISTICS_BATCH_SIZE
 from utils.diffusion import encode_prompts
+from utils.methods.nemo import STATISTICS_BATCH_SIZE
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from utils.generation import PromptCondition, Prepare, caption_condition
+from utils.generation import Prepare, PromptCondition, caption_condition
 
 # Ids drawn from [0, 49400): the authors' ``np.random.randint(49400)``, which for CLIP's
 # tokenizer (49,408 ids) leaves out the last ids, the start and end tokens among them.

@@ -20,10 +20,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from utils.methods.ren import REN_BOS_LOGIT_FACTOR, REN_MASK_PADDING
-from utils.generation import PromptCondition, Prepare, caption_condition
+from utils.generation import Prepare, PromptCondition, caption_condition
 from utils.hooks import edit_calls, edit_outputs
 from utils.layers import modules_ending
+from utils.methods.ren import REN_BOS_LOGIT_FACTOR, REN_MASK_PADDING
 
 CROSS_ATTENTION_SUFFIX = "attn2"  # diffusers' name of a transformer block's cross-attention
 

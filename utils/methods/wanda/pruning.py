@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from diffusers import PNDMScheduler
 from tqdm import tqdm
 
-from utils.methods.wanda import (WANDA_COLLECTION_GUIDANCE, WANDA_COLLECTION_SEED, WANDA_COLLECTION_STEPS,
-                                 WANDA_PRUNED_CALLS, WANDA_SPARSITY, WANDA_SUBSET_SEED, WANDA_SUBSET_SIZE)
 from utils.diffusion import encode_prompts
 from utils.generation import generation_latents, stop_after
 from utils.hooks import edit_calls
 from utils.layers import modules_ending
+from utils.methods.wanda import (WANDA_COLLECTION_GUIDANCE, WANDA_COLLECTION_SEED, WANDA_COLLECTION_STEPS,
+                                 WANDA_PRUNED_CALLS, WANDA_SPARSITY, WANDA_SUBSET_SEED, WANDA_SUBSET_SIZE)
 
 FFN_OUTPUT_SUFFIX = "ff.net.2"  # wanda.py: every 'ff.net' Linear but the GEGLU 'proj' (16 in SD v1.x)
 NULL_PROMPT = ""  # utils/prompts.py: the base prompt of the memorization targets

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from utils.defaults import GENERATION_STEPS, GUIDANCE_SCALE
+from utils.diffusion import encode_prompts, predicted_noise, schedule_timestep
+from utils.generation import Prepare, PromptCondition, caption_condition, stop_after
+from utils.hooks import edit_calls, edit_outputs
 from utils.methods.wen import (WEN_LEARNING_RATE, WEN_MAX_ITERATIONS, WEN_SCORE_GUIDANCE_SCALE, WEN_SCORE_STEPS,
                                WEN_TARGET_LOSS, WEN_TARGET_STEP)
-from utils.diffusion import encode_prompts, predicted_noise, schedule_timestep
-from utils.generation import PromptCondition, Prepare, caption_condition, stop_after
-from utils.hooks import edit_calls, edit_outputs
 from utils.models import frozen
+
 
 def _unconditional(pipe, n: int) -> torch.Tensor:
     return encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]).expand(n, -1, -1)  # [n, 77, dim]
