@@ -39,6 +39,8 @@ class PromptCondition:
     embedding: torch.Tensor  # [1, 77, dim]: the conditional branch (the unconditional is the empty prompt's)
     intervention: Callable[[], ContextManager] = nullcontext  # hooks in force at every step
     record: dict = field(default_factory=dict)  # kept in prompt_records.jsonl (caption used, cost, ...)
+    latents: torch.Tensor | None = None  # [n, 4, h, w]: this prompt's initial latents instead of the run's
+    guidance: Callable[[int], float] | None = None  # step index -> guidance scale; None: the run's at every step
 
 
 def image_path(directory: str, prompt: int, sample: int) -> str:
@@ -72,8 +74,9 @@ def unchanged(pipe) -> Prepare:
     return lambda _index, caption, _latents: caption_condition(pipe, caption)
 
 
-def same_intervention(a: Callable[[], ContextManager], b: Callable[[], ContextManager]) -> bool:
-    """Whether two prompts' interventions are the same hooks (so their images can share a call)."""
+def same_intervention(a: Callable | None, b: Callable | None) -> bool:
+    """Whether two prompts' interventions (or guidance schedules) are the same, so that their
+    images can share a call."""
     if a is b:
         return True
     return (isinstance(a, functools.partial) and isinstance(b, functools.partial) and a.func is b.func
@@ -82,25 +85,56 @@ def same_intervention(a: Callable[[], ContextManager], b: Callable[[], ContextMa
                     for x, y in zip(a.args, b.args)))
 
 
+def same_call(a: PromptCondition, b: PromptCondition) -> bool:
+    """Whether two prompts' images can share a pipeline call (the same hooks and guidance)."""
+    return same_intervention(a.intervention, b.intervention) and same_intervention(a.guidance, b.guidance)
+
+
+@torch.no_grad()
+def scheduled_guidance(pipe, embeddings: torch.Tensor, negative: torch.Tensor, latents: torch.Tensor, steps: int,
+                       guidance: Callable[[int], float]) -> list:
+    """The pipeline's denoising loop with the guidance scale of step i set to ``guidance(i)``
+    (any value: both branches are computed at every step, as the pipeline does above 1);
+    embeddings and negative [b, 77, dim], latents [b, 4, h, w]. Returns b PIL images."""
+    unet, scheduler = pipe.unet, pipe.scheduler
+    scheduler.set_timesteps(steps, device=unet.device)
+    x = latents * scheduler.init_noise_sigma
+    condition = torch.cat([negative, embeddings])
+    callback = step_callback()
+    for i, t in enumerate(scheduler.timesteps):
+        noise = unet(scheduler.scale_model_input(torch.cat([x] * 2), t), t, encoder_hidden_states=condition).sample
+        unconditional, conditional = noise.chunk(2)
+        x = scheduler.step(unconditional + guidance(i) * (conditional - unconditional), t, x, return_dict=False)[0]
+        if callback:
+            callback(pipe, i, t, {})
+    images = pipe.vae.decode(x / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    return pipe.image_processor.postprocess(images, output_type="pil", do_denormalize=[True] * len(images))
+
+
 @torch.no_grad()
 def generate_batch(pipe, conditions: list[PromptCondition], latents: torch.Tensor, *,
                    steps: int = GENERATION_STEPS, guidance_scale: float = GUIDANCE_SCALE) -> list[list]:
-    """All images of several prompts in one pipeline call, each prompt from the same initial
-    latents [n, 4, h, w]; the conditions must share their intervention. Returns n PIL images
-    per prompt."""
-    if any(not same_intervention(c.intervention, conditions[0].intervention) for c in conditions):
-        raise ValueError("prompts of one pipeline call need the same intervention")
+    """All images of several prompts in one pipeline call, each prompt from the run's initial
+    latents [n, 4, h, w] (or its own, ``PromptCondition.latents``); the conditions must share
+    their intervention and guidance. Returns n PIL images per prompt."""
+    if any(not same_call(c, conditions[0]) for c in conditions):
+        raise ValueError("prompts of one pipeline call need the same intervention and guidance")
     unet = pipe.unet
     size = unet.config.sample_size
     n = len(latents)
     negative = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])  # [1, 77, dim]
     embeddings = torch.cat([c.embedding.to(unet.device, unet.dtype).expand(n, -1, -1) for c in conditions])
-    batch = latents.to(unet.device, unet.dtype).repeat(len(conditions), 1, 1, 1)  # [prompts * n, 4, h, w]
+    batch = torch.cat([(latents if c.latents is None else c.latents).to(unet.device, unet.dtype)
+                       for c in conditions])  # [prompts * n, 4, h, w]
     with conditions[0].intervention():
-        images = pipe(prompt_embeds=embeddings, negative_prompt_embeds=negative.expand(len(batch), -1, -1),
-                      latents=batch, num_inference_steps=steps, guidance_scale=guidance_scale,
-                      height=size * pipe.vae_scale_factor, width=size * pipe.vae_scale_factor,
-                      callback_on_step_end=step_callback()).images
+        if conditions[0].guidance is not None:
+            images = scheduled_guidance(pipe, embeddings, negative.to(unet.dtype).expand(len(batch), -1, -1), batch,
+                                        steps, conditions[0].guidance)
+        else:
+            images = pipe(prompt_embeds=embeddings, negative_prompt_embeds=negative.expand(len(batch), -1, -1),
+                          latents=batch, num_inference_steps=steps, guidance_scale=guidance_scale,
+                          height=size * pipe.vae_scale_factor, width=size * pipe.vae_scale_factor,
+                          callback_on_step_end=step_callback()).images
     return [images[k * n:(k + 1) * n] for k in range(len(conditions))]
 
 
@@ -110,10 +144,10 @@ def generate_prompt_images(pipe, condition: PromptCondition, latents: torch.Tens
 
 
 def _groups(conditions: list[PromptCondition]) -> list[list[int]]:
-    """Runs of consecutive prompts with the same intervention (each run is one call)."""
+    """Runs of consecutive prompts with the same intervention and guidance (each run is one call)."""
     groups: list[list[int]] = []
     for k, condition in enumerate(conditions):
-        if groups and same_intervention(conditions[groups[-1][0]].intervention, condition.intervention):
+        if groups and same_call(conditions[groups[-1][0]], condition):
             groups[-1].append(k)
         else:
             groups.append([k])

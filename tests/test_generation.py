@@ -1,0 +1,41 @@
+"""Generation under a prompt condition on the tiny pipeline: a prompt's own initial latents and
+a per-step guidance schedule, the two things a mitigation may change besides the embedding and
+the hooks."""
+
+import numpy as np
+import torch
+
+from utils.generation import PromptCondition, caption_condition, generate_batch, generation_latents
+
+
+def pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(image, dtype=np.int16) for image in images])
+
+
+def test_a_constant_schedule_is_the_pipelines_guidance(tiny_pipe):
+    latents = generation_latents(tiny_pipe.unet, 0, 2)
+    plain = caption_condition(tiny_pipe, "the famous cat poster")
+    scheduled = PromptCondition(plain.embedding, guidance=lambda _step: 7.0)
+    pipeline, own = (generate_batch(tiny_pipe, [c], latents, steps=3, guidance_scale=7.0)[0] for c in (plain, scheduled))
+    assert np.abs(pixels(pipeline) - pixels(own)).max() <= 1  # the same computation; JPEG-free PIL images
+    off = PromptCondition(plain.embedding, guidance=lambda step: 0.0 if step < 2 else 7.0)
+    assert np.abs(pixels(generate_batch(tiny_pipe, [off], latents, steps=3)[0]) - pixels(own)).max() > 1
+
+
+def test_a_prompt_with_its_own_latents_starts_from_them(tiny_pipe):
+    latents = generation_latents(tiny_pipe.unet, 0, 2)
+    own = generation_latents(tiny_pipe.unet, 5, 2)
+    plain = caption_condition(tiny_pipe, "a red house painting")
+    moved = PromptCondition(plain.embedding, latents=own)
+    shared = generate_batch(tiny_pipe, [plain, moved], latents, steps=2)
+    alone = generate_batch(tiny_pipe, [caption_condition(tiny_pipe, "a red house painting")], own, steps=2)[0]
+    assert np.abs(pixels(shared[1]) - pixels(alone)).max() <= 1
+    assert np.abs(pixels(shared[0]) - pixels(shared[1])).max() > 1
+
+
+def test_prompts_with_other_schedules_do_not_share_a_call(tiny_pipe):
+    from utils.generation import _groups
+
+    embedding = torch.zeros(1, 77, 32)
+    a, b = (PromptCondition(embedding, guidance=lambda step: 1.0), PromptCondition(embedding, guidance=lambda s: 2.0))
+    assert _groups([a, a, b, PromptCondition(embedding)]) == [[0, 1], [2], [3]]
