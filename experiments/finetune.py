@@ -12,6 +12,7 @@ from utils.methods import dori
 
 logger = logging.getLogger("9_adversarial_finetuning")
 SUMMARY_NAME = "finetune.json"
+CHECKPOINT_SUFFIX = ".checkpoint.pt"  # beside the output folder, until the model is complete
 
 
 def add_args(parser) -> None:
@@ -26,6 +27,10 @@ def add_args(parser) -> None:
                         help="';' CSV with columns Caption and Image (paths relative to it): pairs of the utility loss")
     parser.add_argument("-o", "--output", required=True, help="folder of the fine-tuned model")
     parser.add_argument("--memorization_type", choices=("VM", "TM"), default=None, help="only prompts of this type")
+    parser.add_argument("--checkpoint_every", type=cli.non_negative_int, default=dori.CHECKPOINT_EVERY,
+                        help="updates between checkpoints (<output>.checkpoint.pt: weights, optimizer and scaler "
+                             "states, random generators, position; ours); a rerun of the same command continues from "
+                             "the last one and ends with the weights an uninterrupted run ends with. 0: none")
     parser.add_argument("--epochs", type=cli.positive_int, default=dori.FINETUNE_EPOCHS, help="passes over the memorized images")
     parser.add_argument("--learning_rate", type=cli.positive_float, default=dori.FINETUNE_LEARNING_RATE,
                         help="AdamW learning rate of the U-Net (our choice)")
@@ -62,10 +67,18 @@ def log_update(record: dict) -> None:
     crash_point("update_done")
 
 
+def save_checkpoint(path: str, state: dict, recorded: dict) -> None:
+    """The fine-tuning state and its settings record, each written atomically."""
+    from utils.outputs import save_torch, write_settings
+
+    save_torch(path, dict(state, seconds=sum(record["seconds"] for record in state["history"])))
+    write_settings(path, recorded)
+
+
 def run(args) -> dict:
 
     from utils.files import read_json, read_prompts, read_results, require_neurons, rows_of_type
-    from utils.outputs import claim_output, save_model_folder, write_json
+    from utils.outputs import claim_output, remove_output, save_model_folder, write_json
 
     frame = read_prompts(args.dataset)
     read_results(args.result_file, None)
@@ -97,16 +110,23 @@ def run(args) -> dict:
     prompts = [(i, frame["Caption"][i], originals[i]) for i in rows]
     targets = surrogate_targets(pipe, with_neurons(pipe, neurons), prompts, steps=args.surrogate_steps,
                                 seed=args.seed)  # surrogates: what the NeMo-mitigated model draws
+    checkpoint = args.output.rstrip("/") + CHECKPOINT_SUFFIX
+    resume = None
+    if claim_output(checkpoint, recorded, args.overwrite, record=False):
+        resume = torch.load(checkpoint, map_location=device, weights_only=False)
+        logger.warning("%s: continuing after update %d", checkpoint, len(resume["history"]))
     start = time.perf_counter()
     history = adversarial_finetune(
         pipe, targets, utility, epochs=args.epochs, learning_rate=args.learning_rate, attack_steps=args.attack_steps,
         attack_learning_rate=args.attack_learning_rate, attack_batch=args.attack_batch, seed=args.seed,
         utility_weight=args.utility_weight, distillation_weight=args.distillation_weight,
-        compute_dtype=resolve_dtype(args.dtype, device), progress=log_update)
-    seconds = time.perf_counter() - start
+        compute_dtype=resolve_dtype(args.dtype, device), progress=log_update, checkpoint_every=args.checkpoint_every,
+        save_checkpoint=lambda state: save_checkpoint(checkpoint, state, recorded), resume=resume)
+    seconds = time.perf_counter() - start + (resume["seconds"] if resume else 0.0)
     summary = dict(rows=rows, seconds=round(seconds, 1), updates=len(history), history=history,
                    settings=dict(vars(args)))
     save_model_folder(args.output, pipe, recorded, {SUMMARY_NAME: lambda path: write_json(path, summary)})
+    remove_output(checkpoint)  # the model is complete
     print(f"fine-tuned on {len(rows)} memorized images, {args.epochs} epochs, {len(history)} updates in "
           f"{seconds:.1f} s -> {args.output}")
     return summary

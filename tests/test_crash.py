@@ -182,3 +182,15 @@ def test_script9_killed_then_rerun(bed, tmp_path):
     assert not os.path.exists(out)
     run(9, args)
     same_unet(bed.clean(9), out)
+
+
+def test_script9_resumes_from_its_checkpoint_with_the_uninterrupted_weights(bed, tmp_path, caplog):
+    out = str(tmp_path / "finetuned")
+    args = [*bed.command(9, out), "--checkpoint_every", "1"]  # 2 updates: one checkpoint before the kill
+    killed(9, args, "update_done:1")
+    assert not os.path.exists(out) and os.path.exists(out + ".checkpoint.pt")
+    with caplog.at_level("WARNING"):
+        run(9, args)
+    assert "continuing after update 1" in caplog.text
+    same_unet(bed.clean(9), out)  # bit for bit: weights, optimizer, scaler and generators were restored
+    assert not os.path.exists(out + ".checkpoint.pt") and not os.path.exists(out + ".checkpoint.pt.settings.json")

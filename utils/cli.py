@@ -134,7 +134,7 @@ def setup_logging(level: str = "INFO") -> None:
 # (batch sizes: how many prompts share a call, not what each image or row is; a script whose
 # batch size does change its results records it itself; the early-decision switches).
 NON_RESULT_FLAGS = ("resume", "overwrite", "limit", "log_level", "device", "batch_candidates", "batch_size",
-                    "early_decisions", "seeds_per_call", "parallel_prompts")
+                    "early_decisions", "seeds_per_call", "parallel_prompts", "checkpoint_every")
 
 
 def file_digest(path: str) -> str:

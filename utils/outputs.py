@@ -184,6 +184,13 @@ def claim_output(output: str, settings: dict, overwrite: bool, *, folder: bool =
     return False
 
 
+def remove_output(output: str, folder: bool = False) -> None:
+    """Remove an output and its settings record (what a finished run no longer needs)."""
+    for path in (output, settings_path(output, folder)):
+        if os.path.lexists(path):
+            _discard(path)
+
+
 def save_model_folder(output: str, pipe, settings: dict, extra_files: dict | None = None) -> None:
     """A diffusers folder written whole: ``pipe.save_pretrained``, its settings record and
     ``extra_files`` (name -> write(path)) into a temporary that is renamed once complete."""

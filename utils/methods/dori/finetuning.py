@@ -56,12 +56,32 @@ def surrogate_targets(pipe, prepare: Prepare, prompts: list[tuple[int, str, str]
     return targets
 
 
+def random_states() -> dict:
+    """The global random generators' states (torch's CPU and CUDA ones, Python's, NumPy's)."""
+    import numpy as np
+
+    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                python=random.getstate(), numpy=np.random.get_state())
+
+
+def restore_random_states(states: dict) -> None:
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+
+
 def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[[torch.Generator], tuple],
                          *, epochs: int = FINETUNE_EPOCHS, learning_rate: float = FINETUNE_LEARNING_RATE,
                          attack_steps: int = ATTACK_STEPS, attack_learning_rate: float = ATTACK_LEARNING_RATE,
                          attack_batch: int = ATTACK_BATCH, seed: int = ATTACK_SEED, utility_weight: float = UTILITY_WEIGHT,
                          distillation_weight: float = DISTILLATION_WEIGHT, progress=None,
-                         compute_dtype: torch.dtype = torch.float32) -> list[dict]:
+                         compute_dtype: torch.dtype = torch.float32, checkpoint_every: int = 0,
+                         save_checkpoint: Callable[[dict], None] | None = None,
+                         resume: dict | None = None) -> list[dict]:
     """Adversarial fine-tuning of every U-Net weight, in place.
 
     The weights stay in their own (float32) precision; a ``compute_dtype`` of float16 or
@@ -74,6 +94,12 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
     ``utility(generator) -> (latents [b, 4, h, w], embeddings [b, 77, dim])``, other pairs;
     with ``distillation_weight`` > 0, plus that weight times the distillation loss on the same
     pairs towards a frozen copy of the U-Net as it was before the first update.
+
+    Every ``checkpoint_every`` updates (0: never) ``save_checkpoint(state)`` gets the state a
+    run continues from (``resume``): the U-Net's weights, the optimizer's and the gradient
+    scaler's states, the random generators, the history and the updates done. The U-Net must
+    then be the model before the first update (the distillation target), and the run ends with
+    the weights an uninterrupted one ends with.
     Returns one record per update (losses, seconds).
     """
     unet = pipe.unet
@@ -86,9 +112,19 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
                               enabled=compute_dtype != unet.dtype)
     generator = torch.Generator("cpu").manual_seed(seed)
     history = []
-    updates = tqdm(total=epochs * len(targets), desc="fine-tuning updates", unit="update", leave=False)
+    if resume:
+        unet.load_state_dict(resume["unet"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scaler.load_state_dict(resume["scaler"])
+        generator.set_state(resume["generator"])
+        restore_random_states(resume["random"])
+        history = list(resume["history"])
+    updates = tqdm(total=epochs * len(targets), initial=len(history), desc="fine-tuning updates", unit="update",
+                   leave=False)
     for epoch in range(epochs):
         for index, target in enumerate(targets):
+            if epoch * len(targets) + index < len(history):
+                continue  # done before the checkpoint this run continues
             start = time.perf_counter()
             unet.eval()
             with mixed():
@@ -115,6 +151,9 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
             history.append(dict(epoch=epoch, image=index, attack_loss=found.losses[-1], adversarial_loss=adversarial.item(),
                                 utility_loss=kept.item(), distillation_loss=anchored.item() if original is not None else None,
                                 seconds=round(time.perf_counter() - start, 3)))
+            if save_checkpoint and checkpoint_every and len(history) % checkpoint_every == 0:
+                save_checkpoint(dict(unet=unet.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                                     generator=generator.get_state(), random=random_states(), history=history))
             if progress:
                 progress(history[-1])
     updates.close()
