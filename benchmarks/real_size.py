@@ -102,7 +102,7 @@ def reduced_pass(model: str, inputs: dict[str, str], sscd: str, clip: str, work:
         ("script 5 reloaded", "4_generate_images", ["-v", path("pruned"), *device, *generation, "-o", path("images", "pruned")]),
         ("script 6", "6_reproduce_table1",
          [*model_flags, "-d", inputs["prompts"], "-o", path("table1"), "--statistics", inputs["statistics"], "--smoke",
-          "--limit", "1", "--steps", "1", "-n", "1", "-g", "0", "--settings", "all neurons active,NeMo",
+          "--limit", "1", "--steps", "1", "-n", "1", "-g", "0", "--rows", "all neurons active,NeMo",
           "--originals", inputs["originals"], "--sscd-model", sscd, "--clip-model", clip,
           "--copy_threshold", str(SSCD_COPY_THRESHOLD)]),  # the stand-in SSCD has no threshold of its own
         ("script 7", "7_prune_memorized_weights",

@@ -3,11 +3,13 @@ and mean + 1 std of the scores (tau_mem on non-memorized prompts, SPEC §3)."""
 
 from __future__ import annotations
 
+import time
+
 from utils import cli
 from utils.methods import DETECTORS
 from utils.methods.nemo import options as nemo_options
 
-SCORE_COLUMNS = ["Caption", "Memorization Score", "Sample Scores"]
+SCORE_COLUMNS = ["Caption", "Memorization Score", "Sample Scores", "Seconds"]
 AGGREGATES = {"max": lambda scores: scores.max(), "mean": lambda scores: scores.mean()}
 
 
@@ -68,12 +70,14 @@ def run(args) -> float | None:
     with RowWriter(shard.part(args.output), SCORE_COLUMNS, settings, args.overwrite,
                    companions=(threshold_file,)) as writer:
         for i in tqdm(cli.pending(shard, len(prompts), writer.done, args.limit), desc="scoring", unit="prompt"):
+            start = time.perf_counter()
             per_sample = score(pipe, layers, latents, args, prompts[i])  # [n]
             writer.write(i, {"Caption": prompts[i], "Memorization Score": AGGREGATES[detector.aggregate](per_sample).item(),
-                             "Sample Scores": [round(s, 6) for s in per_sample.tolist()]})
+                             "Sample Scores": [round(s, 6) for s in per_sample.tolist()],
+                             "Seconds": round(time.perf_counter() - start, 3)})
     if not shard.finish(args.output, merge_rows):
         return None  # another process merges and reports
-    frame = read_csv(args.output, tuple(SCORE_COLUMNS), "score file")
+    frame = read_csv(args.output, ("Caption", "Memorization Score"), "score file")
     scores = numeric_columns(frame, ("Memorization Score",), args.output, "score file")["Memorization Score"]
     threshold = memorization_threshold(scores)
     write_json(threshold_file, dict(threshold=threshold, mean=float(scores.mean()), std=float(scores.std()),

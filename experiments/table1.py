@@ -11,6 +11,8 @@ import logging
 import os
 from typing import Callable
 
+import pandas as pd
+
 from experiments import attack, detect, finetune, generate, locality, localize, prune, tables
 from experiments.rows import ALL_REFINED, FINETUNED, GIVEN, PLAIN, WANDA, Row, chosen_rows, folder_name, table_rows
 from metrics import plots
@@ -208,6 +210,9 @@ def run_detection(args) -> dict:
                          **model_options(args))
             figures[name] = detection.main(["-m", files["memorized"], "-u", files["unmemorized"], "-p", args.dataset,
                                             "-o", os.path.join(args.output, "detection", f"{stem}.json")])["summary"]
+            seconds = [read_csv(path, ("Seconds",), "score file")["Seconds"] for path in files.values()]
+            for group in figures[name].values():  # the detector's cost: median seconds per prompt, both files
+                group["seconds_per_prompt"] = float(pd.concat(seconds).median())
     return figures
 
 

@@ -271,12 +271,13 @@ def write_grids(report: dict, folders: dict[str, str], originals: dict[int, str]
 # Markdown sections beside the table (6_reproduce_table1.py).
 
 def detection_markdown(figures: dict) -> str:
-    lines = ["### Detection of memorized prompts", "", "| score | prompts | AUROC | TPR@1%FPR | accuracy at its tau |",
-             "|---|---|---|---|---|"]
+    lines = ["### Detection of memorized prompts", "",
+             "| score | prompts | AUROC | TPR@1%FPR | accuracy at its tau | seconds per prompt |", "|---|---|---|---|---|---|"]
     for name, groups in figures.items():
         for group, f in groups.items():
+            seconds = f.get("seconds_per_prompt")
             lines.append(f"| {name} | {group} | {f['auroc']:.3f} | {f['tpr_at_1_fpr']:.3f} | "
-                         f"{f['accuracy_at_threshold']:.3f} |")
+                         f"{f['accuracy_at_threshold']:.3f} | {'' if seconds is None else f'{seconds:.3f}'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -89,6 +89,7 @@ def test_training_data_matches_the_shipped_prompt_files_and_originals():
 
 def test_table1_demo_runs_every_row_end_to_end_reduced(tmp_path, capsys):
     from experiments.rows import FINETUNED, WANDA, table_rows
+    from utils.methods import DETECTORS
     from testbed import table1
 
     report = table1.main(["--output", str(tmp_path), "--vm", "1", "--tm", "1", "--steps", "4", "--num_samples", "2",
@@ -108,9 +109,11 @@ def test_table1_demo_runs_every_row_end_to_end_reduced(tmp_path, capsys):
     # the held-out prompts of the quality column get the setting too (here: the added tokens)
     held_out = read_records(str(tmp_path / "quality" / "10_random_tokens"))
     assert sorted(held_out) == [0, 1] and all(len(r["added_tokens"]) == 10 for r in held_out.values())
-    assert set(report["detection"]) == {"NeMo (SSIM score)", "Wen (noise magnitude, 50 steps)",
-                                        "Wen (noise magnitude, first step)"}
+    assert set(report["detection"]) == {name for detector in DETECTORS.values() for name in detector.comparisons}
+    assert {"NeMo (SSIM score)", "Wen (noise magnitude, 50 steps)", "Wen (noise magnitude, first step)"} <= set(
+        report["detection"])
     assert report["detection"]["NeMo (SSIM score)"]["overall"]["auroc"] > 0.9
+    assert all(group["seconds_per_prompt"] > 0 for groups in report["detection"].values() for group in groups.values())
     assert report["wanda"]["rows"] and (tmp_path / "wanda_model" / "model_index.json").exists()
     assert set(report["nemo_wanda_agreement"]["per_prompt"]) == {"nemo_left_on_pruned", "wanda_left_with_nemo"}
     assert "Test-bed Table 1" in capsys.readouterr().out
