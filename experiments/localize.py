@@ -25,14 +25,15 @@ def add_args(parser) -> None:
 
 
 def run(args) -> None:
+    """Localize every pending prompt of ``args.dataset`` into the results file (see ``add_args``)."""
     from tqdm import tqdm
 
     from utils.distributed import Shard
     from utils.files import COST_COLUMNS, RESULT_COLUMNS, RowWriter, merge_rows, read_prompts
     from utils.layers import count_neurons
-    from utils.methods.nemo.localization import localize_prompt, localize_prompts
-    from utils.methods.nemo.noise import load_detection_model, prompt_noise_difference
-    from utils.methods.nemo.statistics import load_statistics, prompt_activations
+    from utils.methods.nemo.localization import localize_captions
+    from utils.methods.nemo.noise import load_detection_model
+    from utils.methods.nemo.statistics import load_statistics
     from utils.models import resolve_device
 
     frame = read_prompts(args.dataset)
@@ -40,7 +41,7 @@ def run(args) -> None:
         raise ValueError(f"--samples_per_prompt {args.samples_per_prompt}: the pairwise score needs at least 2")
     device = resolve_device(args.device)
     pipe, layers, shape = load_detection_model(args)
-    settings = nemo_options.localization_settings(args, device.type)
+    config = nemo_options.localization_config(args, device.type)
     stats = load_statistics(args.statistics, layers)
     output = cli.versioned_path(args.output, args.version)
     totals = dict(seconds=0.0, forwards=0, sets=0, skipped=0)
@@ -52,23 +53,17 @@ def run(args) -> None:
         groups = [pending[g:g + args.parallel_prompts] for g in range(0, len(pending), args.parallel_prompts)]
         bar = tqdm(total=len(pending), desc="localizing", unit="prompt")
         for group in groups:
-            noises = [prompt_noise_difference(pipe, layers, frame["Caption"][i], num_inference_steps=args.num_inference_steps,
-                                              timestep_index=args.timestep_index, guidance_scale=args.guidance_scale,
-                                              scaling_factor=args.scaling_factor) for i in group]
-            activations = [prompt_activations(layers, noise.text_embedding) for noise in noises]  # the noise's embedding
-            z_scores = [stats.z_scores(a) for a in activations]
-            if len(group) == 1:
-                results = [localize_prompt(noises[0], shape, z_scores[0], activations[0], settings,
-                                           args.ssim_kernel_size, progress=True)]
-            else:
-                results = localize_prompts(noises, shape, z_scores, activations, settings, args.ssim_kernel_size)
+            results = localize_captions(pipe, layers, stats, [frame["Caption"][i] for i in group], shape, config,
+                                        args.ssim_kernel_size, num_inference_steps=args.num_inference_steps,
+                                        timestep_index=args.timestep_index, guidance_scale=args.guidance_scale,
+                                        scaling_factor=args.scaling_factor, progress=len(group) == 1)
             for i, result in zip(group, results):
                 prompt = frame["Caption"][i]
                 writer.write(i, {"Caption": prompt, "URL": frame["URL"][i] if "URL" in frame else "",
-                              "Initial Neurons": result.initial_neurons, "Initial SSIM": result.initial_score,
-                              "Refined Neurons": result.refined_neurons, "Refined SSIM": result.refined_score,
-                              "Seconds": round(result.seconds, 3), "UNet Sample Forwards": result.unet_sample_forwards,
-                              "Sets Scored": result.sets_scored, "Seeds Skipped": result.seeds_skipped})
+                                 "Initial Neurons": result.initial_neurons, "Initial SSIM": result.initial_score,
+                                 "Refined Neurons": result.refined_neurons, "Refined SSIM": result.refined_score,
+                                 "Seconds": round(result.seconds, 3), "UNet Sample Forwards": result.unet_sample_forwards,
+                                 "Sets Scored": result.sets_scored, "Seeds Skipped": result.seeds_skipped})
                 logger.info("prompt %d: %d initial, %d refined neurons, score %.3f, %.1f s", i,
                             count_neurons(result.initial_neurons), count_neurons(result.refined_neurons),
                             result.refined_score, result.seconds)

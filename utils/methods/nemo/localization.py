@@ -488,3 +488,24 @@ def localize_prompts(noises: list[NoiseDifference], latent_shape, z_scores: list
     if errors:
         raise errors[0]
     return results
+
+
+def localize_captions(pipe, layers: dict, statistics, captions: list[str], latent_shape, config: LocalizationConfig,
+                      kernel_size: int, *, num_inference_steps: int, timestep_index: int, guidance_scale: float,
+                      scaling_factor: float, progress: bool = False) -> list[LocalizationResult]:
+    """NeMo for a few captions whose walks share U-Net calls (one: the plain walk), SPEC §3-4:
+    each caption's first-step noise differences, its value-layer activations [features] per
+    layer and their z-scores against ``statistics`` (script 1's), then initial selection and
+    refinement."""
+    from utils.methods.nemo.noise import prompt_noise_difference
+    from utils.methods.nemo.statistics import prompt_activations
+
+    noises = [prompt_noise_difference(pipe, layers, caption, num_inference_steps=num_inference_steps,
+                                      timestep_index=timestep_index, guidance_scale=guidance_scale,
+                                      scaling_factor=scaling_factor) for caption in captions]
+    activations = [prompt_activations(layers, noise.text_embedding) for noise in noises]  # the noise's embedding
+    z_scores = [statistics.z_scores(a) for a in activations]
+    if len(captions) == 1:
+        return [localize_prompt(noises[0], latent_shape, z_scores[0], activations[0], config, kernel_size,
+                                progress=progress)]
+    return localize_prompts(noises, latent_shape, z_scores, activations, config, kernel_size)

@@ -69,7 +69,7 @@ def add_localization_args(parser: argparse.ArgumentParser) -> None:
                             f"{SEEDS_PER_CALL_CPU} on the CPU, {SEEDS_PER_CALL_CUDA} on CUDA; ours)")
 
 
-def localization_settings(args: argparse.Namespace, device_type: str = "cpu"):
+def localization_config(args: argparse.Namespace, device_type: str = "cpu"):
     """Script 3's ``LocalizationConfig`` from its flags (``device_type``: 'cpu' or 'cuda')."""
     from utils.methods.nemo import localization
 
