@@ -76,6 +76,9 @@ def add_args(parser) -> None:
     gen.add_argument("-s", "--seed", type=int, default=defaults.GENERATION_SEED, help="seed of each prompt's latents")
     gen.add_argument("-b", "--batch_size", type=cli.positive_int, default=defaults.PROMPTS_PER_BATCH,
                      help="authors' script 4 -b: prompts per pipeline call, all --num_samples images of each in it")
+    gen.add_argument("--generation_option", action="append", default=[], metavar="NAME=VALUE",
+                     help="a script-4 setting for every row's generation, e.g. han_max_iterations=10 (repeatable; "
+                          "default: each method's own, named in script 4's --help)")
     gen.add_argument("--wen_target_loss", type=cli.non_negative_float, default=None,
                      help="Wen's target loss (default: script 4's, the authors' 3 for 4 SD latents)")
     pruning = parser.add_argument_group("Wanda rows (script 7; defaults: ruchikachavhan/concept-prune)")
@@ -172,6 +175,21 @@ def run_attacks(args, results: str, models: dict[str, str], neuron_sets: dict[st
             for name, (model, neurons) in targets.items()}
 
 
+def generation_options(options: list[str]) -> list[str]:
+    """``NAME=VALUE`` settings as script 4's flags (``--NAME VALUE``), checked by its parser."""
+    argv = []
+    for option in options:
+        name, equals, value = option.partition("=")
+        if not equals or not name.strip():
+            raise ValueError(f"--generation_option: expected NAME=VALUE, got {option!r}")
+        argv += [f"--{name.strip()}", value.strip()]
+    try:
+        cli.step_args(generate.add_args, argv)
+    except (ValueError, SystemExit) as error:  # argparse exits on a value of the wrong type
+        raise ValueError(f"--generation_option: script 4 does not take {' '.join(argv)} ({error})") from None
+    return argv
+
+
 def generate_rows(args, results: str, rows: list[Row], neurons: dict[int, list],
                   models: dict[str, str]) -> tuple[dict, dict]:
     """Script 4 for every row (and its held-out run); returns the image folders by row.
@@ -180,17 +198,18 @@ def generate_rows(args, results: str, rows: list[Row], neurons: dict[int, list],
                       seed=args.seed, batch_size=args.batch_size, result_file=results, **model_options(args))
     if args.wen_target_loss is not None:
         generation["wen_target_loss"] = args.wen_target_loss
+    options = generation_options(args.generation_option)
     all_refined = len(selection.neuron_frequencies(list(neurons.values())))
     folders, quality = {}, {}
     for row in rows:
         folders[row.name] = os.path.join(args.output, "images", folder_name(row.name))
-        cli.run_step(generate, dataset=args.dataset, output=folders[row.name], version=models[row.model],
-                 limit=args.limit, **generation, **row.generation())
+        cli.run_step(generate, options, dataset=args.dataset, output=folders[row.name], version=models[row.model],
+                     limit=args.limit, **generation, **row.generation())
         if args.quality_prompts and row.on_held_out:
-            options = {k: all_refined if v == ALL_REFINED else v for k, v in row.generation(held_out=True).items()}
+            held_out = {k: all_refined if v == ALL_REFINED else v for k, v in row.generation(held_out=True).items()}
             quality[row.name] = os.path.join(args.output, "quality", folder_name(row.name))
-            cli.run_step(generate, prompts=args.quality_prompts, output=quality[row.name], version=models[row.model],
-                     **generation, **options)
+            cli.run_step(generate, options, prompts=args.quality_prompts, output=quality[row.name],
+                         version=models[row.model], **generation, **held_out)
     return folders, quality
 
 
@@ -228,6 +247,7 @@ def check_inputs(args) -> None:
     """Every input is read and checked before hours of work, not after."""
     if args.dori and not (args.originals and args.utility_data):
         raise ValueError("--dori needs --originals (the images to attack and erase) and --utility_data")
+    generation_options(args.generation_option)
     for path in (args.dataset, args.quality_prompts, args.unmemorized_prompts):
         if path:
             read_prompts(path)

@@ -97,3 +97,16 @@ def test_a_registered_mitigation_reaches_script4_and_table1(throwaway, tiny_mode
 def test_a_name_is_registered_once(throwaway):
     with pytest.raises(ValueError, match="registered twice"):
         registry.register(throwaway)
+
+
+def test_table1_passes_a_methods_setting_to_every_rows_generation():
+    from experiments import table1
+
+    assert table1.generation_options(["han_max_iterations=10", "wen_max_iterations = 3"]) == [
+        "--han_max_iterations", "10", "--wen_max_iterations", "3"]
+    options = cli.step_args(generate.add_args, table1.generation_options(["han_max_iterations=10"]),
+                            **registry.Row("x", 1, "han_per_sample").generation())
+    assert options.han_max_iterations == 10 and options.han_per_sample
+    for bad in ("han_max_iterations", "no_such_setting=1", "han_max_iterations=ten"):
+        with pytest.raises(ValueError, match="--generation_option"):
+            table1.generation_options([bad])

@@ -197,7 +197,9 @@ def step_args(add_args, argv: list[str] = (), **values) -> argparse.Namespace:
             action.required = False
         elif action.required and not any(flag in argv for flag in action.option_strings):
             raise ValueError(f"this step needs {action.dest!r}")
-    args = parser.parse_args(list(argv))
+    args, unknown = parser.parse_known_args(list(argv))
+    if unknown:
+        raise ValueError(f"this step takes no {' '.join(unknown)}")
     unknown = sorted(set(values) - set(vars(args)))
     if unknown:
         raise ValueError(f"unknown settings {unknown} for this step; it takes {sorted(vars(args))}")
@@ -205,7 +207,7 @@ def step_args(add_args, argv: list[str] = (), **values) -> argparse.Namespace:
     return args
 
 
-def run_step(step, **values):
+def run_step(step, argv: list[str] = (), **values):
     """A step module (its ``add_args`` and ``run``, e.g. ``experiments.generate``) run with its
-    defaults and ``values`` (flag dests)."""
-    return step.run(step_args(step.add_args, **values))
+    defaults, a user's flags ``argv`` and ``values`` (flag dests)."""
+    return step.run(step_args(step.add_args, argv, **values))
