@@ -17,7 +17,10 @@ SUMMARY_NAME = "wanda.json"
 
 def add_args(parser) -> None:
     parser.epilog = ("Defaults are those of the authors' code (ruchikachavhan/concept-prune: configs/wanda_config.yaml, "
-                     "wanda/wanda.py, wanda/save_union_over_time.py); README.md lists where this suite differs.")
+                     "wanda/wanda.py, wanda/save_union_over_time.py); README.md lists where this suite differs. "
+                     "Under a launcher (accelerate launch --num_processes N, torchrun) P and the empty prompt are "
+                     "split over the processes and their norms gathered and added in prompt order: the masks and the "
+                     "pruned model are those of one process; rank 0 writes the folder.")
     parser.add_argument("-d", "--dataset", default="prompts/memorized_laion_prompts.csv",
                         help="memorized prompt file (';' CSV, column Caption)")
     parser.add_argument("-o", "--output", required=True, help="ours: folder of the pruned model (it appears only once complete)")
@@ -38,42 +41,58 @@ def add_args(parser) -> None:
 
 
 def run(args) -> dict:
-
+    """Under a launcher, each process collects the norms of its share of P (and of the empty
+    prompt), every process adds all of them up in prompt order and computes the masks; rank 0 writes."""
+    from utils import distributed
     from utils.files import read_json, read_prompts
-    from utils.outputs import claim_output, save_model_folder, write_json
+    from utils.models import resolve_device
+    from utils.outputs import claim_output
 
     prompts = read_prompts(args.dataset)
     recorded = cli.run_record(args, inputs=("dataset",))
-    if claim_output(args.output, recorded, args.overwrite, folder=True, record=False):
-        logger.info("%s is complete with the same settings; nothing to do", args.output)
-        return read_json(os.path.join(args.output, SUMMARY_NAME), "Wanda summary")
+    with distributed.process_group(resolve_device(args.device)) as shard:
+        with distributed.main_process_first(shard):  # rank 0 clears an --overwrite output first
+            done = claim_output(args.output, recorded, args.overwrite, folder=True, record=False)
+        if done:
+            logger.info("%s is complete with the same settings; nothing to do", args.output)
+            return read_json(os.path.join(args.output, SUMMARY_NAME), "Wanda summary")
+        return prune_on_subset(args, prompts, recorded, shard)
 
-    import torch
 
+def prune_on_subset(args, prompts, recorded: dict, shard) -> dict:
+    from utils import distributed
     from utils.methods.wanda import pruning as wanda
     from utils.models import load_pipeline_from_args
+    from utils.outputs import save_model_folder, write_json
 
     rows = wanda.choose_subset(len(prompts), args.subset_size, args.subset_seed)
     captions = [prompts["Caption"][i] for i in rows]
     pipe = load_pipeline_from_args(args)
     start = time.perf_counter()
     settings = dict(seed=args.seed, steps=args.steps, guidance_scale=args.guidance_scale, calls=args.calls)
-    memorized = wanda.input_norms(pipe, captions, **settings)
+    # jobs: P, then the empty prompt; this process runs jobs rank, rank + N, ... and gets everyone's
+    jobs = captions + [wanda.NULL_PROMPT]
+    mine = shard.indices(len(jobs))
+    parts = distributed.gather_by_index(shard, dict(zip(mine, wanda.prompt_input_norms(
+        pipe, [jobs[i] for i in mine], **settings))))
+    memorized = wanda.total([parts[i] for i in range(len(captions))])  # in prompt order: one process's bits
     # the empty prompt's runs are all alike (same seed): one run counted |P| times
-    null = wanda.scale(wanda.input_norms(pipe, [wanda.NULL_PROMPT], **settings), len(captions))
+    null = wanda.scale(parts[len(captions)], len(captions))
     masks = wanda.wanda_masks(pipe.unet, memorized, null, args.sparsity)
     seconds = time.perf_counter() - start
-    wanda.prune_weights(pipe.unet, masks)
     summary = dict(dataset=args.dataset, rows=rows, captions=captions, sparsity=args.sparsity, calls=args.calls,
                    layers=masks.layers, pruned_fraction=masks.pruned_fraction(),
                    pruned_weights=int(sum(m.sum().item() for m in masks.union)),
                    ffn_weights=int(sum(m.numel() for m in masks.union)), seconds=round(seconds, 3),
                    unet_sample_forwards=memorized.unet_sample_forwards + null.unet_sample_forwards,
-                   settings=dict(vars(args)))
-    save_model_folder(args.output, pipe, recorded, {
-        MASKS_NAME: lambda path: wanda.save_masks(masks, path, rows=rows, sparsity=args.sparsity),
-        SUMMARY_NAME: lambda path: write_json(path, summary)})
-    print(f"pruned {summary['pruned_weights']} of {summary['ffn_weights']} ff.net.2 weights "
-          f"({100 * summary['pruned_weights'] / summary['ffn_weights']:.2f}%) from {len(rows)} prompts in "
-          f"{seconds:.1f} s -> {args.output}")
+                   processes=shard.world_size, settings=dict(vars(args)))
+    if shard.rank == 0:
+        wanda.prune_weights(pipe.unet, masks)
+        save_model_folder(args.output, pipe, recorded, {
+            MASKS_NAME: lambda path: wanda.save_masks(masks, path, rows=rows, sparsity=args.sparsity),
+            SUMMARY_NAME: lambda path: write_json(path, summary)})
+        print(f"pruned {summary['pruned_weights']} of {summary['ffn_weights']} ff.net.2 weights "
+              f"({100 * summary['pruned_weights'] / summary['ffn_weights']:.2f}%) from {len(rows)} prompts in "
+              f"{seconds:.1f} s -> {args.output}")
+    distributed.barrier(shard)  # the command ends when the folder exists
     return summary

@@ -4,14 +4,21 @@ Each process takes every N-th prompt (a disjoint, deterministic shard) and write
 part file (kept, so --resume works per process); the last process to finish merges the
 parts into the file one process writes.
 No process group is needed: the launcher's RANK and WORLD_SIZE are enough.
+
+A step whose result needs every process's share (a sum over all prompts) opens the
+launcher's process group instead (``process_group``): the shares are gathered to every
+process (``gather_by_index``), one process writes (``main_process_first``, ``barrier``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -53,3 +60,59 @@ class Shard:
         os.rmdir(path + ".merging")
         return True
 
+
+@contextlib.contextmanager
+def process_group(device) -> Iterator[Shard]:
+    """This process's shard, inside the launcher's default process group when WORLD_SIZE > 1
+    (from its MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE): gloo for a CPU ``device``, nccl for
+    CUDA (``device`` becomes the current GPU). The group is destroyed on exit, even when the
+    body raises. One process: no group, every helper below does nothing."""
+    shard = Shard.from_env()
+    if shard.world_size == 1:
+        yield shard
+        return
+    import torch
+    import torch.distributed as dist
+
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # nccl's object collectives use the current GPU
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
+                            rank=shard.rank, world_size=shard.world_size)
+    try:
+        yield shard
+    finally:
+        dist.destroy_process_group()
+
+
+def gather_by_index(shard: Shard, items: dict[int, T]) -> dict[int, T]:
+    """Every process's ``items`` (index -> picklable value, disjoint indices) on every process,
+    sorted by index; values arrive bit for bit (one process: ``items`` sorted)."""
+    merged = dict(items)
+    if shard.world_size > 1:
+        import torch.distributed as dist
+
+        parts = [None] * shard.world_size
+        dist.all_gather_object(parts, items)
+        merged = {k: v for part in parts for k, v in part.items()}
+        if len(merged) != sum(len(part) for part in parts):
+            raise ValueError("processes gathered overlapping indices")
+    return dict(sorted(merged.items()))
+
+
+def barrier(shard: Shard) -> None:
+    """Wait until every process of the group gets here (one process: return at once)."""
+    if shard.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_process_first(shard: Shard) -> Iterator[None]:
+    """Rank 0 runs the body first; the others run it once rank 0 has finished it (e.g. rank 0
+    claims or clears an output, the others then find it claimed)."""
+    if shard.rank > 0:
+        barrier(shard)
+    yield
+    if shard.rank == 0:
+        barrier(shard)

@@ -60,7 +60,8 @@ def pndm_sampler(pipe):
 @dataclass
 class InputNorms:
     """Per U-Net call t and FFN layer l, the sum over prompts, batch rows and tokens of the
-    squared unit-normalized inputs: squares[t][l] [d_in] (float64)."""
+    squared unit-normalized inputs: squares[t][l] [d_in] (float64). Prompts are added in their
+    order (``total``), so the same prompts give the same bits however they were collected."""
 
     squares: list[list[torch.Tensor]]
     unet_sample_forwards: int = 0
@@ -71,18 +72,23 @@ class InputNorms:
 
 
 @torch.no_grad()
-def input_norms(pipe, captions: list[str], calls: int = WANDA_PRUNED_CALLS, seed: int = WANDA_COLLECTION_SEED,
-                steps: int = WANDA_COLLECTION_STEPS, guidance_scale: float = WANDA_COLLECTION_GUIDANCE) -> InputNorms:
-    """The FFN-output layers' input norms over ``captions`` at the first ``calls`` U-Net calls.
+def prompt_input_norms(pipe, captions: list[str], calls: int = WANDA_PRUNED_CALLS, seed: int = WANDA_COLLECTION_SEED,
+                       steps: int = WANDA_COLLECTION_STEPS,
+                       guidance_scale: float = WANDA_COLLECTION_GUIDANCE) -> list[InputNorms]:
+    """The FFN-output layers' input norms of each of ``captions`` alone at the first ``calls``
+    U-Net calls, in caption order (a prompt's runs do not depend on the others).
 
     Every prompt starts from the latents seeded with ``seed``; each input row (a latent token
     of either CFG half) is scaled to unit length first, as the authors' receiver does.
     Only the first ``calls`` calls are run: later ones do not enter the masks.
     """
+    if not captions:
+        return []
     unet = pipe.unet
     layers = ffn_layers(unet)
     index = {name: i for i, name in enumerate(layers)}
-    squares = [[torch.zeros(m.in_features, dtype=torch.float64) for m in layers.values()] for _ in range(calls)]
+    zeros = lambda: [[torch.zeros(m.in_features, dtype=torch.float64) for m in layers.values()] for _ in range(calls)]
+    squares = []  # per prompt: [call][layer] [d_in]
     call = [-1]
 
     def count_call(args, kwargs, _name):
@@ -92,7 +98,7 @@ def input_norms(pipe, captions: list[str], calls: int = WANDA_PRUNED_CALLS, seed
     def accumulate(args, kwargs, name):
         if call[0] < calls:
             rows = args[0].reshape(-1, args[0].shape[-1]).float()  # [batch * tokens, d_in]
-            squares[call[0]][index[name]] += F.normalize(rows, dim=1).pow(2).sum(0).double().cpu()
+            squares[-1][call[0]][index[name]] += F.normalize(rows, dim=1).pow(2).sum(0).double().cpu()
         return args, kwargs
 
     latents = generation_latents(unet, seed, 1).to(unet.device, unet.dtype)  # [1, 4, h, w]
@@ -100,11 +106,32 @@ def input_norms(pipe, captions: list[str], calls: int = WANDA_PRUNED_CALLS, seed
     with pndm_sampler(pipe), edit_calls({"unet": unet}, count_call), edit_calls(layers, accumulate):
         for caption in tqdm(captions, desc="wanda activations", unit="prompt"):
             call[0] = -1
+            squares.append(zeros())
             pipe(prompt_embeds=encode_prompts(pipe.tokenizer, pipe.text_encoder, [caption]),
                  negative_prompt_embeds=negative, latents=latents, num_inference_steps=steps,
                  guidance_scale=guidance_scale, output_type="latent", callback_on_step_end=stop_after(calls))
     batch = 2 if guidance_scale > 1 else 1
-    return InputNorms(squares, len(captions) * calls * batch)
+    return [InputNorms(s, calls * batch) for s in squares]
+
+
+def total(parts: list[InputNorms]) -> InputNorms:
+    """The sum of ``parts`` (one per prompt), added in list order: the same bits whichever
+    processes collected them."""
+    if not parts:
+        raise ValueError("no input norms to add up")
+    squares = [[s.clone() for s in call] for call in parts[0].squares]
+    for part in parts[1:]:
+        for call, added in zip(squares, part.squares):
+            for s, a in zip(call, added):
+                s += a
+    return InputNorms(squares, sum(p.unet_sample_forwards for p in parts))
+
+
+def input_norms(pipe, captions: list[str], calls: int = WANDA_PRUNED_CALLS, seed: int = WANDA_COLLECTION_SEED,
+                steps: int = WANDA_COLLECTION_STEPS, guidance_scale: float = WANDA_COLLECTION_GUIDANCE) -> InputNorms:
+    """The FFN-output layers' input norms over ``captions`` at the first ``calls`` U-Net calls:
+    ``prompt_input_norms`` added up in caption order."""
+    return total(prompt_input_norms(pipe, captions, calls, seed, steps, guidance_scale))
 
 
 def scale(norms: InputNorms, times: int) -> InputNorms:
