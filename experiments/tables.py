@@ -151,15 +151,21 @@ def image_quality_score(folder: str, captions: dict[int, str], measures: Measure
 
 
 def folder_cost(folder: str) -> dict:
-    """Median per prompt of the seconds and mitigation U-Net sample-forwards script 4 recorded."""
+    """Median per prompt of what script 4 recorded: seconds, the mitigation's seconds and U-Net
+    sample-forwards, and per image the U-Net sample-forwards and backwards and the seconds of
+    the mitigation and the generation together."""
     records = list(read_records(folder).values())
     if not records:
         return {}
-    cost = dict(prompts=len(records), seconds=median(torch.tensor([r["seconds"] for r in records])))
+    column = lambda key: median(torch.tensor([float(r.get(key, 0)) for r in records]))
+    cost = dict(prompts=len(records), seconds=column("seconds"))
+    if any("images" in r for r in records):
+        per_image = lambda key: median(torch.tensor([float(r.get(key, 0)) / r["images"] for r in records]))
+        cost.update(image_seconds=per_image("seconds"), image_unet_sample_forwards=per_image("unet_sample_forwards"),
+                    image_unet_sample_backwards=per_image("unet_sample_backwards"))
     if any("mitigation_unet_sample_forwards" in r for r in records):
-        cost["mitigation_unet_sample_forwards"] = median(torch.tensor(
-            [float(r.get("mitigation_unet_sample_forwards", 0)) for r in records]))
-        cost["mitigation_seconds"] = median(torch.tensor([float(r.get("mitigation_seconds", 0)) for r in records]))
+        cost["mitigation_unet_sample_forwards"] = column("mitigation_unet_sample_forwards")
+        cost["mitigation_seconds"] = column("mitigation_seconds")
     return cost
 
 
@@ -298,8 +304,9 @@ def attack_markdown(summaries: dict, kind: str) -> str:
 
 
 def cost_markdown(rows: dict, localization_cost: dict, pruning: dict | None, finetuning: dict | None) -> str:
-    lines = ["### Cost per prompt (median)", "",
-             "| row | generation s | mitigation s | mitigation U-Net sample-forwards |", "|---|---|---|---|"]
+    lines = ["### Cost (median per prompt; per image: the mitigation's and the generation's U-Net passes together)", "",
+             "| row | generation s | mitigation s | mitigation U-Net sample-forwards | U-Net forwards per image "
+             "| U-Net backwards per image | s per image |", "|---|---|---|---|---|---|---|"]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
     for name, row in rows.items():
         if name.endswith(IN_P):
@@ -313,7 +320,9 @@ def cost_markdown(rows: dict, localization_cost: dict, pruning: dict | None, fin
             extra_f = f"{pruning['unet_sample_forwards']} once ({len(pruning['rows'])} prompts in P)"
         elif name == "adversarial fine-tuning" and finetuning:
             extra_s = f"{finetuning['seconds']:.1f} once for the model ({finetuning['updates']} updates)"
-        lines.append(f"| {name} | {fmt(cost.get('seconds'), '.2f')} | {extra_s} | {extra_f} |")
+        lines.append(f"| {name} | {fmt(cost.get('seconds'), '.2f')} | {extra_s} | {extra_f} | "
+                     f"{fmt(cost.get('image_unet_sample_forwards'), '.0f')} | "
+                     f"{fmt(cost.get('image_unet_sample_backwards'), '.0f')} | {fmt(cost.get('image_seconds'), '.3f')} |")
     return "\n".join(lines) + "\n"
 
 

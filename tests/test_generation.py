@@ -39,3 +39,23 @@ def test_prompts_with_other_schedules_do_not_share_a_call(tiny_pipe):
     embedding = torch.zeros(1, 77, 32)
     a, b = (PromptCondition(embedding, guidance=lambda step: 1.0), PromptCondition(embedding, guidance=lambda s: 2.0))
     assert _groups([a, a, b, PromptCondition(embedding)]) == [[0, 1], [2], [3]]
+
+
+def test_records_count_every_unet_sample_forward_and_backward(tiny_pipe, tmp_path):
+    import json
+
+    from utils.generation import generate_images
+    from utils.methods.wen.noise_magnitude import adjust_embedding
+
+    def adjusted(_index, caption, latents):  # a mitigation that backpropagates: Wen's, 2 passes on 2 latents
+        condition = caption_condition(tiny_pipe, caption)
+        condition.embedding = adjust_embedding(tiny_pipe, condition.embedding, latents[:2], steps=3, max_iterations=2,
+                                               target_loss=0.0).embedding
+        return condition
+
+    generate_images(tiny_pipe, {0: "a red cat", 1: "a blue dog"}, adjusted, str(tmp_path), num_samples=3, steps=3,
+                    batch_size=2)
+    records = [json.loads(line) for line in open(tmp_path / "prompt_records.jsonl")]
+    # per prompt: the adjustment's 2 latents x (2 passes + 1 final check), then 3 steps of 3 images, both branches
+    assert [r["unet_sample_forwards"] for r in records] == [2 * 3 + 3 * 3 * 2] * 2
+    assert [r["unet_sample_backwards"] for r in records] == [2 * 2] * 2 and records[0]["images"] == 3

@@ -23,6 +23,7 @@ from utils.crashpoints import crash_point, step_callback
 from utils.defaults import GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES, PROMPTS_PER_BATCH
 from utils.diffusion import encode_prompts, initial_latents, latent_shape
 from utils.files import drop_partial_line
+from utils.hooks import count_samples
 from utils.outputs import remove_leftovers, save_image
 
 logger = logging.getLogger(__name__)
@@ -183,15 +184,18 @@ def generate_images(pipe, captions: dict[int, str], prepare: Prepare, output: st
         for start in range(0, len(pending), batch_size):
             batch = pending[start:start + batch_size]
             began = time.perf_counter()
-            conditions = [prepare(i, captions[i], latents) for i in batch]
-            for group in _groups(conditions):
-                images = generate_batch(pipe, [conditions[k] for k in group], latents, **settings)
-                for k, prompt_images in zip(group, images):
-                    for j, image in enumerate(prompt_images):
-                        save_image(image_path(output, batch[k], j), image)
+            with count_samples(pipe.unet) as counted:  # the mitigation's and the generation's
+                conditions = [prepare(i, captions[i], latents) for i in batch]
+                for group in _groups(conditions):
+                    images = generate_batch(pipe, [conditions[k] for k in group], latents, **settings)
+                    for k, prompt_images in zip(group, images):
+                        for j, image in enumerate(prompt_images):
+                            save_image(image_path(output, batch[k], j), image)
             seconds = (time.perf_counter() - began) / len(batch)
+            cost = dict(images=num_samples, unet_sample_forwards=counted["forwards"] / len(batch),
+                        unet_sample_backwards=counted["backwards"] / len(batch), seconds=round(seconds, 3))
             for i, condition in zip(batch, conditions):
-                record = dict(prompt=i, caption=captions[i], **condition.record, seconds=round(seconds, 3))
+                record = dict(prompt=i, caption=captions[i], **condition.record, **cost)
                 records.write(json.dumps(record) + "\n")
                 records.flush()
                 os.fsync(records.fileno())

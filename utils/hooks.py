@@ -3,6 +3,7 @@ use it to switch neurons off or scale attention keys) and the arguments modules 
 
 from __future__ import annotations
 
+from collections import Counter
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -51,3 +52,27 @@ def record_outputs(layers: dict[str, nn.Module]) -> Iterator[dict[str, list[torc
 
     with edit_outputs(layers, keep):
         yield records
+
+
+@contextmanager
+def count_samples(module: nn.Module) -> Iterator[Counter]:
+    """Samples through ``module`` while the context is open: ``forwards`` adds the batch of its
+    first input at every call, ``backwards`` the batch of its output at every gradient that
+    reaches it (an output that needs no gradient counts none)."""
+    counts: Counter = Counter()
+
+    def before(_module, args, kwargs):
+        counts["forwards"] += len(args[0] if args else kwargs["sample"])
+
+    def after(_module, _args, _kwargs, output):
+        tensor = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+        if isinstance(tensor, torch.Tensor) and tensor.requires_grad:
+            tensor.register_hook(lambda grad: counts.update(backwards=len(grad)))
+
+    handles = [module.register_forward_pre_hook(before, with_kwargs=True),
+               module.register_forward_hook(after, with_kwargs=True)]
+    try:
+        yield counts
+    finally:
+        for handle in reversed(handles):
+            handle.remove()
