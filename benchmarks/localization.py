@@ -124,6 +124,8 @@ def testbed_benchmark(args) -> dict:
     threshold = args.threshold or read_threshold(args.threshold_file)
     prompts = read_prompts(args.prompts)
     prompts = prompts[prompts["type"] == "VM"] if args.vm_only else prompts
+    if args.per_type:
+        prompts = prompts[prompts.groupby("type").cumcount() < prompts["type"].map(args.per_type).fillna(0)]
     captions = prompts["Caption"].tolist()[: args.limit]
     shape = latent_shape(pipe.unet)
     modes = ["authors"] + [f"{path} {b}" for b in args.batch_sizes for path in ("full", "early")]
@@ -133,7 +135,7 @@ def testbed_benchmark(args) -> dict:
     for caption in captions:
         noise = prompt_noise_difference(pipe, layers, caption)  # localize_prompt gives it a fresh counter per run
         activations = prompt_activations(layers, noise.text_embedding)
-        found = {}
+        found, cost = {}, {}
         for mode in modes:
             batch = 0 if mode == "authors" else int(mode.split()[1])
             settings = LocalizationSettings(pairwise_ssim_threshold=threshold, ssim_threshold_initial_selection=threshold,
@@ -148,6 +150,7 @@ def testbed_benchmark(args) -> dict:
                 result = localize_prompt(noise, shape, stats.z_scores(activations), activations, settings,
                                          testbed.SSIM_KERNEL_SIZE)
             found[mode] = (result.initial_neurons, result.refined_neurons, result.initial_score, result.refined_score)
+            cost[mode] = f"{mode} {result.unet_sample_forwards} ({result.seconds:.1f} s)"
             totals[mode]["seconds"] += result.seconds
             totals[mode]["forwards"] += result.unet_sample_forwards
             totals[mode]["sets"] += result.sets_scored
@@ -156,12 +159,13 @@ def testbed_benchmark(args) -> dict:
         reference = found[modes[0]]
         for mode in modes[1:]:
             if found[mode][:2] != reference[:2]:
-                raise RuntimeError(f"'{caption}': {mode} found {found[mode][:2]}, authors' schedule {reference[:2]}")
+                raise RuntimeError(f"'{caption}': {mode} found {found[mode][:2]}, the authors' code {reference[:2]}")
             if mode.startswith("early") and found[mode] != found["full" + mode[5:]]:
                 raise RuntimeError(f"'{caption}': {mode} reports {found[mode][2:]}, the full computation "
                                    f"{found['full' + mode[5:]][2:]}")
         print(f"  {caption}: {count_neurons(reference[0])} initial, {count_neurons(reference[1])} refined neurons "
-              f"(identical in all modes; early and full rows identical)")
+              f"(identical in all modes; early and full rows identical); sample-forwards {', '.join(cost.values())}, "
+              f"floor {result.forward_floor}", flush=True)
     authors, floor = totals["authors"], totals[modes[1]]["floor"]
     print(f"\n{'mode':<10} {'seconds':>9} {'sample-forwards':>16} {'sets scored':>12} {'seeds skipped':>14} "
           f"{'time ratio':>11} {'forward ratio':>14} {'vs. floor':>10}")
@@ -174,6 +178,14 @@ def testbed_benchmark(args) -> dict:
           f"{1:>9.2f}x\n(ratios against the authors' code; floor: every kept seed for a test scored below its "
           "bound, one seed for any other test, plus the unblocked call)")
     return totals
+
+
+def per_type_counts(text: str) -> dict[str, int]:
+    """'VM=3,TM=2' -> {'VM': 3, 'TM': 2}."""
+    try:
+        return {kind: int(count) for kind, count in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise ValueError(f"--per_type wants TYPE=N[,TYPE=N...], got {text!r}") from None
 
 
 def time_call(call, device: torch.device, repeats: int) -> float:
@@ -236,6 +248,8 @@ def main(argv=None) -> dict:
                         help="script 2's threshold json for the test bed")
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     parser.add_argument("--vm_only", action="store_true", help="only VM prompts")
+    parser.add_argument("--per_type", type=per_type_counts, default=None,
+                        help="only the first N prompts of each named type, e.g. VM=3,TM=2 (types not named: none)")
     parser.add_argument("--batch_sizes", type=lambda s: [int(x) for x in s.split(",")], default=list(BATCH_SIZES),
                         help="--batch_candidates values to compare, each as the full computation and with early "
                              "decisions (0 = one set at a time)")
