@@ -3,11 +3,13 @@
 Part 1 (test bed): runs script 3's localization on the built-in test bed's memorized
 prompts in one process, once per mode, checks that every mode finds the same neurons and
 that early decisions report the full computation's scores, and prints wall time, U-Net
-sample-forwards (one per latent per U-Net call), candidate sets scored and seeds skipped by
-early decisions. The "authors" mode replays their cost: every set scored alone with two U-Net
-calls over all seeds (the first discarded), empty sets included, the refined set scored
-once more at the end, and one U-Net call over all seeds per (theta, k) step of the initial
-selection, where their code runs the U-Net again to record activations.
+sample-forwards (one per latent per U-Net call), candidate sets scored, seeds skipped by
+early decisions and the floor (the least forwards any walk with these decisions makes).
+The "authors" mode is their script 3 restated with their U-Net calls: every noise
+difference two calls over all samples (schedule indices 0 and 1, the first discarded), one
+call of one latent per (theta, k) step to record activations, and in the refinement the
+unblocked and all-blocked sets, every non-empty layer and every listed occurrence of a
+neuron (duplicates included), then the refined set once more.
 
 Part 2 (--unet sd14): a full-size SD v1.4 U-Net from its published config with random
 weights (no download), fp16 on CUDA: time per scored set (10 latents at 64x64) for several
@@ -20,9 +22,9 @@ On the CPU it runs a reduced width unless --full.
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from dataclasses import replace
 
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
@@ -32,11 +34,11 @@ from testbed.rehearsal import SD14_UNET_CONFIG
 from utils import cli
 from utils.diffusion import initial_latents, latent_shape
 from utils.files import read_prompts, read_threshold
-from utils.layers import count_neurons, value_layers
+from utils.layers import count_neurons, empty_set, value_layers
 from utils.methods.nemo import SEEDS_PER_CALL_CPU, SEEDS_PER_CALL_CUDA
-from utils.methods.nemo.localization import BlockedScorer, LocalizationConfig, localize_prompt, set_key
+from utils.methods.nemo.localization import LocalizationConfig, LocalizationResult, candidate_set, localize_prompt
 from utils.methods.nemo.noise import NoiseDifference, UNetCounter, prompt_noise_difference
-from utils.methods.nemo.score import ms_ssim
+from utils.methods.nemo.score import ms_ssim, pairwise_max_scores
 from utils.methods.nemo.statistics import compute_statistics, prompt_activations
 from utils.models import load_pipeline, resolve_device
 
@@ -45,44 +47,72 @@ BATCH_SIZES = (0,)
 PAPER_MEDIAN_INITIAL_NEURONS = {"VM": 26.5, "TM": 674.5}
 
 
-def authors_scorer(all_latents: torch.Tensor):
-    """A scorer with the cost of the authors' loop (see module docstring).
+def authors_walk(noise: NoiseDifference, all_latents: torch.Tensor, z_scores, activations,
+                 settings: LocalizationConfig, kernel_size: int) -> LocalizationResult:
+    """Script 3 for one prompt with every U-Net call the authors' code makes (module docstring).
 
-    all_latents: the prompt's [samples_per_prompt, 4, h, w] initial latents.
+    all_latents: the prompt's [samples_per_prompt, 4, h, w] initial latents; z_scores,
+    activations: per layer [features]. Seconds, sample-forwards and sets scored are theirs.
     """
-
-    class AuthorsScorer(BlockedScorer):
-        def __init__(self, noise, latents, unblocked, kernel_size, settings, priority=None):
-            super().__init__(noise, latents, unblocked, kernel_size, replace(settings, batch_candidates=0))
-            self.keep = [i for i, x in enumerate(all_latents) if any(torch.equal(x, k) for k in latents)]
-            noise(all_latents)  # their second call for the unblocked prediction
-            noise(all_latents), noise(all_latents)  # their final re-scoring of the refined set
-
-        def __call__(self, sets, bound=None):
-            self.sets_scored += len(sets)
-            scores = []
-            for neurons in sets:
-                self.noise(all_latents, [neurons])  # the discarded index-0 call
-                blocked = self.noise(all_latents, [neurons])[0, self.keep]  # [kept, 4, h, w]
-                scores.append(ms_ssim(self.unblocked, blocked, self.kernel_size).amax().item())
-                self.exact_scores[set_key(neurons)] = scores[-1]
-            return scores
-
-        def exact(self, neurons):  # every reported set was scored in the walk (re-scoring replayed above)
-            return self.exact_scores.get(set_key(neurons), 1.0)
-
-    return AuthorsScorer
-
-
-def replay_activation_passes(noise: NoiseDifference, result, all_latents: torch.Tensor):
-    """``result`` with the time and sample-forwards of the authors' U-Net call per selection
-    step added (all_latents: [samples_per_prompt, 4, h, w])."""
-    forwards = noise.counter.sample_forwards
     start = time.perf_counter()
-    for _ in range(result.selection_steps):
-        noise(all_latents)
-    return replace(result, seconds=result.seconds + time.perf_counter() - start,
-                   unet_sample_forwards=result.unet_sample_forwards + noise.counter.sample_forwards - forwards)
+    counter = noise.counter = UNetCounter()
+    scored = 0
+
+    def noise_difference(neurons=None) -> torch.Tensor:
+        """compute_noise_diff: U-Net calls at schedule indices 0 and 1 over every sample, the
+        second returned -> [samples, 4, h, w]."""
+        sets = [neurons] if neurons is not None else None
+        noise(all_latents, sets)
+        return noise(all_latents, sets)[0]
+
+    def score(neurons, reference: torch.Tensor) -> float:
+        nonlocal scored
+        scored += 1
+        return ms_ssim(reference, noise_difference(neurons)[keep], kernel_size).amax().item()
+
+    unblocked = noise_difference()  # script 3, l. 51
+    keep = pairwise_max_scores(unblocked, kernel_size) > settings.pairwise_ssim_threshold  # l. 53-54
+    if not keep.any():
+        empty = empty_set(len(activations))
+        return LocalizationResult(empty, 0.0, empty, 0.0, [], time.perf_counter() - start, counter.sample_forwards)
+    schedule, max_k = settings.schedule, max(a.numel() for a in activations)
+    theta = schedule.initial_theta if schedule.use_theta else math.inf
+    k = schedule.initial_k if schedule.use_top_k else 0
+    bound, steps = settings.ssim_threshold_refinement, 0
+    while True:  # l. 82-97
+        noise(all_latents[:1])  # initial_neuron_selection's collect_activations: one call of one latent
+        steps += 1
+        initial = candidate_set(z_scores, activations, theta, k)
+        initial_score = score(initial, unblocked[keep])  # l. 84-85
+        rejected = initial_score > settings.ssim_threshold_initial_selection
+        if rejected:
+            theta -= schedule.theta_reduction_per_step if theta > schedule.min_theta and schedule.use_theta else 0
+            k += 1 if schedule.use_top_k else 0
+        if schedule.at_limit(theta, k, max_k):
+            bound = initial_score
+            break
+        if not rejected:
+            break
+    # neuron_refinement (utils/activation_detection.py)
+    reference = noise_difference()[keep]  # l. 195
+    noise_difference(initial)  # l. 206: the all-blocked set, used only by --rel_threshold_refinement
+    refined = [list(layer) for layer in initial]
+    for layer in reversed(range(len(refined))):  # l. 208-228: every non-empty layer
+        if refined[layer]:
+            candidate = [list(x) for x in refined]
+            candidate[layer] = []
+            if score(candidate, reference) < bound:
+                refined = candidate
+    for layer in reversed(range(len(refined))):  # l. 235-254: every occurrence, duplicates included
+        for neuron in list(refined[layer]):
+            candidate = [list(x) for x in refined]
+            candidate[layer].remove(neuron)
+            if score(candidate, reference) < bound:
+                refined = candidate
+    refined_score = score(refined, unblocked[keep])  # script 3, l. 107-108
+    return LocalizationResult(initial, initial_score, refined, refined_score,
+                              torch.nonzero(keep).flatten().tolist(), time.perf_counter() - start,
+                              counter.sample_forwards, scored, steps)
 
 
 def testbed_benchmark(args) -> dict:
@@ -94,6 +124,8 @@ def testbed_benchmark(args) -> dict:
     threshold = args.threshold or read_threshold(args.threshold_file)
     prompts = read_prompts(args.prompts)
     prompts = prompts[prompts["type"] == "VM"] if args.vm_only else prompts
+    if args.per_type:
+        prompts = prompts[prompts.groupby("type").cumcount() < prompts["type"].map(args.per_type).fillna(0)]
     captions = prompts["Caption"].tolist()[: args.limit]
     shape = latent_shape(pipe.unet)
     modes = ["authors"] + [f"{path} {b}" for b in args.batch_sizes for path in ("full", "early")]
@@ -103,20 +135,22 @@ def testbed_benchmark(args) -> dict:
     for caption in captions:
         noise = prompt_noise_difference(pipe, layers, caption)  # localize_prompt gives it a fresh counter per run
         activations = prompt_activations(layers, noise.text_embedding)
-        found = {}
+        found, cost = {}, {}
         for mode in modes:
             batch = 0 if mode == "authors" else int(mode.split()[1])
             settings = LocalizationConfig(pairwise_ssim_threshold=threshold, ssim_threshold_initial_selection=threshold,
                                             ssim_threshold_refinement=threshold, batch_candidates=batch,
                                             early_decisions=mode.startswith("early"),
                                             seeds_per_call=SEEDS_PER_CALL_CUDA if device.type == "cuda" else SEEDS_PER_CALL_CPU)
-            all_latents = initial_latents(settings.seed, settings.samples_per_prompt, shape)
-            scorer = authors_scorer(all_latents) if mode == "authors" else BlockedScorer
-            result = localize_prompt(noise, shape, stats.z_scores(activations), activations, settings,
-                                     testbed.SSIM_KERNEL_SIZE, scorer)
             if mode == "authors":
-                result = replay_activation_passes(noise, result, all_latents)
+                all_latents = initial_latents(settings.seed, settings.samples_per_prompt, shape)
+                result = authors_walk(noise, all_latents, stats.z_scores(activations), activations, settings,
+                                      testbed.SSIM_KERNEL_SIZE)
+            else:
+                result = localize_prompt(noise, shape, stats.z_scores(activations), activations, settings,
+                                         testbed.SSIM_KERNEL_SIZE)
             found[mode] = (result.initial_neurons, result.refined_neurons, result.initial_score, result.refined_score)
+            cost[mode] = f"{mode} {result.unet_sample_forwards} ({result.seconds:.1f} s)"
             totals[mode]["seconds"] += result.seconds
             totals[mode]["forwards"] += result.unet_sample_forwards
             totals[mode]["sets"] += result.sets_scored
@@ -125,23 +159,33 @@ def testbed_benchmark(args) -> dict:
         reference = found[modes[0]]
         for mode in modes[1:]:
             if found[mode][:2] != reference[:2]:
-                raise RuntimeError(f"'{caption}': {mode} found {found[mode][:2]}, authors' schedule {reference[:2]}")
+                raise RuntimeError(f"'{caption}': {mode} found {found[mode][:2]}, the authors' code {reference[:2]}")
             if mode.startswith("early") and found[mode] != found["full" + mode[5:]]:
                 raise RuntimeError(f"'{caption}': {mode} reports {found[mode][2:]}, the full computation "
                                    f"{found['full' + mode[5:]][2:]}")
         print(f"  {caption}: {count_neurons(reference[0])} initial, {count_neurons(reference[1])} refined neurons "
-              f"(identical in all modes; early and full rows identical)")
-    authors = totals["authors"]
+              f"(identical in all modes; early and full rows identical); sample-forwards {', '.join(cost.values())}, "
+              f"floor {result.forward_floor}", flush=True)
+    authors, floor = totals["authors"], totals[modes[1]]["floor"]
     print(f"\n{'mode':<10} {'seconds':>9} {'sample-forwards':>16} {'sets scored':>12} {'seeds skipped':>14} "
-          f"{'time ratio':>11} {'forward ratio':>14}")
+          f"{'time ratio':>11} {'forward ratio':>14} {'vs. floor':>10}")
     for mode in modes:
         t = totals[mode]
         print(f"{mode:<10} {t['seconds']:>9.1f} {t['forwards']:>16} {t['sets']:>12} {t['skipped']:>14} "
-              f"{authors['seconds'] / t['seconds']:>10.2f}x {authors['forwards'] / max(t['forwards'], 1):>13.2f}x")
-    floor = totals[modes[1]]["floor"]
-    print(f"{'floor':<10} {'':>9} {floor:>16} {'':>12} {'':>14} {'':>11} {authors['forwards'] / max(floor, 1):>13.2f}x"
-          "  (any walk with these decisions: every kept seed for a test scored below its bound, one for the rest)")
+              f"{authors['seconds'] / t['seconds']:>10.2f}x {authors['forwards'] / max(t['forwards'], 1):>13.2f}x "
+              f"{t['forwards'] / max(floor, 1):>9.2f}x")
+    print(f"{'floor':<10} {'':>9} {floor:>16} {'':>12} {'':>14} {'':>11} {authors['forwards'] / max(floor, 1):>13.2f}x "
+          f"{1:>9.2f}x\n(ratios against the authors' code; floor: every kept seed for a test scored below its "
+          "bound, one seed for any other test, plus the unblocked call)")
     return totals
+
+
+def per_type_counts(text: str) -> dict[str, int]:
+    """'VM=3,TM=2' -> {'VM': 3, 'TM': 2}."""
+    try:
+        return {kind: int(count) for kind, count in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise ValueError(f"--per_type wants TYPE=N[,TYPE=N...], got {text!r}") from None
 
 
 def time_call(call, device: torch.device, repeats: int) -> float:
@@ -204,6 +248,8 @@ def main(argv=None) -> dict:
                         help="script 2's threshold json for the test bed")
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     parser.add_argument("--vm_only", action="store_true", help="only VM prompts")
+    parser.add_argument("--per_type", type=per_type_counts, default=None,
+                        help="only the first N prompts of each named type, e.g. VM=3,TM=2 (types not named: none)")
     parser.add_argument("--batch_sizes", type=lambda s: [int(x) for x in s.split(",")], default=list(BATCH_SIZES),
                         help="--batch_candidates values to compare, each as the full computation and with early "
                              "decisions (0 = one set at a time)")

@@ -4,11 +4,11 @@ from benchmarks import localization
 
 
 def test_testbed_benchmark_modes_agree_and_beat_the_authors_schedule():
-    # Raises if a mode finds other neurons than the authors' schedule, or early decisions
+    # Raises if a mode finds other neurons than the authors' script 3 restated, or early decisions
     # report other scores than the full computation.
     totals = localization.main(["--vm_only", "--limit", "1", "--batch_sizes", "0,4"])
     assert set(totals) == {"authors", "full 0", "early 0", "full 4", "early 4"}
-    assert totals["full 0"]["sets"] == totals["authors"]["sets"] == totals["early 0"]["sets"]
+    assert totals["full 0"]["sets"] == totals["early 0"]["sets"] < totals["authors"]["sets"]
     assert 2 * totals["full 0"]["forwards"] <= totals["authors"]["forwards"]
     assert totals["early 0"]["forwards"] < totals["full 0"]["forwards"] and totals["early 0"]["skipped"] > 0
 

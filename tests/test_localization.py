@@ -247,9 +247,10 @@ def test_initial_selection_stopped_by_its_limit_refines_against_its_score():
 
 
 # ---------------------------------------------------------------------------------------
-# Early decisions: a sub-batch's MS-SSIM bounds the full batch's from below.
+# Early decisions: a probe's MS-SSIM bounds the full batch's from below.
 
-from utils.methods.nemo.localization import BlockedScorer, LocalizationConfig, localize_prompt, set_key  # noqa: E402
+from utils.methods.nemo.localization import (BlockedScorer, LocalizationConfig, localize_prompt,  # noqa: E402
+                                             probe_scores, set_key)
 from utils.methods.nemo.noise import normalize_maps  # noqa: E402
 from utils.methods.nemo.score import ms_ssim  # noqa: E402
 
@@ -282,6 +283,21 @@ def test_a_seeds_ms_ssim_in_a_sub_batch_is_at_most_its_ms_ssim_in_the_full_batch
         subset = torch.randperm(10, generator=g)[: int(torch.randint(1, 10, (1,), generator=g))]
         part = ms_ssim(unblocked[subset], blocked[subset], KERNEL)
         assert (part <= full[subset]).all(), (part - full[subset]).max()
+
+
+@pytest.mark.parametrize("case", range(20))
+def test_a_probes_score_lies_between_its_pairs_alone_and_the_full_batch(case):
+    # The probe's batch spans every unblocked map: its data range is at least the probed
+    # pairs' own and at most the full batch's, at every scale. No margin.
+    g = torch.Generator().manual_seed(case)
+    unblocked = noise_like(g, 10)
+    blocked = blocked_like(g, unblocked)
+    full = ms_ssim(unblocked, blocked, KERNEL)
+    for _ in range(10):
+        seeds = torch.randperm(10, generator=g)[: int(torch.randint(1, 5, (1,), generator=g))].tolist()
+        probe = probe_scores(unblocked, blocked[seeds], seeds, KERNEL)
+        alone = ms_ssim(unblocked[seeds], blocked[seeds], KERNEL)
+        assert (alone <= probe).all() and (probe <= full[seeds]).all(), (probe - full[seeds]).max()
 
 
 class FakeNoise:
@@ -323,8 +339,7 @@ def test_early_decisions_decide_as_the_full_batch_also_within_1e_6_of_the_bound(
     sets = [[[case, i], [i % 3]] for i in range(3)]
     exact = full(sets)
     first = int(torch.argmax(early.priority))  # the seed an early test forwards first
-    per_seed = [ms_ssim(full.unblocked[first:first + 1], full.noise.blocked(first, s)[None], KERNEL).item()
-                for s in sets]
+    per_seed = [probe_scores(full.unblocked, full.noise.blocked(first, s)[None], [first], KERNEL).item() for s in sets]
     # bounds at, just below and just above each full score and each first seed's own score
     for anchor in exact + per_seed:
         for bound in (anchor, anchor - 1e-6, anchor + 1e-6, anchor - 1e-7, anchor + 1e-7, anchor - 0.05):
@@ -344,6 +359,41 @@ def test_early_scorer_puts_the_seed_that_rejected_first():
     forwards = early.noise.sample_forwards
     early([[[1], [2]]], -1.0)
     assert early.noise.sample_forwards == forwards + 1 and int(torch.argmax(early.priority)) == first
+
+
+def test_a_probe_rejects_where_the_probed_pair_alone_would_not():
+    # the one-seed probe scored within all unblocked maps' data range decides a test that the
+    # probed pair's own data range leaves open (a lower score), for one forward
+    margin = LocalizationConfig().decision_margin
+    for case in range(50):
+        early, full = fake_scorers(case, seeds_per_call=1)
+        neurons = [[case], [1]]
+        first = int(torch.argmax(early.priority))
+        blocked = full.noise.blocked(first, neurons)[None]
+        probe = probe_scores(full.unblocked, blocked, [first], KERNEL).item()
+        alone = ms_ssim(full.unblocked[first:first + 1], blocked, KERNEL).item()
+        if probe - alone > 1e-4:
+            bound = (probe + alone) / 2 - margin  # the probe passes bound + margin, the pair alone does not
+            assert early([neurons], bound)[0] == probe and early.noise.sample_forwards == 1
+            assert full([neurons], bound)[0] >= bound
+            return
+    pytest.fail("no case where the probe's data range lifts its score")
+
+
+def test_the_seed_over_the_bound_in_a_full_computation_goes_first():
+    for case in range(50):
+        early, full = fake_scorers(case, seeds_per_call=1)
+        neurons = [[case], [2]]
+        per_seed = ms_ssim(full.unblocked, full.noise(full.latents, [neurons])[0], KERNEL)
+        first, top = int(torch.argmax(early.priority)), int(torch.argmax(per_seed))
+        if top != first and per_seed[top] - per_seed[first] > 0.01:
+            bound = (per_seed[top].item() + per_seed[first].item()) / 2
+            early([neurons], bound)  # the probe of ``first`` does not decide; the full call rejects
+            assert int(torch.argmax(early.priority)) == top
+            forwards = early.noise.sample_forwards
+            assert early([neurons], bound)[0] >= bound and early.noise.sample_forwards == forwards + 1
+            return
+    pytest.fail("no case where another seed than the first is over the bound")
 
 
 def tiny_walk_inputs(tiny_pipe, prompt, seed):

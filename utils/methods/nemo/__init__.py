@@ -45,9 +45,9 @@ SEEDS_PER_CALL_CUDA = 4
 PROBE_SHARE_RATE = 0.25
 PARALLEL_PROMPTS = 1  # prompts whose walks share U-Net calls (ours); no gain on the CPU
 # A partial score must pass the threshold by this much to decide a test, and a full score
-# within it is recomputed in the full computation's U-Net batch. It covers the float noise of
-# other batch compositions: up to 2.4e-5 on the test bed in float32 (a U-Net batch of 1 or 2
-# rounds otherwise on the CPU; BENCHMARKS.md). Half precision is not measured.
+# within it is recomputed in the full computation's U-Net batch (ours). It covers the float
+# noise of other batch compositions (a U-Net batch of 1 or 2 rounds otherwise on the CPU);
+# half precision is not measured.
 DECISION_MARGIN = 1e-3
 # Script 3 --smoke (ours; CI's real-shape pass): the least work that runs every step of the
 # walk at any model size. 2 seeds (the pairwise score needs 2) kept whatever their score; no

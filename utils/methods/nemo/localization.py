@@ -198,7 +198,7 @@ def refine(neurons: NeuronSet, score: float, score_sets: ScoreSets, threshold: f
 
 @dataclass(frozen=True)
 class LocalizationConfig:
-    """Script 3's settings; defaults from the authors' script (SPEC §3-4), early decisions ours."""
+    """Script 3's config; defaults from the authors' script (SPEC §3-4), early decisions ours."""
 
     seed: int = DETECTION_SEED
     samples_per_prompt: int = SAMPLES_PER_PROMPT
@@ -208,7 +208,7 @@ class LocalizationConfig:
     schedule: SelectionSchedule = SelectionSchedule()
     batch_candidates: int = BATCH_CANDIDATES
     # True: a test is first probed on its likeliest seeds, and rejected there when their score
-    # proves it (issue 23, ``BlockedScorer``); False: the full computation, every test on all seeds
+    # proves it (``BlockedScorer``); False: the full computation, every test on all seeds
     early_decisions: bool = True
     seeds_per_call: int = SEEDS_PER_CALL_CPU  # kept seeds in an early-decision probe
     decision_margin: float = DECISION_MARGIN
@@ -236,6 +236,21 @@ def set_key(neurons: NeuronSet) -> tuple:
     return tuple(tuple(sorted(set(layer))) for layer in neurons)
 
 
+def probe_scores(unblocked: torch.Tensor, blocked: torch.Tensor, seeds: list[int], kernel_size: int) -> torch.Tensor:
+    """The probed seeds' MS-SSIM, each at most its MS-SSIM in the full batch of kept seeds.
+
+    unblocked: every kept seed's map [n, 4, h, w]; blocked: the probed seeds' [m, 4, h, w]
+    -> [m]. Beside the m pairs the batch holds a pair (blocked[0], u) for every unblocked
+    map u, so at every scale its data range is max(range of the m blocked maps, range of all
+    n unblocked maps): at most the full batch's, mostly all of it. On the test bed a seed's
+    score is then its full-batch score for 80% of seeds (at most 0.03 under it), where the m
+    pairs alone score a median 0.005 (at most 0.08) under it.
+    """
+    reference = torch.cat([unblocked[seeds], unblocked])  # [m + n, 4, h, w]
+    maps = torch.cat([blocked, blocked[:1].expand(len(unblocked), -1, -1, -1)])  # [m + n, 4, h, w]
+    return ms_ssim(reference, maps, kernel_size)[:len(seeds)]
+
+
 class BlockedScorer:
     """Blocked scores of candidate sets for the kept samples of one prompt.
 
@@ -244,11 +259,11 @@ class BlockedScorer:
 
     The full computation forwards all kept seeds of a set in one U-Net call and scores them
     in one MS-SSIM batch, the authors' composition. With early decisions (the default) a
-    test first forwards a probe: the ``seeds_per_call`` seeds with the highest score in the
-    previous test. It is rejected when the probe's own MS-SSIM reaches ``bound + margin``:
-    the blocked score is a max over seeds, and a seed's MS-SSIM in the full batch is at
-    least its MS-SSIM in a sub-batch (the full batch's data range is at least the
-    sub-batch's at every scale, and no SSIM term decreases as the data range grows; see
+    test first forwards a probe: the ``seeds_per_call`` seeds that rejected a test most
+    recently (before any rejection, those with the highest pairwise score). It is rejected
+    when the probe's MS-SSIM (``probe_scores``) reaches ``bound + margin``: the blocked score
+    is a max over seeds, and a seed's MS-SSIM with a data range at most the full batch's is at
+    most its MS-SSIM in the full batch (no SSIM term decreases as the data range grows; see
     ``tests/test_localization.py``). The margin covers the float noise of another U-Net
     batch. A test the probe does not decide gets the full computation, so its score is the
     full computation's number. A probe is made only while it pays: while the estimated share
@@ -257,13 +272,13 @@ class BlockedScorer:
     """
 
     def __init__(self, noise: NoiseDifference, latents: torch.Tensor, unblocked: torch.Tensor,
-                 kernel_size: int, settings: LocalizationConfig, priority: torch.Tensor | None = None):
+                 kernel_size: int, config: LocalizationConfig, priority: torch.Tensor | None = None):
         self.noise, self.latents, self.unblocked = noise, latents, unblocked  # [n, 4, h, w] each
-        self.kernel_size, self.settings = kernel_size, settings
-        self.per_call = max(settings.batch_candidates, 1)
-        # per kept seed its latest score: the order in which a probe takes them
+        self.kernel_size, self.config = kernel_size, config
+        self.per_call = max(config.batch_candidates, 1)
+        # the order in which a probe takes the kept seeds: highest first
         self.priority = priority.clone().float() if priority is not None else torch.zeros(len(latents))
-        self.probe_size = min(max(settings.seeds_per_call, 1), len(latents))
+        self.probe_size = min(max(config.seeds_per_call, 1), len(latents))
         self.probe_share = 1.0  # estimated share of tests a probe decides (recency-weighted)
         # a test the probe leaves open: a call of its own in the sequential walk (the full
         # computation's number), one shared call for prompts side by side (their point)
@@ -301,13 +316,12 @@ class BlockedScorer:
         computation's number: its max is cached."""
         blocked = self.noise(self.latents, sets, solo=solo)  # [sets, n, 4, h, w]
         per_seed = [ms_ssim(self.unblocked, b, self.kernel_size).cpu() for b in blocked]
-        self.priority = per_seed[-1].clone()
         if len(sets) == 1 and solo:
             self.exact_scores[set_key(sets[0])] = per_seed[0].amax().item()
         return per_seed
 
     def _likeliest_seeds(self) -> list[int]:
-        """The ``probe_size`` kept seeds with the highest latest score."""
+        """The ``probe_size`` kept seeds first in ``priority``."""
         return torch.argsort(self.priority, descending=True, stable=True)[:self.probe_size].tolist()
 
     def _probe_seeds(self) -> list[int] | None:
@@ -316,25 +330,27 @@ class BlockedScorer:
             return None
         return self._likeliest_seeds()
 
+    def _put_first(self, seed: int) -> None:
+        """The seed that rejected a test goes first in the next probe."""
+        self.priority[seed] = self.priority.max() + 1
+
     def _learn(self, decided: bool) -> None:
         self.probe_share += PROBE_SHARE_RATE * (float(decided) - self.probe_share)
 
     def _score_group(self, sets: list[NeuronSet], bound: float) -> list[float]:
-        if not self.settings.early_decisions:
+        if not self.config.early_decisions:
             return [s.amax().item() for s in self._full(sets, solo=True)]
-        n, margin = len(self.latents), self.settings.decision_margin
+        n, margin = len(self.latents), self.config.decision_margin
         scores: list[float | None] = [None] * len(sets)
         seeds = self._probe_seeds()
         if seeds is not None:
             for i, delta in enumerate(self.noise(self.latents[seeds], sets)):  # delta [probe, 4, h, w]
-                partial = ms_ssim(self.unblocked[seeds], delta, self.kernel_size).cpu()
+                partial = probe_scores(self.unblocked, delta, seeds, self.kernel_size).cpu()
                 decided = partial.amax().item() >= bound + margin
                 self._learn(decided)
                 if decided:
                     scores[i] = partial.amax().item()  # at most the full score: rejected
-                    self.priority[seeds] = partial
-                    # the seed that rejected goes first in the next test
-                    self.priority[seeds[int(partial.argmax())]] = self.priority.max() + 1
+                    self._put_first(seeds[int(partial.argmax())])
                     self.seeds_skipped += n - len(seeds)
         undecided = [i for i, score in enumerate(scores) if score is None]
         if not undecided:
@@ -346,6 +362,8 @@ class BlockedScorer:
             per_seeds = self._full([sets[i] for i in undecided], solo=False)
         for i, per_seed in zip(undecided, per_seeds):
             score = per_seed.amax().item()
+            if score >= bound:
+                self._put_first(int(per_seed.argmax()))
             scores[i] = score if self.solo_fallback or abs(score - bound) > margin else self.exact(sets[i])
             if seeds is None:  # would a probe have decided? (its seeds' full-batch scores: an estimate)
                 self._learn(per_seed[would_probe].amax().item() >= bound + margin)
@@ -353,8 +371,7 @@ class BlockedScorer:
 
 
 def localize_prompt(noise: NoiseDifference, latent_shape, z_scores, activations,
-                    settings: LocalizationConfig, kernel_size: int,
-                    scorer_type: type[BlockedScorer] = BlockedScorer, progress: bool = False) -> LocalizationResult:
+                    config: LocalizationConfig, kernel_size: int, progress: bool = False) -> LocalizationResult:
     """NeMo for one prompt (SPEC §4); ``noise`` holds the prompt's embedding. ``progress``:
     a bar of the sets scored within the prompt (under a per-prompt bar).
 
@@ -364,23 +381,23 @@ def localize_prompt(noise: NoiseDifference, latent_shape, z_scores, activations,
     """
     start = time.perf_counter()
     counter = noise.counter = UNetCounter()
-    latents = initial_latents(settings.seed, settings.samples_per_prompt, latent_shape)  # [n, 4, h, w]
+    latents = initial_latents(config.seed, config.samples_per_prompt, latent_shape)  # [n, 4, h, w]
     unblocked = noise(latents, solo=True)[0]  # [n, 4, h, w]
     per_sample = pairwise_max_scores(unblocked, kernel_size)
-    keep = torch.nonzero(per_sample > settings.pairwise_ssim_threshold).flatten()
+    keep = torch.nonzero(per_sample > config.pairwise_ssim_threshold).flatten()
     layers = len(activations)
     if keep.numel() == 0:
         return LocalizationResult(empty_set(layers), 0.0, empty_set(layers), 0.0, [],
                                   time.perf_counter() - start, counter.sample_forwards, 0)
-    scorer = scorer_type(noise, latents[keep], unblocked[keep], kernel_size, settings, per_sample[keep])
+    scorer = BlockedScorer(noise, latents[keep], unblocked[keep], kernel_size, config, per_sample[keep])
     if progress:
         scorer.bar = tqdm(desc="  sets scored", unit="set", leave=False, position=1)
-    batch = settings.batch_candidates
-    initial = initial_selection(z_scores, activations, scorer, settings.ssim_threshold_initial_selection,
-                                settings.schedule, batch)
+    batch = config.batch_candidates
+    initial = initial_selection(z_scores, activations, scorer, config.ssim_threshold_initial_selection,
+                                config.schedule, batch)
     initial_score = scorer.exact(initial.neurons)
     # the authors refine against the last score when their loop stopped on its theta/k limit
-    threshold = initial_score if initial.refine_against_score else settings.ssim_threshold_refinement
+    threshold = initial_score if initial.refine_against_score else config.ssim_threshold_refinement
     if progress:
         scorer.bar.set_postfix_str(f"theta {initial.theta:g}, k {initial.k}: refining")
     refined, _ = refine(initial.neurons, initial_score, scorer, threshold, batch)
@@ -462,7 +479,7 @@ class LockstepNoise:
 
 
 def localize_prompts(noises: list[NoiseDifference], latent_shape, z_scores: list, activations: list,
-                     settings: LocalizationConfig, kernel_size: int) -> list[LocalizationResult]:
+                     config: LocalizationConfig, kernel_size: int) -> list[LocalizationResult]:
     """``localize_prompt`` for several prompts side by side: one U-Net call carries every
     prompt's current test (each slice its own text embedding and neuron set). The decisions
     and rows are the sequential walk's (early decisions and the full computation's reported
@@ -474,7 +491,7 @@ def localize_prompts(noises: list[NoiseDifference], latent_shape, z_scores: list
     def walk(i: int) -> None:
         try:
             results[i] = localize_prompt(LockstepNoise(noises[i], lockstep, i), latent_shape, z_scores[i],
-                                         activations[i], settings, kernel_size)
+                                         activations[i], config, kernel_size)
         except BaseException as error:
             errors.append(error)
         finally:
