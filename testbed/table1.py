@@ -186,6 +186,20 @@ def checks(rows: dict) -> dict:
     return result
 
 
+def checks_markdown(ratios: dict) -> str:
+    """The checks as a table: a row per mitigation, SSIM_Orig and D_Pix relative to all neurons
+    active, per memorization type."""
+    kinds = list(ratios)
+    names = list(dict.fromkeys(key.rsplit(" ", 2)[0] for kind in kinds for key in ratios[kind]))
+    lines = ["\n### Each row against all neurons active (ratio of medians)", "",
+             "| row | " + " | ".join(f"{kind} {column}" for kind in kinds for column in ("SSIM_Orig", "D_Pix")) + " |",
+             "|---" * (1 + 2 * len(kinds)) + "|"]
+    for name in names:
+        cells = [ratios[kind].get(f"{name} {column} ratio") for kind in kinds for column in ("SSIM_Orig", "D_Pix")]
+        lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.2f}" for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def folder_ssim(folder: str, originals: dict[int, str], measures: tables.Measures) -> dict[int, float]:
     """Per prompt the SSIM_Orig of a folder of generated images."""
     return {prompt: measures.orig(load_images([originals[prompt]])[0], load_images(paths), None)
@@ -343,8 +357,7 @@ def run(args) -> dict:
                 report, run_truth, truth_file, out,
                 dict(version=model, steps=args.steps, num_samples=args.num_samples, batch_size=args.num_samples),
                 measures)
-        return text + "".join(f"\n{kind}: " + ", ".join(f"{name} {value:.2f}" for name, value in ratios.items())
-                              for kind, ratios in report["checks"].items()) + "\n"
+        return text + checks_markdown(report["checks"])
 
     title = ("Test-bed" if args.bed == "natural" else "Planted test-bed") + f" Table 1 (tau_mem = {threshold:.3f})"
     return reproduce.run(config, measures, title, claim=False,
