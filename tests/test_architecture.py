@@ -97,6 +97,9 @@ def test_a_registered_mitigation_reaches_script4_and_table1(throwaway, tiny_mode
 def test_a_name_is_registered_once(throwaway):
     with pytest.raises(ValueError, match="registered twice"):
         registry.register(throwaway)
+    with pytest.raises(ValueError, match="no comma"):
+        registry.register_rows(registry.Row("reversed, twice", 7.6))
+    assert all("," not in row.name for row in table_rows())  # each can be chosen with --rows
 
 
 def test_table1_passes_a_methods_setting_to_every_rows_generation():

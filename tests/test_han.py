@@ -222,7 +222,7 @@ def test_defaults_are_the_authors_and_rows_follow_the_paper(capsys):
     assert han_defaults.HAN_TIMESTEP_INDEX == 0
     rows = table_rows()
     names = [row.name for row in rows]
-    batch_wise, per_sample = ("initial noise adjustment, batch-wise (Han)", "initial noise adjustment, per-sample (Han)")
+    batch_wise, per_sample = ("initial noise adjustment: batch-wise (Han)", "initial noise adjustment: per-sample (Han)")
     ours = names.index(batch_wise)
     assert names[ours:ours + 2] == [batch_wise, per_sample] and ours > names.index("adversarial fine-tuning")
     assert rows[ours].order == 11 and rows[ours + 1].order == 11.5  # after the paper's rows (0..10)

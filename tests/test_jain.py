@@ -138,12 +138,12 @@ def their_dynamic_image(pipe, caption, latents, steps, before=1.0, after=7.5):
 def test_three_mitigations_with_their_rows_and_the_readme_defaults(capsys):
     assert {"jain_static", "jain_opposite", "jain_dynamic"} <= set(MITIGATIONS)
     rows = {row.name: row for row in table_rows()}
-    assert rows["guidance transition point, static (Jain)"].order == 12
+    assert rows["guidance transition point: static (Jain)"].order == 12
     assert rows["opposite guidance (Jain)"].order == 12.5
-    assert rows["guidance transition point, dynamic (Jain)"].order == 12.7
-    for name, flag in (("guidance transition point, static (Jain)", "jain_static"),
+    assert rows["guidance transition point: dynamic (Jain)"].order == 12.7
+    for name, flag in (("guidance transition point: static (Jain)", "jain_static"),
                        ("opposite guidance (Jain)", "jain_opposite"),
-                       ("guidance transition point, dynamic (Jain)", "jain_dynamic")):
+                       ("guidance transition point: dynamic (Jain)", "jain_dynamic")):
         assert rows[name].generation() == {flag: True} and rows[name].on_held_out
         assert generate.chosen(script4_args(**rows[name].generation())) is MITIGATIONS[flag]
     args = script4_args()

@@ -111,6 +111,8 @@ def register_rows(*rows: Row) -> None:
     """Add Table-1 rows that are no script-4 mitigation of their own (a model another step makes)."""
     known = {row.name for row in ROWS}
     for row in rows:
+        if "," in row.name:
+            raise ValueError(f"Table-1 row {row.name!r}: no comma in a row's name (--rows is comma-separated)")
         if row.name in known:
             raise ValueError(f"Table-1 row {row.name!r} is registered twice")
         ROWS.append(row)
