@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 
-from utils import cli, defaults
+from utils import cli
 from utils.methods import nemo
 
 logger = logging.getLogger("1_compute_activations_statistics")

@@ -9,26 +9,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import pandas as pd
-
-from experiments import attack, detect, finetune, generate, locality, localize, prune, tables
-from experiments.rows import ALL_REFINED, FINETUNED, GIVEN, PLAIN, WANDA, Row, chosen_rows, folder_name, table_rows
-from metrics import plots
-from metrics.cli import write_json
-from metrics.copies import embedded_references
-from metrics.embedders import CLIPEmbedder, image_embedder
+from experiments import attack, detect, finetune, generate, localize, prune
+from experiments.rows import ALL_REFINED, FINETUNED, GIVEN, WANDA, Row, chosen_rows, folder_name, table_rows
 from utils import cli, defaults
-from utils.assets import sscd_copy_threshold
-from utils.defaults import SSCD_COPY_THRESHOLD
-from utils.files import read_csv, read_prompts, read_results
-from utils.images import original_images
-from utils.layers import count_neurons
 from utils.methods import DETECTORS, dori, nemo, wanda
-from utils.methods.nemo import selection
-from utils.models import resolve_device
 from utils.outputs import claim_output, write_text
+
+if TYPE_CHECKING:
+    from experiments.tables import Measures
+
+# Torch-free above: script 6's --help lists the rows at once; what measures and draws imports below.
 
 logger = logging.getLogger(__name__)
 # The table's flags passed on to scripts 7 and 9 under their own names: --wanda_sparsity is
@@ -194,6 +186,8 @@ def generate_rows(args, results: str, rows: list[Row], neurons: dict[int, list],
                   models: dict[str, str]) -> tuple[dict, dict]:
     """Script 4 for every row (and its held-out run); returns the image folders by row.
     models: GIVEN -> the given model, and the models scripts 7 and 9 made."""
+    from utils.methods.nemo import selection
+
     generation = dict(steps=args.steps, num_samples=args.num_samples, guidance_scale=args.guidance_scale,
                       seed=args.seed, batch_size=args.batch_size, result_file=results, **model_options(args))
     if args.wen_target_loss is not None:
@@ -216,7 +210,10 @@ def generate_rows(args, results: str, rows: list[Row], neurons: dict[int, list],
 def run_detection(args) -> dict:
     """Every registered detector's comparisons on the memorized and the non-memorized prompts
     (script 2, resumed)."""
+    import pandas as pd
+
     from metrics import detection
+    from utils.files import read_csv
 
     figures = {}
     for detector in DETECTORS.values():
@@ -245,6 +242,8 @@ def claim_table_folder(args, output: str) -> None:
 
 def check_inputs(args) -> None:
     """Every input is read and checked before hours of work, not after."""
+    from utils.files import read_csv, read_prompts
+
     if args.dori and not (args.originals and args.utility_data):
         raise ValueError("--dori needs --originals (the images to attack and erase) and --utility_data")
     generation_options(args.generation_option)
@@ -267,6 +266,8 @@ def localization_results(args) -> str:
 def score_histogram(args, types: dict[int, str]) -> str:
     """The NeMo scores of the memorized prompts by type and of the non-memorized ones (paper
     Fig. 2a), from the detection step's files; returns the PNG."""
+    from metrics import plots
+
     scores = {label: plots.scores_of(plots.read_scores(os.path.join(args.output, "detection", f"nemo_{label}.csv")))
               for label in ("memorized", "unmemorized")}
     kinds = [types.get(i, "memorized") for i in range(len(scores["memorized"]))]
@@ -276,7 +277,7 @@ def score_histogram(args, types: dict[int, str]) -> str:
                                      os.path.join(args.output, "memorization_scores.png"))
 
 
-def run(args, measures: tables.Measures, title: str, claim: bool = True,
+def run(args, measures: Measures, title: str, claim: bool = True,
         attack_neuron_sets: dict[str, str] | None = None,
         sections: Callable[[dict], str] | None = None) -> dict:
     """Every step of the table for the configuration ``args`` (``config``); ``measures`` decide
@@ -284,6 +285,13 @@ def run(args, measures: tables.Measures, title: str, claim: bool = True,
     caller has). ``attack_neuron_sets``: with --dori, further neuron sets to attack
     (``run_attacks``). ``sections(report) -> markdown``: further sections of the caller, added
     to the report and the table before both are written."""
+    from experiments import locality, tables
+    from metrics import plots
+    from metrics.cli import write_json
+    from utils.files import read_prompts, read_results
+    from utils.images import original_images
+    from utils.layers import count_neurons
+
     rows = chosen_rows(args.rows, args.dori)
     check_inputs(args)
     if claim:
@@ -336,8 +344,16 @@ def run(args, measures: tables.Measures, title: str, claim: bool = True,
     return report
 
 
-def paper_measures(args) -> tables.Measures:
+def paper_measures(args) -> Measures:
     """The paper's columns (SSCD or a stand-in embedder, CLIP) and the nearest-copy references."""
+    from experiments import tables
+    from metrics.copies import embedded_references
+    from metrics.embedders import CLIPEmbedder, image_embedder
+    from utils.assets import sscd_copy_threshold
+    from utils.defaults import SSCD_COPY_THRESHOLD
+    from utils.images import original_images
+    from utils.models import resolve_device
+
     device = resolve_device(args.device)
     embedder = image_embedder(args.embedder, device, args.sscd_model, args.clip_model)
     measures = tables.embedder_measures(embedder, None if args.clip_model == "none" else CLIPEmbedder(args.clip_model, device))

@@ -9,7 +9,7 @@ import pytest
 from benchmarks.layout import imported, python_files, violations
 from experiments import generate
 from experiments.rows import chosen_rows, table_rows
-from tests.conftest import ROOT, script
+from tests.conftest import script
 from utils import cli
 from utils.generation import caption_condition
 from utils.methods import DETECTORS, MITIGATIONS, registry

@@ -6,7 +6,6 @@ this process) and shared; only the killed runs are subprocesses.
 """
 
 import filecmp
-import importlib
 import os
 import signal
 import subprocess

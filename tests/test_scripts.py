@@ -1,6 +1,5 @@
 """Each numbered script end to end on the tiny pipeline (CPU, no downloads)."""
 
-import importlib
 import json
 import os
 import subprocess

@@ -66,7 +66,7 @@ def add_per_sample_options(parser) -> None:
 
 
 register(Mitigation("han_batch_wise", "ours: initial noise adjustment, batch-wise, with CFG from step "
-                    f"--han_apply_cfg_step + 1 (Han et al., NeurIPS 2025); settings below",
+                    "--han_apply_cfg_step + 1 (Han et al., NeurIPS 2025); settings below",
                     "utils.methods.han.initial_noise:prepare_batch_wise", add_options=add_batch_wise_options,
                     rows=(Row("initial noise adjustment: batch-wise (Han)", 11, "han_batch_wise"),)))
 register(Mitigation("han_per_sample", "ours: initial noise adjustment, per-sample (Han et al., NeurIPS 2025); "

@@ -27,8 +27,8 @@ import torch
 
 from utils.diffusion import encode_prompts, predicted_noise, schedule_timestep
 from utils.generation import Prepare, PromptCondition, caption_condition
-from utils.methods.han import (HAN_APPLY_CFG_STEP, HAN_GAMMA, HAN_ITERATIONS, HAN_LEARNING_RATE, HAN_MAX_ITERATIONS,
-                               HAN_RHO, HAN_TARGET_LOSS, HAN_TIMESTEP_INDEX)
+from utils.methods.han import (HAN_GAMMA, HAN_ITERATIONS, HAN_LEARNING_RATE, HAN_MAX_ITERATIONS, HAN_RHO,
+                               HAN_TARGET_LOSS, HAN_TIMESTEP_INDEX)
 from utils.models import frozen
 
 logger = logging.getLogger(__name__)
