@@ -29,6 +29,7 @@ def _finetuned_weights(pipe, utility, weight, updates=1, distillation_weight=0.0
                                  attack.image_latents(pipe, [Image.new("RGB", (48, 48), (90, 90, 90))]))
     finetuning.adversarial_finetune(pipe, [target] * updates, utility, epochs=1, learning_rate=1e-3, attack_steps=1,
                               attack_batch=2, utility_weight=weight, distillation_weight=distillation_weight)
+    assert all(p.grad is None for p in pipe.unet.parameters())  # no U-Net-sized gradient left behind
     tuned = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     pipe.unet.load_state_dict(state)
     return tuned

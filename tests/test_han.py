@@ -107,6 +107,7 @@ def test_batch_wise_moves_each_latent_on_its_own(tiny_pipe):
 
 def test_per_sample_is_the_authors_adjustment(tiny_pipe):
     weights = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
+    flags = [(p.requires_grad, p.grad) for p in tiny_pipe.unet.parameters()]
     embedding = embed(tiny_pipe, "the famous cat poster")
     latents = generation_latents(tiny_pipe.unet, num_samples=2)
     expected, losses = authors_per_sample(tiny_pipe, embedding, latents, 50, 0.01, 4, 0.0)
@@ -117,7 +118,7 @@ def test_per_sample_is_the_authors_adjustment(tiny_pipe):
     assert result.updates == [4, 4]
     assert result.unet_sample_forwards == 2 * 2 * 4 and result.unet_sample_backwards == 2 * 2 * 4
     assert all(torch.equal(v, weights[k]) for k, v in tiny_pipe.unet.state_dict().items())
-    assert all(p.requires_grad and p.grad is None for p in tiny_pipe.unet.parameters())
+    assert all(p.requires_grad == flag and p.grad is grad for p, (flag, grad) in zip(tiny_pipe.unet.parameters(), flags))
 
 
 def test_per_sample_stops_each_latent_at_its_own_target(tiny_pipe):

@@ -100,7 +100,7 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
     scaler's states, the random generators, the history and the updates done. The U-Net must
     then be the model before the first update (the distillation target), and the run ends with
     the weights an uninterrupted one ends with.
-    Returns one record per update (losses, seconds).
+    Returns one record per update (losses, seconds); the U-Net is left without gradients.
     """
     unet = pipe.unet
     original = copy.deepcopy(unet).eval().requires_grad_(False) if distillation_weight > 0 else None
@@ -157,6 +157,7 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
             if progress:
                 progress(history[-1])
     updates.close()
+    optimizer.zero_grad(set_to_none=True)  # the last update's gradients: a U-Net's size, needed no more
     return history
 
 
