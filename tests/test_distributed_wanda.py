@@ -2,62 +2,21 @@
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import torch
 from diffusers import UNet2DConditionModel
 
 from experiments import prune
+from tests.launcher import launch
 from utils.methods.wanda import pruning as wanda
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAUNCH_TIMEOUT = 300  # seconds for every process of a launch together; two tiny runs take well under a minute
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(world_size: int, args: list[str], logs) -> None:
-    """Script 7 as ``world_size`` processes with a launcher's environment; a process that fails
-    or outlives LAUNCH_TIMEOUT ends the launch (the others are killed) with its log's tail."""
-    port = str(free_port())
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", WORLD_SIZE=str(world_size),
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-    paths = [logs / f"world{world_size}_rank{r}.log" for r in range(world_size)]
-    runs = []
-    for rank, path in enumerate(paths):
-        with open(path, "w") as log:  # a file, not a pipe: a full pipe would stall the process
-            runs.append(subprocess.Popen([sys.executable, "7_prune_memorized_weights.py", *args], cwd=ROOT,
-                                         stdout=log, stderr=subprocess.STDOUT,
-                                         env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank))))
-    deadline = time.monotonic() + LAUNCH_TIMEOUT
-    try:
-        while any(run.poll() is None for run in runs):
-            failed = [r for r, run in enumerate(runs) if run.returncode not in (None, 0)]
-            if failed or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-    finally:
-        for run in runs:
-            if run.poll() is None:
-                run.kill()
-            run.wait()
-    for rank, run in enumerate(runs):
-        assert run.returncode == 0, f"rank {rank} of {world_size}: rc {run.returncode}\n{paths[rank].read_text()[-3000:]}"
 
 
 def test_two_processes_prune_the_weights_one_process_prunes(tiny_model_dir, prompt_files, tmp_path):
     outputs = {n: tmp_path / "models" / f"pruned{n}" for n in (1, 2)}
     for n, out in outputs.items():
         # |P| = 3 and the empty prompt: rank 0 runs prompts 0 and 2, rank 1 prompt 1 and the empty prompt
-        launch(n, ["-v", tiny_model_dir, "-d", prompt_files["memorized"], "-o", str(out), "--subset_size", "3",
-                   "--sparsity", "0.1", "--calls", "2", "--steps", "5"], tmp_path)
+        launch(n, ["7_prune_memorized_weights.py", "-v", tiny_model_dir, "-d", prompt_files["memorized"], "-o", str(out),
+                   "--subset_size", "3", "--sparsity", "0.1", "--calls", "2", "--steps", "5"], tmp_path)
     assert sorted(os.listdir(tmp_path / "models")) == ["pruned1", "pruned2"]  # rank 1 wrote nothing beside
     one, two = (wanda.load_masks(str(outputs[n] / prune.MASKS_NAME)) for n in (1, 2))
     assert one.layers == two.layers

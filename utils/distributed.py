@@ -61,23 +61,36 @@ class Shard:
         return True
 
 
+# How long a collective waits for the slowest process. A step one process runs while the others
+# wait at the next barrier (writing a table, fine-tuning's checkpoint) can take hours at SD's
+# size; torch's default (30 min for gloo, 10 min for nccl) would end such a run (ours).
+COLLECTIVE_TIMEOUT_HOURS = 24
+
+
 @contextlib.contextmanager
 def process_group(device) -> Iterator[Shard]:
     """This process's shard, inside the launcher's default process group when WORLD_SIZE > 1
     (from its MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE): gloo for a CPU ``device``, nccl for
     CUDA (``device`` becomes the current GPU). The group is destroyed on exit, even when the
-    body raises. One process: no group, every helper below does nothing."""
+    body raises; inside a group already open (a step of Table 1) it is that group, left open.
+    One process: no group, every helper below does nothing."""
     shard = Shard.from_env()
     if shard.world_size == 1:
         yield shard
         return
+    import datetime
+
     import torch
     import torch.distributed as dist
 
+    if dist.is_initialized():
+        yield shard
+        return
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # nccl's object collectives use the current GPU
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
-                            rank=shard.rank, world_size=shard.world_size)
+                            rank=shard.rank, world_size=shard.world_size,
+                            timeout=datetime.timedelta(hours=COLLECTIVE_TIMEOUT_HOURS))
     try:
         yield shard
     finally:
