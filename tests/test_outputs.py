@@ -57,3 +57,19 @@ def test_leftovers_removed(tmp_path):
     (tmp_path / "img.png").write_bytes(b"done")
     assert outputs.remove_leftovers(str(tmp_path)) == [".img.png.part"]
     assert os.listdir(tmp_path) == ["img.png"]
+
+
+def test_processes_claiming_one_folder_at_once_agree(tmp_path):
+    """The ranks of a launch claim a step's folder together: one makes it, the others continue
+    it; none sees a half-made folder without its record."""
+    import multiprocessing
+
+    folder = str(tmp_path / "images")
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        continued = pool.map(_claim, [folder] * 8, chunksize=1)
+    assert sorted(continued) == [False] + [True] * 7
+    assert os.listdir(folder) == [outputs.FOLDER_SETTINGS_NAME]
+
+
+def _claim(folder: str) -> bool:
+    return outputs.claim_output(folder, {"seed": 1}, False, folder=True)

@@ -179,9 +179,23 @@ def claim_output(output: str, settings: dict, overwrite: bool, *, folder: bool =
         return True
     if record:
         if folder:
-            os.makedirs(output, exist_ok=True)
+            return not _new_folder(output, settings) and claim_output(output, settings, False, folder=True)
         write_settings(output, settings, folder)
     return False
+
+
+def _new_folder(output: str, settings: dict) -> bool:
+    """Create ``output`` holding only its settings record, in one rename; False when another
+    process (a rank of the same launch) created it first."""
+    temporary = temporary_path(output)
+    os.makedirs(temporary)
+    write_settings(temporary, settings, folder=True)
+    try:
+        os.rename(temporary, output)  # replaces an empty folder, fails on one with content
+        return True
+    except OSError:
+        _discard(temporary)
+        return False
 
 
 def remove_output(output: str, folder: bool = False) -> None:
