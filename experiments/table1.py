@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from experiments import attack, detect, finetune, generate, localize, prune
@@ -149,22 +150,31 @@ def attacked_type(args) -> str | None:
 
 
 def run_attacks(args, results: str, models: dict[str, str], neuron_sets: dict[str, str] | None = None) -> dict:
-    """Script 8 against every mitigation: its success rate per memorization type.
-    neuron_sets: further rows, name -> a results file whose refined neurons are deactivated
-    (e.g. the planted bed's ground truth), attacked on the given model after NeMo's."""
+    """Script 8 against every mitigation (this process's share of each); returns its folder by
+    mitigation. neuron_sets: further rows, name -> a results file whose refined neurons are
+    deactivated (e.g. the planted bed's ground truth), attacked on the given model after NeMo's."""
     targets = {"none": (models[GIVEN], None), "NeMo": (models[GIVEN], results)}
     targets.update({name: (models[GIVEN], path) for name, path in (neuron_sets or {}).items()})
     if WANDA in models:
         targets["Wanda"] = (models[WANDA], None)
     if FINETUNED in models:
         targets["adversarial fine-tuning"] = (models[FINETUNED], None)
-    return {name: cli.run_step(attack, version=model, dataset=args.dataset, originals=args.originals, resume=True,
-                           output=os.path.join(args.output, "attack", folder_name(name)),
-                           similarity=args.attack_similarity, attack_steps=args.attack_steps,
-                           num_samples=args.num_samples, steps=args.steps, guidance_scale=args.guidance_scale,
-                           seed=args.seed, neurons_from=neurons, memorization_type=attacked_type(args),
-                           sscd_model=args.sscd_model, **model_options(args))
-            for name, (model, neurons) in targets.items()}
+    folders = {name: os.path.join(args.output, "attack", folder_name(name)) for name in targets}
+    for name, (model, neurons) in targets.items():
+        cli.run_step(attack, version=model, dataset=args.dataset, originals=args.originals, resume=True,
+                     output=folders[name], similarity=args.attack_similarity, attack_steps=args.attack_steps,
+                     num_samples=args.num_samples, steps=args.steps, guidance_scale=args.guidance_scale,
+                     seed=args.seed, neurons_from=neurons, memorization_type=attacked_type(args),
+                     sscd_model=args.sscd_model, **model_options(args))
+    return folders
+
+
+def attack_summaries(folders: dict[str, str]) -> dict:
+    """Script 8's success rates per memorization type, by mitigation, from its folders."""
+    from utils.files import read_json
+
+    return {name: read_json(os.path.join(folder, attack.SUMMARY_NAME), "attack summary")["summary"]
+            for name, folder in folders.items()}
 
 
 def generation_options(options: list[str]) -> list[str]:
@@ -182,18 +192,20 @@ def generation_options(options: list[str]) -> list[str]:
     return argv
 
 
-def generate_rows(args, results: str, rows: list[Row], neurons: dict[int, list],
-                  models: dict[str, str]) -> tuple[dict, dict]:
-    """Script 4 for every row (and its held-out run); returns the image folders by row.
-    models: GIVEN -> the given model, and the models scripts 7 and 9 made."""
+def generate_rows(args, results: str, rows: list[Row], models: dict[str, str]) -> tuple[dict, dict]:
+    """Script 4 for every row (and its held-out run; this process's share of each); returns the
+    image folders by row. models: GIVEN -> the given model, and the models scripts 7 and 9 made."""
+    from utils.files import read_results
     from utils.methods.nemo import selection
+
+    neurons = list(read_results(results, None)["Refined Neurons"])
 
     generation = dict(steps=args.steps, num_samples=args.num_samples, guidance_scale=args.guidance_scale,
                       seed=args.seed, batch_size=args.batch_size, result_file=results, **model_options(args))
     if args.wen_target_loss is not None:
         generation["wen_target_loss"] = args.wen_target_loss
     options = generation_options(args.generation_option)
-    all_refined = len(selection.neuron_frequencies(list(neurons.values())))
+    all_refined = len(selection.neuron_frequencies(neurons))
     folders, quality = {}, {}
     for row in rows:
         folders[row.name] = os.path.join(args.output, "images", folder_name(row.name))
@@ -207,37 +219,50 @@ def generate_rows(args, results: str, rows: list[Row], neurons: dict[int, list],
     return folders, quality
 
 
-def run_detection(args) -> dict:
-    """Every registered detector's comparisons on the memorized and the non-memorized prompts
-    (script 2, resumed)."""
+def detection_files(args) -> dict[str, dict[str, str]]:
+    """Every registered detector's score files on the memorized and the non-memorized prompts
+    (script 2, resumed; this process's share of each); returns them by comparison and label."""
+    files = {}
+    for detector in DETECTORS.values():
+        for name, (stem, options) in detector.comparisons.items():
+            files[name] = {}
+            for label, prompts in (("memorized", args.dataset), ("unmemorized", args.unmemorized_prompts)):
+                files[name][label] = os.path.join(args.output, "detection", f"{stem}_{label}.csv")
+                cli.run_step(detect, prompts=prompts, output=files[name][label], resume=True, score=detector.name,
+                             version=args.version, ssim_kernel_size=args.ssim_kernel_size, **options,
+                             **model_options(args))
+    return files
+
+
+def detection_figures(args, files: dict[str, dict[str, str]]) -> dict:
+    """AUROC and TPR@1%FPR of every comparison of ``detection_files``, with the detector's cost:
+    median seconds per prompt over both files."""
     import pandas as pd
 
     from metrics import detection
     from utils.files import read_csv
 
     figures = {}
-    for detector in DETECTORS.values():
-        for name, (stem, options) in detector.comparisons.items():
-            files = {}
-            for label, prompts in (("memorized", args.dataset), ("unmemorized", args.unmemorized_prompts)):
-                files[label] = os.path.join(args.output, "detection", f"{stem}_{label}.csv")
-                cli.run_step(detect, prompts=prompts, output=files[label], resume=True, score=detector.name,
-                         version=args.version, ssim_kernel_size=args.ssim_kernel_size, **options,
-                         **model_options(args))
-            figures[name] = detection.main(["-m", files["memorized"], "-u", files["unmemorized"], "-p", args.dataset,
-                                            "-o", os.path.join(args.output, "detection", f"{stem}.json")])["summary"]
-            seconds = [read_csv(path, ("Seconds",), "score file")["Seconds"] for path in files.values()]
-            for group in figures[name].values():  # the detector's cost: median seconds per prompt, both files
-                group["seconds_per_prompt"] = float(pd.concat(seconds).median())
+    for name, paths in files.items():
+        stem = os.path.basename(paths["memorized"]).removesuffix("_memorized.csv")
+        figures[name] = detection.main(["-m", paths["memorized"], "-u", paths["unmemorized"], "-p", args.dataset,
+                                        "-o", os.path.join(args.output, "detection", f"{stem}.json")])["summary"]
+        seconds = pd.concat([read_csv(path, ("Seconds",), "score file")["Seconds"] for path in paths.values()])
+        for group in figures[name].values():
+            group["seconds_per_prompt"] = float(seconds.median())
     return figures
 
 
-def claim_table_folder(args, output: str) -> None:
+def claim_table_folder(args, output: str, shard) -> None:
     """The table's folder, for this configuration (``settings.json``): a rerun continues every
-    step, another configuration is refused, --overwrite clears the folder."""
+    step, another configuration is refused, --overwrite clears the folder (rank 0 of a launch
+    first; the other processes then find it claimed)."""
+    from utils import distributed
+
     record = {k: v for k, v in cli.run_record(args).items() if k not in TABLE_FREE_FLAGS}
-    if claim_output(output, record, args.overwrite, folder=True):
-        logger.warning("%s: continuing a run with the same configuration (finished steps are kept)", output)
+    with distributed.main_process_first(shard):
+        if claim_output(output, record, args.overwrite and shard.rank == 0, folder=True) and shard.rank == 0:
+            logger.warning("%s: continuing a run with the same configuration (finished steps are kept)", output)
 
 
 def check_inputs(args) -> None:
@@ -277,14 +302,76 @@ def score_histogram(args, types: dict[int, str]) -> str:
                                      os.path.join(args.output, "memorization_scores.png"))
 
 
+@dataclass
+class Work:
+    """What the table's steps made: script 3's results file, the models by name (GIVEN and
+    those of scripts 7 and 9, with their summaries), the image folders by row and of the
+    held-out runs, the detectors' score files and the attacks' folders."""
+    results: str
+    models: dict[str, str]
+    pruning: dict | None
+    finetuning: dict | None
+    folders: dict[str, str]
+    quality: dict[str, str]
+    detection: dict[str, dict[str, str]] = field(default_factory=dict)
+    attacks: dict[str, str] = field(default_factory=dict)
+
+
+def run_steps(args, rows: list[Row], shard, attack_neuron_sets: dict[str, str] | None = None) -> Work:
+    """Every step of the table for this process: under a launcher each step splits its prompts
+    over the processes, which all wait for the last before the next step reads its output."""
+    from utils.distributed import barrier
+
+    results = localization_results(args)
+    barrier(shard)
+    models, pruning, finetuning = {GIVEN: args.version}, None, None
+    if any(row.model == WANDA for row in rows):
+        models[WANDA], pruning = pruned_model(args)
+    if args.dori:
+        models[FINETUNED], finetuning = finetuned_model(args, results)
+        barrier(shard)
+    work = Work(results, models, pruning, finetuning, *generate_rows(args, results, rows, models))
+    barrier(shard)
+    if args.unmemorized_prompts:
+        work.detection = detection_files(args)
+        barrier(shard)
+    if args.dori:
+        work.attacks = run_attacks(args, results, models, attack_neuron_sets)
+        barrier(shard)
+    return work
+
+
 def run(args, measures: Measures, title: str, claim: bool = True,
-        attack_neuron_sets: dict[str, str] | None = None,
-        sections: Callable[[dict], str] | None = None) -> dict:
+        attack_neuron_sets: dict[str, str] | None = None, steps: Callable[[], object] | None = None,
+        sections: Callable[[dict, object], str] | None = None) -> dict:
     """Every step of the table for the configuration ``args`` (``config``); ``measures`` decide
     its columns. ``claim``: check and record the output folder's configuration here (False: the
     caller has). ``attack_neuron_sets``: with --dori, further neuron sets to attack
-    (``run_attacks``). ``sections(report) -> markdown``: further sections of the caller, added
-    to the report and the table before both are written."""
+    (``run_attacks``). ``steps() -> made``: further steps of the caller, run by every process
+    after the table's; ``sections(report, made) -> markdown``: further sections, added to the
+    report and the table before both are written.
+
+    Under ``accelerate launch`` or ``torchrun`` (WORLD_SIZE > 1) the processes share every step
+    (``run_steps``); rank 0 alone measures and writes, and every process returns its report.
+    """
+    from utils import distributed
+    from utils.models import resolve_device
+
+    rows = chosen_rows(args.rows, args.dori)
+    check_inputs(args)
+    with distributed.process_group(resolve_device(args.device)) as shard:
+        if claim:
+            claim_table_folder(args, args.output, shard)
+        work = run_steps(args, rows, shard, attack_neuron_sets)
+        made = steps() if steps else None
+        distributed.barrier(shard)
+        return distributed.main_process_result(shard, lambda: write_report(args, work, measures, title, sections, made))
+
+
+def write_report(args, work: Work, measures: Measures, title: str,
+                 sections: Callable[[dict, object], str] | None = None, made: object = None) -> dict:
+    """Table 1 and its tables and figures from the steps' outputs (and the caller's ``sections``
+    of what its steps ``made``); writes table1.md and table1.json and returns the report."""
     from experiments import locality, tables
     from metrics import plots
     from metrics.cli import write_json
@@ -292,26 +379,15 @@ def run(args, measures: Measures, title: str, claim: bool = True,
     from utils.images import original_images
     from utils.layers import count_neurons
 
-    rows = chosen_rows(args.rows, args.dori)
-    check_inputs(args)
-    if claim:
-        claim_table_folder(args, args.output)
-    results = localization_results(args)
-    frame = read_results(results, None)
+    frame = read_results(work.results, None)
     refined = dict(enumerate(frame["Refined Neurons"]))
-    models, pruning, finetuning = {GIVEN: args.version}, None, None
-    if any(row.model == WANDA for row in rows):
-        models[WANDA], pruning = pruned_model(args)
-    if args.dori:
-        models[FINETUNED], finetuning = finetuned_model(args, results)
-    folders, quality = generate_rows(args, results, rows, refined, models)
-
     prompts = read_prompts(args.dataset)
     types = dict(enumerate(prompts["type"])) if "type" in prompts else {}
     captions = dict(enumerate(prompts["Caption"]))
     quality_captions = dict(enumerate(read_prompts(args.quality_prompts)["Caption"])) if args.quality_prompts else {}
     originals = original_images(args.originals) if args.originals else {}
-    report = tables.build_table(folders, quality, originals, captions, quality_captions, types,
+    pruning, finetuning = work.pruning, work.finetuning
+    report = tables.build_table(work.folders, work.quality, originals, captions, quality_captions, types,
                                 {i: count_neurons(cell) for i, cell in refined.items()}, measures,
                                 set(pruning["rows"]) if pruning else set())
     report["localization"] = {key: float(frame[column].median()) if column in frame else None
@@ -324,19 +400,19 @@ def run(args, measures: Measures, title: str, claim: bool = True,
         agreement["figure"] = locality.agreement_figure(agreement, os.path.join(args.output, "nemo_wanda_agreement.png"))
         report["nemo_wanda_agreement"] = agreement
         text += "\n" + tables.agreement_markdown(agreement)
-    report["figures"] = tables.write_grids(report, folders, originals, captions, types, measures, args.output)
+    report["figures"] = tables.write_grids(report, work.folders, originals, captions, types, measures, args.output)
     report["figures"].append(plots.neurons_per_layer(
         plots.neuron_counts(list(refined.values()), [types.get(i, "all") for i in refined])[1],
         os.path.join(args.output, "neurons_per_layer.png")))
-    if args.unmemorized_prompts:
-        report["detection"] = run_detection(args)
+    if work.detection:
+        report["detection"] = detection_figures(args, work.detection)
         text += "\n" + tables.detection_markdown(report["detection"])
         report["figures"].append(score_histogram(args, types))
-    if args.dori:
-        report["attack"] = run_attacks(args, results, models, attack_neuron_sets)
+    if work.attacks:
+        report["attack"] = attack_summaries(work.attacks)
         text += "\n" + tables.attack_markdown(report["attack"], args.dori_type)
     if sections:
-        text += sections(report)
+        text += sections(report, made)
     text += "\nFigures: " + ", ".join(os.path.basename(f) for f in report["figures"]) + "\n"
     write_json(os.path.join(args.output, "table1.json"), report)
     write_text(os.path.join(args.output, "table1.md"), text)

@@ -39,7 +39,7 @@ from metrics.pixel_ssim import pixel_ssim_matrix, ssim_to_original
 from testbed.alignment import alignment
 from testbed.synthetic_data import ordinary_combination, render_ordinary, write_ordinary_pairs
 from testbed.train_testbed import SEED
-from utils import cli
+from utils import cli, distributed
 from utils.defaults import GENERATION_STEPS, NUM_SAMPLES
 from utils.files import read_prompts, read_results, read_threshold, threshold_path
 from utils.images import generated_images, load_images, original_images
@@ -156,21 +156,25 @@ def testbed_measures(rows: list[int], originals: str) -> tables.Measures:
         references=memorized_references(originals), own_reference={i: f"{row:04d}" for i, row in enumerate(rows)})
 
 
-def subset(counts: dict[str, int], output: str, bed: Bed) -> tuple[str, list[int]]:
-    """The first ``counts[type]`` memorized prompts of each type as a prompt file, with their
-    training images renumbered by row in ``output/originals``; returns the prompt file and
-    each prompt's row in the full file."""
+def subset_rows(counts: dict[str, int], bed: Bed) -> list[int]:
+    """The rows, in the bed's full prompt file, of its first ``counts[type]`` memorized prompts
+    of each type."""
     prompts = read_prompts(bed.memorized)
-    rows = [i for kind, n in counts.items() for i in prompts.index[prompts["type"] == kind][:n]]
+    return [i for kind, n in counts.items() for i in prompts.index[prompts["type"] == kind][:n]]
+
+
+def write_subset(rows: list[int], output: str, bed: Bed) -> str:
+    """The prompts of ``rows`` as a prompt file, with their training images renumbered by row
+    in ``output/originals``; returns the prompt file."""
     path = os.path.join(output, "memorized_prompts.csv")
-    write_csv(prompts.loc[rows].reset_index(drop=True), path)
+    write_csv(read_prompts(bed.memorized).loc[rows].reset_index(drop=True), path)
     folder = os.path.join(output, "originals")
     os.makedirs(folder, exist_ok=True)
     originals = original_images(bed.originals)
     for new, row in enumerate(rows):
         with atomic_path(os.path.join(folder, f"{new:04d}.png")) as temporary:
             shutil.copyfile(originals[row], temporary)
-    return path, rows
+    return path
 
 
 def checks(rows: dict) -> dict:
@@ -214,34 +218,37 @@ def planted_run_truth(bed: Bed, rows: list[int]) -> ground_truth.GroundTruth:
         {new: mapping[row] for new, row in enumerate(rows)} for mapping in (truth.neurons, truth.captions, truth.types)))
 
 
-def write_truth_file(run_truth: ground_truth.GroundTruth, out: str) -> str:
+def write_truth_file(run_truth: ground_truth.GroundTruth, path: str) -> None:
     """The run's ground truth as a results file of script 3 (what scripts 4 and 8 deactivate)."""
-    path = os.path.join(out, "ground_truth_neurons.csv")
     write_csv(ground_truth.results_frame(run_truth), path)
-    return path
 
 
-def planted_checks(report: dict, run_truth: ground_truth.GroundTruth, truth_file: str, out: str,
-                   generation: dict, measures: tables.Measures) -> tuple[dict, str]:
-    """The planted bed's criteria and localization table.
+def planted_generations(truth_file: str, out: str, generation: dict) -> dict[str, str]:
+    """Script 4 with the ground truth (``truth_file``, a results file of script 3) deactivated,
+    as many random neurons per layer, and NeMo's initial neurons (this process's share of
+    each); returns the image folders by name."""
+    nemo_file = os.path.join(out, "memorization_statistics.csv")
+    settings = {PLANTED_OFF: (truth_file, "refined_neurons"), PLANTED_RANDOM: (truth_file, "block_random_neurons"),
+                "NeMo initial": (nemo_file, "initial_neurons")}
+    folders = {name: os.path.join(out, "images", folder_name(name)) for name in settings}
+    for name, (results, mode) in settings.items():
+        cli.run_step(generate, result_file=results, dataset=os.path.join(out, "memorized_prompts.csv"),
+                     output=folders[name], **generation, **{mode: True})
+    return folders
 
-    Script 4 deactivates the ground truth (``truth_file``, a results file of script 3), as many
-    random neurons per layer, and NeMo's initial neurons; the localization table compares
-    NeMo's sets with the ground truth and says which sets stop the replication, Wanda's pruned
-    model too (its ff.net.2 weights are not value neurons: no recall or precision). Returns
-    the checks and their markdown.
+
+def planted_checks(report: dict, run_truth: ground_truth.GroundTruth, folders: dict[str, str], out: str,
+                   measures: tables.Measures) -> tuple[dict, str]:
+    """The planted bed's criteria and localization table from ``planted_generations``'
+    ``folders``: the localization table compares NeMo's sets with the ground truth and says
+    which sets stop the replication, Wanda's pruned model too (its ff.net.2 weights are not
+    value neurons: no recall or precision). Returns the checks and their markdown.
     """
     nemo_file = os.path.join(out, "memorization_statistics.csv")
-    folders = {PLANTED_OFF: (truth_file, "refined_neurons"), PLANTED_RANDOM: (truth_file, "block_random_neurons"),
-               "NeMo initial": (nemo_file, "initial_neurons")}
     originals = original_images(os.path.join(out, "originals"))
     ssim = {"plain": report["rows"][PLAIN]["per_prompt"]["SSIM_Orig"],
             "NeMo refined": report["rows"]["NeMo"]["per_prompt"]["SSIM_Orig"]}
-    for name, (results, mode) in folders.items():
-        folder = os.path.join(out, "images", folder_name(name))
-        cli.run_step(generate, result_file=results, dataset=os.path.join(out, "memorized_prompts.csv"),
-                           output=folder, **generation, **{mode: True})
-        ssim[name] = folder_ssim(folder, originals, measures)
+    ssim.update({name: folder_ssim(folder, originals, measures) for name, folder in folders.items()})
     nemo = read_results(nemo_file, run_truth.widths)
     sets = {"NeMo initial": dict(enumerate(nemo["Initial Neurons"])), "NeMo refined": dict(enumerate(nemo["Refined Neurons"])),
             PLANTED_OFF: run_truth.neurons}
@@ -307,14 +314,20 @@ def add_args(parser) -> None:
 
 
 def run(args) -> dict:
-    """The bed's Table 1 for the flags of ``add_args``; returns the report."""
+    """The bed's Table 1 for the flags of ``add_args``; returns the report. Under a launcher the
+    processes share every step (``experiments.table1.run``); rank 0 writes the inputs it makes."""
     bed = BEDS[args.bed]
     counts = {kind: getattr(args, kind.lower()) if getattr(args, kind.lower()) is not None else n
               for kind, n in bed.demo_prompts}
     if sum(counts.values()) == 0:
         raise ValueError("--vm 0 --tm 0: expected at least one memorized prompt")
     out = args.output = args.output or os.path.join("demo_output", args.bed)
-    reproduce.claim_table_folder(args, out)  # a rerun continues every finished step; other settings are refused
+    with distributed.process_group(torch.device("cpu")) as shard:
+        return run_bed(args, bed, counts, out, shard)
+
+
+def run_bed(args, bed: Bed, counts: dict[str, int], out: str, shard: distributed.Shard) -> dict:
+    reproduce.claim_table_folder(args, out, shard)  # a rerun continues every finished step; other settings are refused
     model = args.model or bed.model
     statistics_file = os.path.join(out, "statistics.pt")
     cli.run_step(statistics, prompts=bed.additional, output=statistics_file, version=model)
@@ -322,15 +335,23 @@ def run(args) -> dict:
     if threshold is None:
         scores = os.path.join(out, "scores_unmemorized.csv")
         cli.run_step(detect, prompts=bed.unmemorized, output=scores, resume=True, version=model,
-                           ssim_kernel_size=testbed.SSIM_KERNEL_SIZE)
+                     ssim_kernel_size=testbed.SSIM_KERNEL_SIZE)
+    distributed.barrier(shard)
+    if threshold is None:
         threshold = read_threshold(threshold_path(scores))
-    held_out = read_prompts(bed.unmemorized)
-    quality, unmemorized = os.path.join(out, "quality_prompts.csv"), os.path.join(out, "unmemorized_prompts.csv")
-    write_csv(held_out[: args.quality], quality)
-    write_csv(held_out[: args.unmemorized], unmemorized)
-    prompts, rows = subset(counts, out, bed)
+    rows = subset_rows(counts, bed)
     run_truth = planted_run_truth(bed, rows) if bed.ground_truth else None
-    truth_file = write_truth_file(run_truth, out) if run_truth else None
+    quality, unmemorized = os.path.join(out, "quality_prompts.csv"), os.path.join(out, "unmemorized_prompts.csv")
+    prompts = os.path.join(out, "memorized_prompts.csv")
+    truth_file = os.path.join(out, "ground_truth_neurons.csv") if run_truth else None
+    if shard.rank == 0:
+        held_out = read_prompts(bed.unmemorized)
+        write_csv(held_out[: args.quality], quality)
+        write_csv(held_out[: args.unmemorized], unmemorized)
+        write_subset(rows, out, bed)
+        if run_truth:
+            write_truth_file(run_truth, truth_file)
+    distributed.barrier(shard)
     config = reproduce.config(
         dataset=prompts, output=out, statistics=statistics_file, memorization_threshold=threshold,
         ssim_kernel_size=testbed.SSIM_KERNEL_SIZE, originals=os.path.join(out, "originals"), quality_prompts=quality,
@@ -338,30 +359,31 @@ def run(args) -> dict:
         wanda_subset_size=wanda_subset_size(sum(counts.values())), version=model, rows=args.rows, dori=args.dori,
         generation_option=[f"han_max_iterations={HAN_MAX_ITERATIONS}"])
     if args.dori:
+        utility_data = distributed.main_process_result(shard, lambda: write_ordinary_pairs(
+            os.path.join(out, "utility_pairs"), UTILITY_PAIRS, SEED, SEED + 3))
         vars(config).update(
-            utility_data=write_ordinary_pairs(os.path.join(out, "utility_pairs"), UTILITY_PAIRS, SEED, SEED + 3),
-            attack_similarity="pixel_ssim", finetune_learning_rate=FINETUNE_LEARNING_RATE,
+            utility_data=utility_data, attack_similarity="pixel_ssim", finetune_learning_rate=FINETUNE_LEARNING_RATE,
             finetune_distillation_weight=FINETUNE_DISTILLATION_WEIGHT, finetune_utility_batch=FINETUNE_UTILITY_BATCH,
             dori_type=args.dori_type)
     for name in ("finetune_epochs", "attack_steps"):
         if getattr(args, name):
             setattr(config, name, getattr(args, name))
     measures = testbed_measures(rows, bed.originals)
+    generation = dict(version=model, steps=args.steps, num_samples=args.num_samples, batch_size=args.num_samples)
 
-    def sections(report: dict) -> str:
+    def sections(report: dict, planted_folders: dict | None) -> str:
         """The test bed's checks, and on the planted bed its criteria and localization table."""
         report["checks"] = checks(report["rows"])
         text = ""
         if run_truth:
-            report["planted"], text = planted_checks(
-                report, run_truth, truth_file, out,
-                dict(version=model, steps=args.steps, num_samples=args.num_samples, batch_size=args.num_samples),
-                measures)
+            report["planted"], text = planted_checks(report, run_truth, planted_folders, out, measures)
         return text + checks_markdown(report["checks"])
 
     title = ("Test-bed" if args.bed == "natural" else "Planted test-bed") + f" Table 1 (tau_mem = {threshold:.3f})"
     return reproduce.run(config, measures, title, claim=False,
-                         attack_neuron_sets={PLANTED_OFF: truth_file} if truth_file else None, sections=sections)
+                         attack_neuron_sets={PLANTED_OFF: truth_file} if truth_file else None,
+                         steps=(lambda: planted_generations(truth_file, out, generation)) if run_truth else None,
+                         sections=sections)
 
 
 def main(argv=None) -> dict:

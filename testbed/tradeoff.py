@@ -130,12 +130,12 @@ def run(args) -> dict:
     from metrics import plots
     from metrics.cli import write_json
     from testbed.synthetic_data import write_ordinary_pairs
-    from testbed.table1 import BEDS, SEED, UTILITY_PAIRS, WANDA_SPARSITY, subset, wanda_subset_size
+    from testbed.table1 import BEDS, SEED, UTILITY_PAIRS, WANDA_SPARSITY, subset_rows, wanda_subset_size, write_subset
     from utils.files import read_prompts, read_results, read_threshold
     from utils.methods.nemo import selection
 
     os.makedirs(args.output, exist_ok=True)
-    prompts, _rows = subset({"VM": args.vm}, args.output, BEDS["natural"])
+    prompts = write_subset(subset_rows({"VM": args.vm}, BEDS["natural"]), args.output, BEDS["natural"])
     quality = os.path.join(args.output, "quality_prompts.csv")
     read_prompts(testbed.UNMEMORIZED_PROMPTS)[: args.quality].to_csv(quality, sep=";")
     pairs = write_ordinary_pairs(os.path.join(args.output, "utility_pairs"), UTILITY_PAIRS, SEED, SEED + 3)

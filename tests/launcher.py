@@ -18,11 +18,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(world_size: int, command: list[str], logs, timeout: float = LAUNCH_TIMEOUT) -> None:
+def launch(world_size: int, command: list[str], logs, timeout: float = LAUNCH_TIMEOUT,
+           rank_env: dict[int, dict] | None = None) -> None:
     """``command`` (arguments after ``python``: a script and its flags, or ``-m module ...``) as
-    ``world_size`` processes of one thread each, logging to ``logs``/world{N}_rank{R}.log. A
-    process that fails, or a launch past ``timeout``, ends the launch (the others are killed) with
-    the failed log's tail."""
+    ``world_size`` processes of one thread each, logging to ``logs``/world{N}_rank{R}.log;
+    ``rank_env``: further variables of some ranks (a planned crash). A process that fails, or a
+    launch past ``timeout``, ends the launch (the others are killed) with the failed log's tail."""
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", WORLD_SIZE=str(world_size),
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     paths = [logs / f"world{world_size}_rank{r}.log" for r in range(world_size)]
@@ -30,7 +31,8 @@ def launch(world_size: int, command: list[str], logs, timeout: float = LAUNCH_TI
     for rank, path in enumerate(paths):
         with open(path, "w") as log:  # a file, not a pipe: a full pipe would stall the process
             runs.append(subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                         env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank))))
+                                         env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank),
+                                                  **(rank_env or {}).get(rank, {}))))
     deadline = time.monotonic() + timeout
     try:
         while any(run.poll() is None for run in runs):

@@ -120,6 +120,19 @@ def barrier(shard: Shard) -> None:
         dist.barrier()
 
 
+def main_process_result(shard: Shard, compute: Callable[[], T]) -> T:
+    """``compute()`` on rank 0 alone (what only one process should do: measure, write), its
+    picklable result on every process once rank 0 has it."""
+    result = compute() if shard.rank == 0 else None
+    if shard.world_size > 1:
+        import torch.distributed as dist
+
+        box = [result]
+        dist.broadcast_object_list(box, src=0)
+        result = box[0]
+    return result
+
+
 @contextlib.contextmanager
 def main_process_first(shard: Shard) -> Iterator[None]:
     """Rank 0 runs the body first; the others run it once rank 0 has finished it (e.g. rank 0
