@@ -7,24 +7,13 @@ import os
 import pandas as pd
 import pytest
 
+from benchmarks.processes import comparable
 from tests.launcher import launch
 from utils.crashpoints import CRASH_VARIABLE
 
 # The reduced demo of tests/test_testbed.py: every row, both detectors, the held-out runs.
 TABLE = ["-m", "testbed.table1", "--vm", "1", "--tm", "1", "--steps", "4", "--num_samples", "2", "--quality", "2",
          "--unmemorized", "3"]
-TIMED = ("second", "processes")  # keys of what the processes' number changes: time, the count itself
-
-
-def comparable(value, output: str):
-    """The report without its timings, the run's folder written as <out>."""
-    if isinstance(value, dict):
-        return {k: comparable(v, output) for k, v in value.items() if not any(word in k for word in TIMED)}
-    if isinstance(value, list):
-        return [comparable(v, output) for v in value]
-    if isinstance(value, str):
-        return value.replace(output, "<out>")
-    return value
 
 
 def test_two_processes_write_the_table_one_process_writes_and_continue_after_a_kill(tmp_path):

@@ -54,9 +54,11 @@ def test_two_writers_of_one_file_both_complete(tmp_path):
 
 def test_leftovers_removed(tmp_path):
     (tmp_path / ".img.png.part").write_bytes(b"\x89PNG")
+    os.utime(tmp_path / ".img.png.part", (outputs.STARTED - 60,) * 2)  # left by a run killed before this one
+    (tmp_path / ".other.png.part").write_bytes(b"\x89PNG")  # another rank of this launch is writing it
     (tmp_path / "img.png").write_bytes(b"done")
     assert outputs.remove_leftovers(str(tmp_path)) == [".img.png.part"]
-    assert os.listdir(tmp_path) == ["img.png"]
+    assert sorted(os.listdir(tmp_path)) == [".other.png.part", "img.png"]
 
 
 def test_processes_claiming_one_folder_at_once_agree(tmp_path):

@@ -17,10 +17,12 @@ import itertools
 import json
 import os
 import shutil
+import time
 
 from utils.crashpoints import crash_point
 
 PART_PREFIX, PART_SUFFIX = ".", ".part"
+STARTED = time.time()  # when this process started writing outputs: older temporaries are a killed run's
 _WRITES = itertools.count()  # numbers this process's temporaries
 
 
@@ -100,10 +102,13 @@ def save_figure(path: str, figure, **kwargs) -> None:
 
 
 def remove_leftovers(folder: str) -> list[str]:
-    """Remove the ``.part`` temporaries a killed run left in ``folder``; returns their names."""
+    """Remove the ``.part`` temporaries a killed run left in ``folder``: those last written
+    before this process started (another rank of this launch may be writing its own now);
+    returns their names."""
     if not os.path.isdir(folder):
         return []
-    removed = [name for name in os.listdir(folder) if name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)]
+    removed = [name for name in os.listdir(folder) if name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)
+               and os.path.getmtime(os.path.join(folder, name)) < STARTED]
     for name in removed:
         _discard(os.path.join(folder, name))
     return removed

@@ -1,0 +1,84 @@
+"""The test-bed Table 1 with one process against two under torchrun: wall time of each, and
+whether the two tables agree (all but the timing columns) and the neurons are the same.
+
+One process gets both cores (``OMP_NUM_THREADS=2``); torchrun's two processes get one each.
+Flags after ``--`` go to ``testbed.table1`` (default: the demo's size).
+
+    PYTHONPATH=. python -m benchmarks.processes --output bench_processes
+    PYTHONPATH=. python -m benchmarks.processes --output bench_processes -- --bed planted --memorization_threshold 0.428
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pandas as pd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMED = ("second", "processes")  # keys of what the number of processes changes: time, the count itself
+
+
+def comparable(value, output: str):
+    """A Table-1 report without its timings, the run's folder written as <out>."""
+    if isinstance(value, dict):
+        return {k: comparable(v, output) for k, v in value.items() if not any(word in k for word in TIMED)}
+    if isinstance(value, list):
+        return [comparable(v, output) for v in value]
+    if isinstance(value, str):
+        return value.replace(output, "<out>")
+    return value
+
+
+def differences(one, two, path: str = "") -> list[str]:
+    """Where two comparable reports differ (at most the first few keys)."""
+    if isinstance(one, dict) and isinstance(two, dict):
+        return [d for k in sorted(set(one) | set(two), key=str) for d in differences(one.get(k), two.get(k), f"{path}/{k}")]
+    if isinstance(one, list) and isinstance(two, list) and len(one) == len(two):
+        return [d for i, (a, b) in enumerate(zip(one, two)) for d in differences(a, b, f"{path}[{i}]")]
+    return [] if one == two else [f"{path}: {one!r} != {two!r}"]
+
+
+def timed_run(command: list[str], threads: int, log: str) -> float:
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        run = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=str(threads)))
+    if run.returncode:
+        raise SystemExit(f"{' '.join(command)} failed (rc {run.returncode}); see {log}")
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", required=True, help="folder of both runs (one/, two/) and their logs")
+    parser.add_argument("table_args", nargs="*", help="flags of testbed.table1, after --")
+    args = parser.parse_args(argv)
+    outputs = {n: os.path.abspath(os.path.join(args.output, name)) for n, name in ((1, "one"), (2, "two"))}
+    os.makedirs(args.output, exist_ok=True)
+    table = ["-m", "testbed.table1", *args.table_args]
+    seconds = {
+        1: timed_run([sys.executable, *table, "--output", outputs[1]], 2, os.path.join(args.output, "one.log")),
+        2: timed_run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                      "--module", *table[1:], "--output", outputs[2]], 1, os.path.join(args.output, "two.log")),
+    }
+    reports = {n: comparable(json.load(open(os.path.join(out, "table1.json"))), out) for n, out in outputs.items()}
+    found = differences(reports[1], reports[2])
+    neurons = {n: pd.read_csv(os.path.join(out, "memorization_statistics.csv"), sep=";")[["Initial Neurons", "Refined Neurons"]]
+               for n, out in outputs.items()}
+    if not neurons[1].equals(neurons[2]):
+        found.append("memorization_statistics.csv: other neurons")
+    result = dict(seconds=seconds, ratio=seconds[1] / seconds[2], differences=found)
+    print(f"1 process x 2 threads: {seconds[1]:.0f} s; 2 processes x 1 thread (torchrun): {seconds[2]:.0f} s; "
+          f"speed-up {result['ratio']:.2f}x")
+    print("tables: " + ("identical (all but the timing columns)" if not found else
+                        f"{len(found)} differences, e.g. " + "; ".join(found[:5])))
+    return result
+
+
+if __name__ == "__main__":
+    main()
