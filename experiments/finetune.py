@@ -61,8 +61,8 @@ def log_update(record: dict) -> None:
     """Progress of one update of ``adversarial_finetune`` (and the crash point the tests kill at)."""
     from utils.crashpoints import crash_point
 
-    logger.info("epoch %d image %d: attack %.4f, adversarial %.4f, utility %.4f, %.1f s", record["epoch"],
-                record["image"], record["attack_loss"], record["adversarial_loss"], record["utility_loss"],
+    logger.info("epoch %d images %s: attack %.4f, adversarial %.4f, utility %.4f, %.1f s", record["epoch"],
+                record["images"], record["attack_loss"], record["adversarial_loss"], record["utility_loss"],
                 record["seconds"])
     crash_point("update_done")
 
