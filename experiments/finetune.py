@@ -58,8 +58,9 @@ def add_args(parser) -> None:
                              "M steps of one image each, so the same --learning_rate and --epochs move the weights less "
                              "(the number of processes is recorded: a rerun needs as many). single: one process's "
                              "schedule, one image an update; the processes split its attack's noise samples and its "
-                             "utility pairs: the weights are one process's up to float rounding, and only the U-Net's "
-                             "work on --attack_batch and --utility_batch samples is divided over N")
+                             "utility pairs: the gradients are one process's up to float rounding (AdamW can turn it into "
+                             "a step of up to the learning rate on a rare weight whose gradient is near zero), and only "
+                             "the U-Net's work on --attack_batch and --utility_batch samples is divided over N")
     parser.add_argument("--surrogate_steps", type=cli.positive_int, default=defaults.GENERATION_STEPS,
                         help="DDIM steps of each NeMo-mitigated surrogate image (default: script 4's, SPEC §5; fewer "
                              "for a smoke run)")

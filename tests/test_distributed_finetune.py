@@ -65,10 +65,14 @@ def test_two_processes_of_the_single_schedule_end_with_the_weights_of_one(inputs
         for key in ("attack_loss", "adversarial_loss", "utility_loss", "distillation_loss"):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-9), key
     # Not bit for bit: each process runs the U-Net on its part of a batch and the parts' gradients
-    # are added in another order. AdamW divides each gradient by its running magnitude, so a
-    # rounding difference in a gradient near zero moves that weight by a small share of the
-    # learning rate (a few percent here), never more: a tenth of it is the tolerance.
-    torch.testing.assert_close(unet(outputs[2]), unet(outputs[1]), rtol=0, atol=LEARNING_RATE / 10)
+    # are added in another order, so the gradients agree up to float rounding. AdamW divides each
+    # gradient by its running magnitude: most weights move alike to far below the learning rate,
+    # but where a gradient is near zero (cancelling terms) rounding can turn that weight's step
+    # around, up to 2 learning rates an update (on the test bed 5 of 862,804 weights did).
+    one_unet, two_unet = unet(outputs[1]), unet(outputs[2])
+    difference = torch.cat([(one_unet[k] - two_unet[k]).abs().flatten() for k in one_unet])
+    assert (difference > LEARNING_RATE / 100).float().mean() < 1e-3, "more than rare weights differ"
+    assert difference.max() <= 2 * LEARNING_RATE * len(one["history"])
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ CHECKPOINT_EVERY = 100
 # ours: script 9 under a launcher with N processes. "images": an update takes N memorized images,
 # one a process, gradients averaged (data-parallel over images: ceil(M / N) updates an epoch);
 # "single": the single-process updates, each one's noise samples and utility pairs split over
-# the processes (the weights of one process up to float rounding). One process: both are the
+# the processes (one process's gradients up to float rounding). One process: both are the
 # single-process schedule.
 SCHEDULES = ("images", "single")
 SCHEDULE = "images"

@@ -126,7 +126,9 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
     * ``schedule="single"``: the single-process updates; every process draws the whole batch's
       noise, timesteps and utility pairs from the same stream and runs the U-Net on its part
       (``Shard.batch_slice``) of the attack's noise samples and of the utility pairs: the
-      weights are one process's up to float rounding.
+      gradients are one process's up to float rounding, which AdamW (each gradient divided by
+      its running magnitude) can turn into a step of up to the learning rate on the rare weight
+      whose gradient is near zero.
 
     After every update the processes' ``weights_checksum`` must agree (a RuntimeError
     otherwise); the history records it. The losses recorded are those of the whole update.
