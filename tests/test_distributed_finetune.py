@@ -68,7 +68,8 @@ def test_two_processes_of_the_single_schedule_end_with_the_weights_of_one(inputs
     # are added in another order, so the gradients agree up to float rounding. AdamW divides each
     # gradient by its running magnitude: most weights move alike to far below the learning rate,
     # but where a gradient is near zero (cancelling terms) rounding can turn that weight's step
-    # around, up to 2 learning rates an update (on the test bed 5 of 862,804 weights did).
+    # around, up to 2 learning rates an update (on the test bed after 2 updates 5 of 862,804 weights
+    # differed by more than half the learning rate).
     one_unet, two_unet = unet(outputs[1]), unet(outputs[2])
     difference = torch.cat([(one_unet[k] - two_unet[k]).abs().flatten() for k in one_unet])
     assert (difference > LEARNING_RATE / 100).float().mean() < 1e-3, "more than rare weights differ"
