@@ -167,6 +167,40 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
         generator.set_state(own["generator"])
         restore_random_states(own["random"])
         history = list(resume["history"])
+
+    def process_loss(epoch: int, images: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's loss of the update of ``images`` (a constant 0 without an image) and its
+        addends of the update's losses [4] (attack, adversarial, utility, distillation)."""
+        index = images[0] if split else images[shard.rank] if shard.rank < len(images) else None
+        if index is None:  # the last update of an epoch has fewer images than processes
+            return torch.zeros((), device=unet.device), torch.zeros(4, dtype=torch.float64, device=unet.device)
+        weight = 1.0 if split else 1 / len(images)  # of this process's image in the update's mean
+        parts = shard if split else Shard()  # its parts of the attack's noise samples and of the utility pairs
+        target = targets[index]
+        unet.eval()
+        with mixed():
+            found = attack(pipe, target.latent, target.embedding, steps=attack_steps,
+                           learning_rate=attack_learning_rate, batch=attack_batch, seed=seed + 1000 * epoch + index,
+                           shard=parts)
+        unet.train()
+        with torch.enable_grad(), mixed():
+            surrogate = target.surrogate.to(unet.device, unet.dtype).expand(attack_batch, -1, -1, -1)
+            adversarial = weight * parts.batch_share(attack_batch) * denoising_loss(
+                pipe, surrogate, found.embedding.expand(attack_batch, -1, -1), generator,
+                parts.batch_slice(attack_batch))
+            latents, embeddings = utility(generator)
+            latents = latents.to(unet.device, unet.dtype)
+            pairs, share = parts.batch_slice(len(latents)), weight * parts.batch_share(len(latents))
+            kept = share * denoising_loss(pipe, latents, embeddings, generator, pairs)
+            loss = adversarial + utility_weight * kept
+            anchored = torch.zeros(())
+            if original is not None:
+                anchored = share * distillation_loss(pipe, original, latents, embeddings, generator, pairs)
+                loss = loss + distillation_weight * anchored
+        attack_weight = float(shard.rank == 0) if split else weight  # split: the whole batch's loss, counted once
+        return loss, torch.tensor([attack_weight * found.losses[-1], adversarial.item(), kept.item(), anchored.item()],
+                                  dtype=torch.float64, device=unet.device)
+
     updates = tqdm(total=epochs * len(schedule_images), initial=len(history), desc="fine-tuning updates",
                    unit="update", leave=False)
     for epoch in range(epochs):
@@ -174,42 +208,8 @@ def adversarial_finetune(pipe, targets: list[FinetuneTarget], utility: Callable[
             if epoch * len(schedule_images) + number < len(history):
                 continue  # done before the checkpoint this run continues
             start = time.perf_counter()
-            # this process's image and its weight in the update's mean (none: the last update of an epoch
-            # has fewer images than processes); its parts of the attack's noise samples and the utility pairs
-            index = images[0] if split else images[shard.rank] if shard.rank < len(images) else None
-            weight = 1.0 if split else 1 / len(images)
-            parts = shard if split else Shard()
-            # this process's addends of the update's losses: attack, adversarial, utility, distillation
-            losses = torch.zeros(4, dtype=torch.float64, device=unet.device)
-            loss = torch.zeros((), device=unet.device)  # of a process without an image: no gradient
             optimizer.zero_grad()
-            if index is not None:
-                target = targets[index]
-                unet.eval()
-                with mixed():
-                    found = attack(pipe, target.latent, target.embedding, steps=attack_steps,
-                                   learning_rate=attack_learning_rate, batch=attack_batch,
-                                   seed=seed + 1000 * epoch + index, shard=parts)
-                unet.train()
-                with torch.enable_grad():
-                    with mixed():
-                        surrogate = target.surrogate.to(unet.device, unet.dtype).expand(attack_batch, -1, -1, -1)
-                        adversarial = weight * parts.batch_share(attack_batch) * denoising_loss(
-                            pipe, surrogate, found.embedding.expand(attack_batch, -1, -1), generator,
-                            parts.batch_slice(attack_batch))
-                        latents, embeddings = utility(generator)
-                        latents = latents.to(unet.device, unet.dtype)
-                        pairs, share = parts.batch_slice(len(latents)), weight * parts.batch_share(len(latents))
-                        kept = share * denoising_loss(pipe, latents, embeddings, generator, pairs)
-                        loss = adversarial + utility_weight * kept
-                        if original is not None:
-                            anchored = share * distillation_loss(pipe, original, latents, embeddings, generator, pairs)
-                            loss = loss + distillation_weight * anchored
-                # the attack's loss is the whole batch's on every process: counted once
-                attack_weight = weight if not split else float(shard.rank == 0)
-                losses = torch.tensor([attack_weight * found.losses[-1], adversarial.item(), kept.item(),
-                                       anchored.item() if original is not None else 0.0], dtype=torch.float64,
-                                      device=unet.device)
+            loss, losses = process_loss(epoch, images)
             scaled = scaler.scale(loss)  # every process: the scaler's state starts with its first scale
             if scaled.requires_grad:  # not for empty parts
                 with torch.enable_grad():
