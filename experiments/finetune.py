@@ -18,7 +18,10 @@ CHECKPOINT_SUFFIX = ".checkpoint.pt"  # beside the output folder, until the mode
 def add_args(parser) -> None:
     parser.epilog = ("Defaults: the Dori paper (5 epochs, the adversarial and the utility loss 1:1, the attack's Adam at "
                      "0.1 for 50 steps); the U-Net's optimizer and learning rate are not stated there: AdamW at 1e-5 "
-                     "is our choice. README.md lists where this suite differs.")
+                     "is our choice. README.md lists where this suite differs. Under a launcher (accelerate launch "
+                     "--num_processes N, torchrun --nproc_per_node N) the processes train data-parallel (gradients "
+                     "summed, every process holds the same weights after every update, checked); --schedule says "
+                     "how the updates relate to one process's; rank 0 writes the checkpoint and the model folder.")
     parser.add_argument("-d", "--dataset", default="prompts/memorized_laion_prompts.csv", help="memorized prompt file")
     parser.add_argument("--originals", required=True, help="training images to erase, one per prompt row")
     parser.add_argument("-f", "--result_file", required=True,
@@ -47,6 +50,17 @@ def add_args(parser) -> None:
     parser.add_argument("--attack_learning_rate", type=cli.positive_float, default=dori.ATTACK_LEARNING_RATE, help="attack's Adam")
     parser.add_argument("--attack_batch", type=cli.positive_int, default=dori.ATTACK_BATCH, help="noise samples per attack step")
     parser.add_argument("--seed", type=int, default=dori.ATTACK_SEED, help="seed of the noise, timesteps and pairs")
+    parser.add_argument("--schedule", choices=dori.SCHEDULES, default=dori.SCHEDULE,
+                        help="ours, for N processes under a launcher (one process: both are the single-process "
+                             "schedule). images: data-parallel over the memorized images: an update takes N of them, "
+                             "each process attacks one and adds its own utility pairs, and their gradients are "
+                             "averaged: an epoch is ceil(M/N) AdamW steps of effective batch N where one process takes "
+                             "M steps of one image each, so the same --learning_rate and --epochs move the weights less "
+                             "(the number of processes is recorded: a rerun needs as many). single: one process's "
+                             "schedule, one image an update; the processes split its attack's noise samples and its "
+                             "utility pairs: the gradients are one process's up to float rounding (AdamW can turn it into "
+                             "a step of up to the learning rate on a rare weight whose gradient is near zero), and only "
+                             "the U-Net's work on --attack_batch and --utility_batch samples is divided over N")
     parser.add_argument("--surrogate_steps", type=cli.positive_int, default=defaults.GENERATION_STEPS,
                         help="DDIM steps of each NeMo-mitigated surrogate image (default: script 4's, SPEC §5; fewer "
                              "for a smoke run)")
@@ -61,8 +75,8 @@ def log_update(record: dict) -> None:
     """Progress of one update of ``adversarial_finetune`` (and the crash point the tests kill at)."""
     from utils.crashpoints import crash_point
 
-    logger.info("epoch %d image %d: attack %.4f, adversarial %.4f, utility %.4f, %.1f s", record["epoch"],
-                record["image"], record["attack_loss"], record["adversarial_loss"], record["utility_loss"],
+    logger.info("epoch %d images %s: attack %.4f, adversarial %.4f, utility %.4f, %.1f s", record["epoch"],
+                record["images"], record["attack_loss"], record["adversarial_loss"], record["utility_loss"],
                 record["seconds"])
     crash_point("update_done")
 
@@ -76,24 +90,38 @@ def save_checkpoint(path: str, state: dict, recorded: dict) -> None:
 
 
 def run(args) -> dict:
-
-    from utils.files import read_json, read_prompts, read_results, require_neurons, rows_of_type
-    from utils.outputs import claim_output, remove_output, save_model_folder, write_json
+    """Under a launcher the processes open their group, claim the output (rank 0 first), make
+    their share of the surrogates and train data-parallel (``--schedule``); rank 0 writes."""
+    from utils import distributed
+    from utils.files import read_json, read_prompts, read_results
+    from utils.models import resolve_device
+    from utils.outputs import claim_output
 
     frame = read_prompts(args.dataset)
     read_results(args.result_file, None)
-    recorded = cli.run_record(args, inputs=("dataset", "result_file", "utility_data"), limit=args.limit)
-    if claim_output(args.output, recorded, args.overwrite, folder=True, record=False):
-        logger.info("%s is complete with the same settings; nothing to do", args.output)
-        return read_json(os.path.join(args.output, SUMMARY_NAME), "fine-tuning summary")
+    # under "images" the number of processes sets the updates; under "single" any number continues a run
+    processes = dict(processes=distributed.Shard.from_env().world_size) if args.schedule == "images" else {}
+    recorded = cli.run_record(args, inputs=("dataset", "result_file", "utility_data"), limit=args.limit, **processes)
+    with distributed.process_group(resolve_device(args.device)) as shard:
+        with distributed.main_process_first(shard):  # rank 0 clears an --overwrite output first
+            done = claim_output(args.output, recorded, args.overwrite, folder=True, record=False)
+        if done:
+            logger.info("%s is complete with the same settings; nothing to do", args.output)
+            return read_json(os.path.join(args.output, SUMMARY_NAME), "fine-tuning summary")
+        return finetune(args, frame, recorded, shard)
 
+
+def finetune(args, frame, recorded: dict, shard) -> dict:
     import torch
 
+    from utils import distributed
+    from utils.files import read_results, require_neurons, rows_of_type
     from utils.images import original_images
     from utils.layers import layer_widths, value_layers
     from utils.methods.dori.finetuning import adversarial_finetune, surrogate_targets, utility_sampler
     from utils.methods.nemo.mitigation import with_neurons
     from utils.models import load_pipeline, resolve_device, resolve_dtype
+    from utils.outputs import claim_output, remove_output, save_model_folder, write_json
 
     originals = original_images(args.originals)
     rows = [i for i in rows_of_type(frame, args.memorization_type, args.dataset) if i in originals][: args.limit]
@@ -109,10 +137,12 @@ def run(args) -> dict:
     utility = utility_sampler(pipe, args.utility_data, args.utility_batch, args.empty_caption_share)
     prompts = [(i, frame["Caption"][i], originals[i]) for i in rows]
     targets = surrogate_targets(pipe, with_neurons(pipe, neurons), prompts, steps=args.surrogate_steps,
-                                seed=args.seed)  # surrogates: what the NeMo-mitigated model draws
+                                seed=args.seed, shard=shard)  # surrogates: what the NeMo-mitigated model draws
     checkpoint = args.output.rstrip("/") + CHECKPOINT_SUFFIX
     resume = None
-    if claim_output(checkpoint, recorded, args.overwrite, record=False):
+    with distributed.main_process_first(shard):  # rank 0 clears an --overwrite checkpoint first
+        found = claim_output(checkpoint, recorded, args.overwrite and shard.rank == 0, record=False)
+    if found:  # every process continues from it
         resume = torch.load(checkpoint, map_location=device, weights_only=False)
         logger.warning("%s: continuing after update %d", checkpoint, len(resume["history"]))
     start = time.perf_counter()
@@ -121,12 +151,15 @@ def run(args) -> dict:
         attack_learning_rate=args.attack_learning_rate, attack_batch=args.attack_batch, seed=args.seed,
         utility_weight=args.utility_weight, distillation_weight=args.distillation_weight,
         compute_dtype=resolve_dtype(args.dtype, device), progress=log_update, checkpoint_every=args.checkpoint_every,
-        save_checkpoint=lambda state: save_checkpoint(checkpoint, state, recorded), resume=resume)
+        save_checkpoint=lambda state: save_checkpoint(checkpoint, state, recorded), resume=resume, shard=shard,
+        schedule=args.schedule)
     seconds = time.perf_counter() - start + (resume["seconds"] if resume else 0.0)
-    summary = dict(rows=rows, seconds=round(seconds, 1), updates=len(history), history=history,
-                   settings=dict(vars(args)))
-    save_model_folder(args.output, pipe, recorded, {SUMMARY_NAME: lambda path: write_json(path, summary)})
-    remove_output(checkpoint)  # the model is complete
-    print(f"fine-tuned on {len(rows)} memorized images, {args.epochs} epochs, {len(history)} updates in "
-          f"{seconds:.1f} s -> {args.output}")
+    summary = dict(rows=rows, seconds=round(seconds, 1), updates=len(history), processes=shard.world_size,
+                   schedule=args.schedule, history=history, settings=dict(vars(args)))
+    if shard.rank == 0:
+        save_model_folder(args.output, pipe, recorded, {SUMMARY_NAME: lambda path: write_json(path, summary)})
+        remove_output(checkpoint)  # the model is complete
+        print(f"fine-tuned on {len(rows)} memorized images, {args.epochs} epochs, {len(history)} updates in "
+              f"{seconds:.1f} s with {shard.world_size} process(es), schedule {args.schedule} -> {args.output}")
+    distributed.barrier(shard)  # the command ends when the folder exists
     return summary

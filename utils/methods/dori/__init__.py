@@ -31,5 +31,16 @@ DISTILLATION_WEIGHT = 0.0
 # weights and AdamW's two moments (3 x 3.4 GB), so it is written rarely; 100 of the paper's
 # 2,500 updates (5 epochs x 500 images) is at most 4% of a run lost to a preemption.
 CHECKPOINT_EVERY = 100
+# ours: script 9 under a launcher with N processes. "images": an update takes N memorized images,
+# one a process, gradients averaged (data-parallel over images: ceil(M / N) updates an epoch);
+# "single": the single-process updates, each one's noise samples and utility pairs split over
+# the processes (one process's gradients up to float rounding). One process: both are the
+# single-process schedule.
+SCHEDULES = ("images", "single")
+SCHEDULE = "images"
+# ours: under "images", process r draws its noise, timesteps and utility pairs from a generator
+# seeded seed + RANK_SEED_STRIDE * r (rank 0: the single-process seed), far from the attack's
+# seeds seed + 1000 * epoch + image (below 1,000 epochs)
+RANK_SEED_STRIDE = 1_000_000
 
 register_rows(Row("adversarial fine-tuning", 10, model=FINETUNED))

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from utils.defaults import GENERATION_STEPS, GUIDANCE_SCALE
 from utils.diffusion import denoising_target
+from utils.distributed import Shard, all_reduce_sum
 from utils.generation import PromptCondition, generate_prompt_images
 from utils.methods.dori import ATTACK_BATCH, ATTACK_LEARNING_RATE, ATTACK_SEED, ATTACK_STEPS
 from utils.models import frozen
@@ -44,13 +45,20 @@ def image_latents(pipe, images: list[Image.Image]) -> torch.Tensor:
     return latents * vae.config.scaling_factor
 
 
-def denoising_loss(pipe, latents: torch.Tensor, embeddings: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def denoising_loss(pipe, latents: torch.Tensor, embeddings: torch.Tensor, generator: torch.Generator,
+                   part: slice = slice(None)) -> torch.Tensor:
     """The ordinary denoising loss of latents [b, 4, h, w] with conditions [b, 77, dim]: a
-    timestep and a noise per latent, drawn from ``generator`` (CPU)."""
+    timestep and a noise per latent, drawn from ``generator`` (CPU). With ``part``, the mean over
+    those items only (a process's share of the batch): every draw of the whole batch is made,
+    so the generator's stream and each item's draws are those of one process; an empty part is 0."""
     unet, scheduler = pipe.unet, pipe.scheduler
     b = len(latents)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator)
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    noise = torch.randn(latents.shape, generator=generator)
+    latents, embeddings, timesteps, noise = latents[part], embeddings[part], timesteps[part], noise[part]
+    if not len(latents):
+        return torch.zeros((), device=unet.device)
+    noise = noise.to(latents.device, latents.dtype)
     noisy = scheduler.add_noise(latents, noise, timesteps.to(latents.device))
     prediction = unet(noisy, timesteps.to(unet.device), encoder_hidden_states=embeddings.to(unet.dtype)).sample
     return F.mse_loss(prediction.float(), denoising_target(scheduler, noise, latents, timesteps).float())
@@ -68,25 +76,36 @@ class Attack:
 
 def attack(pipe, latent: torch.Tensor, initial: torch.Tensor, *, steps: int = ATTACK_STEPS,
            learning_rate: float = ATTACK_LEARNING_RATE, batch: int = ATTACK_BATCH, seed: int = ATTACK_SEED,
-           intervention: Callable[[], ContextManager] = nullcontext) -> Attack:
+           intervention: Callable[[], ContextManager] = nullcontext, shard: Shard = Shard()) -> Attack:
     """An embedding [1, 77, dim] that makes the model denoise towards ``latent`` [1, 4, h, w],
     from ``initial`` [1, 77, dim]; ``intervention`` (e.g. NeMo's deactivation) is in force.
-    The U-Net stays frozen; gradients reach the embedding only."""
+    The U-Net stays frozen; gradients reach the embedding only.
+
+    With a ``shard`` of several processes (in their process group), each runs its part of every
+    step's ``batch`` noise samples (``Shard.batch_slice``) and the parts' gradients, weighted by
+    their shares, are summed: every process takes the same steps, one process's up to float
+    rounding, and records the whole batch's loss."""
     start = time.perf_counter()
     unet = pipe.unet
     embedding = initial.detach().to(unet.device, torch.float32).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([embedding], lr=learning_rate)
     generator = torch.Generator("cpu").manual_seed(seed)
     targets = latent.to(unet.device, unet.dtype).expand(batch, -1, -1, -1)
+    part, share = shard.batch_slice(batch), shard.batch_share(batch)  # one process: share 1, the bits kept
     losses = []
     with frozen(unet), torch.enable_grad(), intervention():
         for _ in tqdm(range(steps), desc="attack steps", unit="step", leave=False):
-            loss = denoising_loss(pipe, targets, embedding.expand(batch, -1, -1), generator)
+            loss = share * denoising_loss(pipe, targets, embedding.expand(batch, -1, -1), generator, part)
             optimizer.zero_grad()
-            loss.backward()
+            if loss.requires_grad:  # not for an empty part
+                loss.backward()
+            if embedding.grad is None:  # an empty part adds nothing to the sum
+                embedding.grad = torch.zeros_like(embedding)
+            whole = loss.detach().reshape(1).float()
+            all_reduce_sum(shard, [embedding.grad, whole])
             optimizer.step()
-            losses.append(loss.item())
-    return Attack(embedding.detach(), losses, time.perf_counter() - start, steps * batch)
+            losses.append(whole.item())
+    return Attack(embedding.detach(), losses, time.perf_counter() - start, steps * (part.stop - part.start))
 
 
 def embedding_distances(adversarial: torch.Tensor, original: torch.Tensor) -> dict[str, float]:
