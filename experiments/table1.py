@@ -100,6 +100,10 @@ def add_args(parser) -> None:
                         help="script 9's weight of the utility loss (paper: 1:1)")
     attack.add_argument("--finetune_empty_caption_share", type=float, default=dori.UTILITY_EMPTY_CAPTION_SHARE,
                         help="script 9's share of utility pairs with the empty caption")
+    attack.add_argument("--finetune_schedule", choices=dori.SCHEDULES, default=dori.SCHEDULE,
+                        help="script 9's --schedule under a launcher (one process: both are the same): images, "
+                             "data-parallel over the memorized images (a model of its own per number of processes), "
+                             "or single, one process's updates with each batch split (see script 9's --help)")
     attack.add_argument("--finetune_distillation_weight", type=float, default=dori.DISTILLATION_WEIGHT,
                         help="script 9's weight of the distillation loss towards the model before fine-tuning")
     metric = parser.add_argument_group("columns (SPEC §6)")
