@@ -13,7 +13,8 @@ from utils.crashpoints import CRASH_VARIABLE
 # The reduced demo of tests/test_testbed.py: every row, both detectors, the held-out runs.
 TABLE = ["-m", "testbed.table1", "--vm", "1", "--tm", "1", "--steps", "4", "--num_samples", "2", "--quality", "2",
          "--unmemorized", "3"]
-TIMED = ("second", "processes")  # keys of what the processes' number changes: time, the count itself
+TIMED = ("second", "processes", "projected")  # keys of what the processes' number changes: time, the count
+# itself, the plan (a continued launch plans only what is left)
 
 
 def comparable(value, output: str):

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 # the U-Net's weights (fine-tuning).
 FORWARD, BACKWARD, TRAIN = "forward", "backward", "train"
 KINDS = (FORWARD, BACKWARD, TRAIN)
-CALIBRATION_CALLS = 3  # timed calls of each shape after one warm-up (ours: seconds on the test bed)
+CALIBRATION_CALLS = 3  # timed calls of each shape after one warm-up at most (ours: seconds on the test bed)
+CALIBRATION_SECONDS = 2.0  # ours: no further timed call of a shape once its calls took this long (SD on a CPU)
 CALIBRATION_TIMESTEP = 500  # any timestep costs the same (ours)
 
 
@@ -123,17 +124,19 @@ class Timings:
 
 
 def _timed(run, device, repeats: int) -> float:
-    """Seconds of one ``run()`` after a warm-up: the mean of ``repeats``."""
+    """Seconds of one ``run()`` after a warm-up: the mean of ``repeats`` calls, fewer (at least
+    one) once they took ``CALIBRATION_SECONDS``."""
     import torch
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     run()
     sync()
-    start = time.perf_counter()
-    for _ in range(repeats):
+    start, calls = time.perf_counter(), 0
+    while calls < repeats and (calls == 0 or time.perf_counter() - start < CALIBRATION_SECONDS):
         run()
-    sync()
-    return (time.perf_counter() - start) / repeats
+        sync()
+        calls += 1
+    return (time.perf_counter() - start) / calls
 
 
 def calibrate(pipe, shapes: set[tuple[int, str]], image_batch: int, load_seconds: float = 0.0,
