@@ -20,7 +20,9 @@ import time
 import pandas as pd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMED = ("second", "processes")  # keys of what the number of processes changes: time, the count itself
+# keys of what the number of processes changes: time, the count itself, the plan (a continued
+# launch plans only what is left)
+TIMED = ("second", "processes", "projected")
 
 
 def comparable(value, output: str):

@@ -88,6 +88,25 @@ def print_summary(args, summary: dict, threshold: float) -> None:
               f"cosine {figures['median_cosine']:.3f} to the prompt's embedding")
 
 
+def cost(args):
+    """Script 8's work for its flags (a ``utils.cost.Work``): every prompt with an original up
+    to --limit that attack.csv does not hold yet, its images generated before and after the
+    attack (both halves with guidance above 1) and --attack_steps passes of --attack_batch
+    latents, backpropagated to the embedding."""
+    from utils.cost import BACKWARD, Passes, Work
+    from utils.files import read_prompts, rows_of_type, written_rows
+    from utils.images import original_images
+
+    originals = original_images(args.originals)
+    rows = [i for i in rows_of_type(read_prompts(args.dataset), args.memorization_type, args.dataset)
+            if i in originals][: args.limit]
+    pending = len(set(rows) - set(written_rows(os.path.join(args.output, "attack.csv")).index))
+    latents = args.num_samples * (2 if args.guidance_scale > 1 else 1)
+    return Work(pending, 2 * pending * args.num_samples,
+                [Passes(2 * pending * args.steps, latents), Passes(pending * args.attack_steps, args.attack_batch, BACKWARD)],
+                attack_steps=pending * args.attack_steps, loads=1)
+
+
 def run(args) -> dict:
     threshold = cli.replication_threshold(args)
 

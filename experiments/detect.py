@@ -37,6 +37,21 @@ def memorization_threshold(scores) -> float:
     return (scores.mean() + scores.std()).item()
 
 
+def cost(args):
+    """Script 2's work for its flags (a ``utils.cost.Work``): the prompts up to --limit that
+    --output does not hold yet, each its detector's registered U-Net calls."""
+    from utils.cost import Work
+    from utils.files import read_prompts, written_rows
+    from utils.methods.registry import load
+
+    detector = DETECTORS[args.score]
+    total = len(read_prompts(args.prompts)[: args.limit])
+    pending = total - len(set(written_rows(args.output).index) & set(range(total)))
+    if detector.cost is None:
+        return Work(pending, loads=1, estimate=f"{detector.name}: no U-Net calls declared (registry cost)")
+    return Work(pending, passes=[p.times(pending) for p in load(detector.cost)(args)], loads=1)
+
+
 def run(args) -> float | None:
     """Score every prompt into ``args.output``; returns the threshold (None in a process that
     leaves the merge to another)."""

@@ -89,6 +89,32 @@ def save_checkpoint(path: str, state: dict, recorded: dict) -> None:
     write_settings(path, recorded)
 
 
+def cost(args):
+    """Script 9's work for its flags (a ``utils.cost.Work``): nothing when --output is complete;
+    else a surrogate image per memorized image (one latent, both halves), then --epochs updates
+    per image, each an attack (--attack_steps passes of --attack_batch latents, backpropagated
+    to the embedding) and one training step on the adversarial and utility batches (and the
+    frozen copy's predictions with distillation). Timed in the run's --dtype; a continued run
+    is projected from its start."""
+    from utils.cost import BACKWARD, TRAIN, Passes, Work
+    from utils.defaults import GUIDANCE_SCALE
+    from utils.files import read_prompts, rows_of_type
+    from utils.images import original_images
+
+    if os.path.exists(os.path.join(args.output, SUMMARY_NAME)):
+        return Work()
+    originals = original_images(args.originals)
+    prompts = len([i for i in rows_of_type(read_prompts(args.dataset), args.memorization_type, args.dataset)
+                   if i in originals][: args.limit])
+    updates = args.epochs * prompts
+    passes = [Passes(prompts * args.surrogate_steps, 2 if GUIDANCE_SCALE > 1 else 1),
+              Passes(updates * args.attack_steps, args.attack_batch, BACKWARD), Passes(updates, args.attack_batch, TRAIN),
+              Passes(updates, args.utility_batch, TRAIN)]
+    if args.distillation_weight > 0:
+        passes += [Passes(updates, args.utility_batch, TRAIN), Passes(updates, args.utility_batch)]
+    return Work(prompts, prompts, passes, attack_steps=updates * args.attack_steps, loads=1)
+
+
 def run(args) -> dict:
     """Under a launcher the processes open their group, claim the output (rank 0 first), make
     their share of the surrogates and train data-parallel (``--schedule``); rank 0 writes."""

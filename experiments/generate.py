@@ -68,6 +68,39 @@ def check(args) -> None:
         raise ValueError(f"--prompts works with the mitigations without per-prompt neurons, not --{mitigation.name}")
 
 
+def prompt_rows(args) -> list[int]:
+    """The rows of --prompts (else --dataset, whose first rows a neuron mode's results cover) of
+    --memorization_type up to --limit: the prompts the step generates."""
+    from utils.files import read_prompts, rows_of_type
+
+    path = args.prompts or args.dataset
+    return rows_of_type(read_prompts(path), args.memorization_type, path)[: args.limit]
+
+
+def cost(args):
+    """Script 4's work for its flags (a ``utils.cost.Work``): the prompts of ``prompt_rows``
+    that --output does not hold yet, their images, the denoising loop's U-Net calls (both
+    halves with guidance above 1 or a mitigation's schedule) and the mitigation's own calls
+    (its registered ``cost``)."""
+    from utils.cost import Passes, PromptCost, Work
+    from utils.generation import prompt_done, read_records
+    from utils.methods.registry import load
+
+    mitigation = chosen(args)
+    prompt = load(mitigation.cost)(args) if mitigation and mitigation.cost else PromptCost()
+    rows = prompt_rows(args)
+    done = read_records(args.output) if os.path.isdir(args.output) else {}
+    pending = [i for i in rows if not prompt_done(args.output, i, args.num_samples, done)]
+    per_call = 1 if prompt.own_call else args.batch_size  # prompts a pipeline call carries
+    latents = args.num_samples * (2 if prompt.both_halves or args.guidance_scale > 1 else 1)  # a prompt's, a call
+    full, rest = divmod(len(pending), per_call)
+    passes = [Passes(calls * args.steps, prompts * latents) for calls, prompts in ((full, per_call), (1, rest))
+              if calls and prompts]
+    passes += [p.times(len(pending)) for p in prompt.passes]
+    return Work(len(pending), len(pending) * args.num_samples, passes, loads=1,
+                estimate=prompt.estimate if pending else "")
+
+
 def run(args) -> None:
     """Generate every chosen prompt's images into ``args.output`` (see ``add_args``)."""
     from utils.distributed import Shard

@@ -24,6 +24,39 @@ def add_args(parser) -> None:
     cli.add_run_args(parser)
 
 
+def cost(args):
+    """Script 3's work for its flags (a ``utils.cost.Work``): the prompts up to --limit without
+    a row in the results file, each one call of all seeds, then per test (a candidate set
+    scored) a probe of --seeds_per_call seeds and, for the tests the probe does not decide, a
+    call of all seeds. How many tests and forwards depends on the neurons found: the median of
+    the prompts done in this results file, else a prior (``PRIOR_*`` in utils/methods/nemo)."""
+    from statistics import median
+
+    from utils.cost import Passes, Work
+    from utils.files import read_prompts, written_rows
+    from utils.methods.nemo import PRIOR_FORWARDS_PER_SEED, PRIOR_TESTS_PER_PROMPT
+    from utils.models import resolve_device
+
+    total = len(read_prompts(args.dataset)[: args.limit])
+    written = written_rows(cli.versioned_path(args.output, args.version))
+    done = written[written.index < total] if "Sets Scored" in written else written.iloc[:0]
+    pending = total - len(done)
+    config = nemo_options.localization_config(args, resolve_device(args.device).type)
+    seeds = config.samples_per_prompt
+    if len(done):
+        forwards, tests = median(done["UNet Sample Forwards"]), median(done["Sets Scored"])
+        estimate = f"localization: the median of the {len(done)} prompts done ({forwards:.0f} forwards, {tests:.0f} tests)"
+    else:
+        forwards, tests = PRIOR_FORWARDS_PER_SEED * seeds, PRIOR_TESTS_PER_PROMPT
+        estimate = (f"localization: a prior of {forwards} forwards and {tests} tests a prompt (the test bed's; "
+                    "rerun --plan once prompts are done for their median)")
+    probe = config.seeds_per_call if config.early_decisions else 0
+    full = max(forwards - seeds - tests * probe, 0) / seeds  # calls of all seeds after the first
+    passes = [Passes(pending, seeds), Passes(pending * tests, probe), Passes(pending * full, seeds)]
+    return Work(pending, passes=[p for p in passes if p.calls and p.batch], loads=1,
+                estimate=estimate if pending else "")
+
+
 def run(args) -> None:
     """Localize every pending prompt of ``args.dataset`` into the results file (see ``add_args``)."""
     from tqdm import tqdm

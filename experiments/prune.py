@@ -40,6 +40,18 @@ def add_args(parser) -> None:
     cli.add_run_args(parser, resumable=False, limit=False)
 
 
+def cost(args):
+    """Script 7's work for its flags (a ``utils.cost.Work``): nothing when --output is complete;
+    else each prompt of P and the empty prompt, the first --calls U-Net calls of a generation
+    (both halves with guidance above 1)."""
+    from utils.cost import Passes, Work
+
+    if os.path.exists(os.path.join(args.output, SUMMARY_NAME)):
+        return Work()
+    halves = 2 if args.guidance_scale > 1 else 1
+    return Work(args.subset_size, passes=[Passes((args.subset_size + 1) * args.calls, halves)], loads=1)
+
+
 def run(args) -> dict:
     """Under a launcher, each process collects the norms of its share of P (and of the empty
     prompt), every process adds all of them up in prompt order and computes the masks; rank 0 writes."""

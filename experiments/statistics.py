@@ -24,6 +24,18 @@ def add_args(parser) -> None:
     cli.add_run_args(parser, resumable=False, what="hold-out prompts")
 
 
+def cost(args):
+    """Script 1's work for its flags (a ``utils.cost.Work``): nothing when --output exists; else
+    the text encoder over every prompt up to --limit."""
+    from utils.cost import Work
+    from utils.files import read_prompts
+
+    if os.path.exists(cli.versioned_path(args.output, args.version)):
+        return Work()
+    prompts = len(read_prompts(args.prompts)[: args.limit])
+    return Work(prompts, texts=prompts, loads=1)
+
+
 def run(args) -> None:
     output = cli.versioned_path(args.output, args.version)
 

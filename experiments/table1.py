@@ -1,8 +1,10 @@
 """The paper's Table 1 as one library call (script 6, ``testbed.table1``, ``testbed.tradeoff``):
-``run(config(...), measures, title)`` runs every step (scripts 2, 3, 4, 7, 8 and 9 as library
+``run(config(...), measures, title)`` prints the plan (every step's work and projected time,
+``plan_steps``, ``experiments.plan``), runs every step (scripts 2, 3, 4, 7, 8 and 9 as library
 steps) for every row and detector, then builds the table, its figures and the cost,
-agreement, detection and attack tables from their outputs, and writes ``table1.md`` and
-``table1.json`` once. A rerun with the same configuration reuses every finished step."""
+agreement, detection and attack tables from their outputs, and the projected and measured
+time of every step, and writes ``table1.md`` and ``table1.json`` once. A rerun with the same
+configuration reuses every finished step."""
 
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from experiments import attack, detect, finetune, generate, localize, prune
+from experiments import attack, detect, finetune, generate, localize, plan, prune
+from experiments.plan import Ledger, Step, step_cost, timed
 from experiments.rows import ALL_REFINED, FINETUNED, GIVEN, WANDA, Row, chosen_rows, folder_name, table_rows
 from utils import cli, defaults
+from utils.cost import Work as CostWork
 from utils.methods import DETECTORS, dori, nemo, wanda
 from utils.outputs import claim_output, write_text
 
@@ -27,8 +31,9 @@ logger = logging.getLogger(__name__)
 # The table's flags passed on to scripts 7 and 9 under their own names: --wanda_sparsity is
 # script 7's --sparsity, --finetune_epochs script 9's --epochs, and so on.
 PRUNING_PREFIX, FINETUNING_PREFIX = "wanda_", "finetune_"
-# Flags of the table command that change no step's output: rows are folders of their own.
-TABLE_FREE_FLAGS = ("rows",)
+# Flags of the table command that change no step's output: rows are folders of their own,
+# --plan writes nothing.
+TABLE_FREE_FLAGS = ("rows", "plan")
 
 
 def add_args(parser) -> None:
@@ -59,6 +64,11 @@ def add_args(parser) -> None:
     parser.add_argument("--rows", default=None,
                         help=f"comma-separated subset of the rows ({'; '.join(row.name for row in table_rows())}); "
                              "default: all")
+    parser.add_argument("--plan", action="store_true",
+                        help="ours: print every step with its units of work (prompts, images, U-Net calls, attack "
+                             "steps) and its projected time on this device, from a few U-Net calls of each batch "
+                             "shape on the loaded model, and the total; then exit, writing nothing (a real run "
+                             "prints the same first and reports the projection beside what each step took)")
     parser.add_argument("--smoke", action="store_true",
                         help="smoke test, not results: script 3 runs with --smoke (each step of its walk once; see "
                              "its --help), e.g. with --limit 1 --steps 1 -n 1 at real model size")
@@ -132,44 +142,66 @@ def prefixed(args, prefix: str) -> dict:
     return {name.removeprefix(prefix): value for name, value in vars(args).items() if name.startswith(prefix)}
 
 
+def pruning_values(args) -> tuple[str, dict]:
+    """Script 7's folder and settings for the Wanda-pruned model of the prompt file."""
+    folder = os.path.join(args.output, "wanda_model")
+    return folder, dict(version=args.version, dataset=args.dataset, output=folder, device=args.device,
+                        **prefixed(args, PRUNING_PREFIX))
+
+
 def pruned_model(args) -> tuple[str, dict]:
     """Script 7's Wanda-pruned model of the prompt file (made once: a rerun finds it complete);
     returns its folder and summary."""
-    folder = os.path.join(args.output, "wanda_model")
-    return folder, cli.run_step(prune, version=args.version, dataset=args.dataset, output=folder, device=args.device,
-                            **prefixed(args, PRUNING_PREFIX))
+    folder, values = pruning_values(args)
+    return folder, cli.run_step(prune, **values)
+
+
+def finetuning_values(args, results: str) -> tuple[str, dict]:
+    """Script 9's folder and settings for the adversarially fine-tuned model."""
+    folder = os.path.join(args.output, "finetuned_model")
+    return folder, dict(version=args.version, dataset=args.dataset, originals=args.originals, result_file=results,
+                        utility_data=args.utility_data, output=folder, attack_steps=args.attack_steps,
+                        memorization_type=attacked_type(args), **prefixed(args, FINETUNING_PREFIX),
+                        **model_options(args))
 
 
 def finetuned_model(args, results: str) -> tuple[str, dict]:
     """Script 9's adversarially fine-tuned model (made once: a rerun finds it complete)."""
-    folder = os.path.join(args.output, "finetuned_model")
-    return folder, cli.run_step(finetune, version=args.version, dataset=args.dataset, originals=args.originals,
-                            result_file=results, utility_data=args.utility_data, output=folder,
-                            attack_steps=args.attack_steps, memorization_type=attacked_type(args),
-                            **prefixed(args, FINETUNING_PREFIX), **model_options(args))
+    folder, values = finetuning_values(args, results)
+    return folder, cli.run_step(finetune, **values)
 
 
 def attacked_type(args) -> str | None:
     return None if args.dori_type == "all" else args.dori_type
 
 
-def run_attacks(args, results: str, models: dict[str, str], neuron_sets: dict[str, str] | None = None) -> dict:
-    """Script 8 against every mitigation (this process's share of each); returns its folder by
-    mitigation. neuron_sets: further rows, name -> a results file whose refined neurons are
-    deactivated (e.g. the planted bed's ground truth), attacked on the given model after NeMo's."""
+def attack_runs(args, results: str, models: dict[str, str], neuron_sets: dict[str, str] | None = None) -> dict:
+    """Script 8's settings against every mitigation, by mitigation. neuron_sets: further rows,
+    name -> a results file whose refined neurons are deactivated (e.g. the planted bed's ground
+    truth), attacked on the given model after NeMo's."""
     targets = {"none": (models[GIVEN], None), "NeMo": (models[GIVEN], results)}
     targets.update({name: (models[GIVEN], path) for name, path in (neuron_sets or {}).items()})
     if WANDA in models:
         targets["Wanda"] = (models[WANDA], None)
     if FINETUNED in models:
         targets["adversarial fine-tuning"] = (models[FINETUNED], None)
-    folders = {name: os.path.join(args.output, "attack", folder_name(name)) for name in targets}
-    for name, (model, neurons) in targets.items():
-        cli.run_step(attack, version=model, dataset=args.dataset, originals=args.originals, resume=True,
-                     output=folders[name], similarity=args.attack_similarity, attack_steps=args.attack_steps,
-                     num_samples=args.num_samples, steps=args.steps, guidance_scale=args.guidance_scale,
-                     seed=args.seed, neurons_from=neurons, memorization_type=attacked_type(args),
-                     sscd_model=args.sscd_model, **model_options(args))
+    return {name: dict(version=model, dataset=args.dataset, originals=args.originals, resume=True,
+                       output=os.path.join(args.output, "attack", folder_name(name)), similarity=args.attack_similarity,
+                       attack_steps=args.attack_steps, num_samples=args.num_samples, steps=args.steps,
+                       guidance_scale=args.guidance_scale, seed=args.seed, neurons_from=neurons,
+                       memorization_type=attacked_type(args), sscd_model=args.sscd_model, **model_options(args))
+            for name, (model, neurons) in targets.items()}
+
+
+def run_attacks(args, results: str, models: dict[str, str], neuron_sets: dict[str, str] | None = None,
+                ledger: Ledger | None = None) -> dict:
+    """Script 8 against every mitigation of ``attack_runs`` (this process's share of each);
+    returns its folder by mitigation."""
+    folders = {}
+    for name, values in attack_runs(args, results, models, neuron_sets).items():
+        with timed(ledger, plan.attack_step(name)):
+            cli.run_step(attack, **values)
+        folders[name] = values["output"]
     return folders
 
 
@@ -196,45 +228,64 @@ def generation_options(options: list[str]) -> list[str]:
     return argv
 
 
-def generate_rows(args, results: str, rows: list[Row], models: dict[str, str]) -> tuple[dict, dict]:
-    """Script 4 for every row (and its held-out run; this process's share of each); returns the
-    image folders by row. models: GIVEN -> the given model, and the models scripts 7 and 9 made."""
-    from utils.files import read_results
-    from utils.methods.nemo import selection
-
-    neurons = list(read_results(results, None)["Refined Neurons"])
-
+def generation_runs(args, results: str, rows: list[Row], models: dict[str, str],
+                    all_refined: int) -> list[tuple[str, bool, dict]]:
+    """Script 4's runs of the table in order, (row, held out, settings): every row and, with
+    --quality_prompts, its held-out run. models: GIVEN -> the given model, and the models
+    scripts 7 and 9 make; all_refined: the distinct refined neurons of the table's prompts."""
     generation = dict(steps=args.steps, num_samples=args.num_samples, guidance_scale=args.guidance_scale,
                       seed=args.seed, batch_size=args.batch_size, result_file=results, **model_options(args))
     if args.wen_target_loss is not None:
         generation["wen_target_loss"] = args.wen_target_loss
-    options = generation_options(args.generation_option)
-    all_refined = len(selection.neuron_frequencies(neurons))
-    folders, quality = {}, {}
+    runs = []
     for row in rows:
-        folders[row.name] = os.path.join(args.output, "images", folder_name(row.name))
-        cli.run_step(generate, options, dataset=args.dataset, output=folders[row.name], version=models[row.model],
-                     limit=args.limit, **generation, **row.generation())
+        output = os.path.join(args.output, "images", folder_name(row.name))
+        runs.append((row.name, False, dict(dataset=args.dataset, output=output, version=models[row.model],
+                                           limit=args.limit, **generation, **row.generation())))
         if args.quality_prompts and row.on_held_out:
             held_out = {k: all_refined if v == ALL_REFINED else v for k, v in row.generation(held_out=True).items()}
-            quality[row.name] = os.path.join(args.output, "quality", folder_name(row.name))
-            cli.run_step(generate, options, prompts=args.quality_prompts, output=quality[row.name],
-                         version=models[row.model], **generation, **held_out)
+            output = os.path.join(args.output, "quality", folder_name(row.name))
+            runs.append((row.name, True, dict(prompts=args.quality_prompts, version=models[row.model], output=output,
+                                              **generation, **held_out)))
+    return runs
+
+
+def generate_rows(args, results: str, rows: list[Row], models: dict[str, str],
+                  ledger: Ledger | None = None) -> tuple[dict, dict]:
+    """Script 4 for every row (and its held-out run; this process's share of each); returns the
+    image folders by row."""
+    from utils.files import read_results
+    from utils.methods.nemo import selection
+
+    all_refined = len(selection.neuron_frequencies(list(read_results(results, None)["Refined Neurons"])))
+    options = generation_options(args.generation_option)
+    folders, quality = {}, {}
+    for name, held_out, values in generation_runs(args, results, rows, models, all_refined):
+        with timed(ledger, plan.generation_step(name, held_out)):
+            cli.run_step(generate, options, **values)
+        (quality if held_out else folders)[name] = values["output"]
     return folders, quality
 
 
-def detection_files(args) -> dict[str, dict[str, str]]:
-    """Every registered detector's score files on the memorized and the non-memorized prompts
-    (script 2, resumed; this process's share of each); returns them by comparison and label."""
+def detection_runs(args) -> dict[str, dict[str, dict]]:
+    """Script 2's settings of every registered detector's comparison on the memorized and the
+    non-memorized prompts, by comparison and label."""
+    return {name: {label: dict(prompts=prompts, output=os.path.join(args.output, "detection", f"{stem}_{label}.csv"),
+                               resume=True, score=detector.name, version=args.version,
+                               ssim_kernel_size=args.ssim_kernel_size, **options, **model_options(args))
+                   for label, prompts in (("memorized", args.dataset), ("unmemorized", args.unmemorized_prompts))}
+            for detector in DETECTORS.values() for name, (stem, options) in detector.comparisons.items()}
+
+
+def detection_files(args, ledger: Ledger | None = None) -> dict[str, dict[str, str]]:
+    """Script 2 for every comparison of ``detection_runs`` (resumed; this process's share of
+    each); returns the score files by comparison and label."""
     files = {}
-    for detector in DETECTORS.values():
-        for name, (stem, options) in detector.comparisons.items():
-            files[name] = {}
-            for label, prompts in (("memorized", args.dataset), ("unmemorized", args.unmemorized_prompts)):
-                files[name][label] = os.path.join(args.output, "detection", f"{stem}_{label}.csv")
-                cli.run_step(detect, prompts=prompts, output=files[name][label], resume=True, score=detector.name,
-                             version=args.version, ssim_kernel_size=args.ssim_kernel_size, **options,
-                             **model_options(args))
+    for name, runs in detection_runs(args).items():
+        with timed(ledger, plan.detection_step(name)):
+            for values in runs.values():
+                cli.run_step(detect, **values)
+        files[name] = {label: values["output"] for label, values in runs.items()}
     return files
 
 
@@ -283,13 +334,22 @@ def check_inputs(args) -> None:
         read_csv(args.utility_data, ("Caption", "Image"), "utility data file")
 
 
+def results_path(args) -> str:
+    """Script 3's results file of the table."""
+    return cli.versioned_path(os.path.join(args.output, "memorization_statistics.csv"), args.version)
+
+
+def localization_values(args) -> dict:
+    """Script 3's settings for the table's localization."""
+    return dict(version=args.version, dataset=args.dataset, statistics=args.statistics, resume=True,
+                output=os.path.join(args.output, "memorization_statistics.csv"),
+                memorization_threshold=args.memorization_threshold, ssim_kernel_size=args.ssim_kernel_size, limit=args.limit, smoke=args.smoke, **model_options(args))
+
+
 def localization_results(args) -> str:
     """Script 3's results of the memorized prompts (resumed); returns the results file."""
-    output = os.path.join(args.output, "memorization_statistics.csv")
-    cli.run_step(localize, version=args.version, dataset=args.dataset, output=output, statistics=args.statistics,
-                 resume=True, memorization_threshold=args.memorization_threshold,
-                 ssim_kernel_size=args.ssim_kernel_size, limit=args.limit, smoke=args.smoke, **model_options(args))
-    return cli.versioned_path(output, args.version)
+    cli.run_step(localize, **localization_values(args))
+    return results_path(args)
 
 
 def score_histogram(args, types: dict[int, str]) -> str:
@@ -321,39 +381,79 @@ class Work:
     attacks: dict[str, str] = field(default_factory=dict)
 
 
-def run_steps(args, rows: list[Row], shard, attack_neuron_sets: dict[str, str] | None = None) -> Work:
-    """Every step of the table for this process: under a launcher each step splits its prompts
-    over the processes, which all wait for the last before the next step reads its output."""
+def plan_steps(args, rows: list[Row], attack_neuron_sets: dict[str, str] | None = None, before: list[Step] = (),
+               after: list[Step] = ()) -> list[Step]:
+    """The steps ``run_steps`` runs for ``args`` and ``rows``, in its order, with their work
+    (``experiments.plan``): ``before``, the table's, ``after`` (a caller's steps) and the metrics."""
+    steps = list(before) + [step_cost(plan.LOCALIZATION, localize, **localization_values(args))]
+    models = {GIVEN: args.version}
+    if any(row.model == WANDA for row in rows):
+        models[WANDA], values = pruning_values(args)
+        steps.append(step_cost(plan.PRUNING, prune, **values))
+    results = results_path(args)
+    if args.dori:
+        models[FINETUNED], values = finetuning_values(args, results)
+        steps.append(step_cost(plan.FINETUNING, finetune, shared=False, **values))
+    options = generation_options(args.generation_option)
+    images = 0  # what the metrics step reads; any count of refined neurons costs the same
+    for name, held_out, values in generation_runs(args, results, rows, models, all_refined=1):
+        step_args = cli.step_args(generate.add_args, options, **values)
+        steps.append(Step(plan.generation_step(name, held_out), generate.cost(step_args)))
+        images += len(generate.prompt_rows(step_args)) * args.num_samples
+    if args.unmemorized_prompts:
+        for name, runs in detection_runs(args).items():
+            work = [step_cost(name, detect, **values).work for values in runs.values()]
+            steps.append(Step(plan.detection_step(name), sum(work[1:], work[0])))
+    if args.dori:
+        steps += [step_cost(plan.attack_step(name), attack, **values)
+                  for name, values in attack_runs(args, results, models, attack_neuron_sets).items()]
+    return steps + list(after) + [Step(plan.METRICS, CostWork(measured=images), shared=False)]
+
+
+def run_steps(args, rows: list[Row], shard, attack_neuron_sets: dict[str, str] | None = None,
+              ledger: Ledger | None = None) -> Work:
+    """Every step of the table for this process (each timed in ``ledger``): under a launcher
+    each step splits its prompts over the processes, which all wait for the last before the
+    next step reads its output."""
     from utils.distributed import barrier
 
-    results = localization_results(args)
+    with timed(ledger, plan.LOCALIZATION):
+        results = localization_results(args)
     barrier(shard)
     models, pruning, finetuning = {GIVEN: args.version}, None, None
     if any(row.model == WANDA for row in rows):
-        models[WANDA], pruning = pruned_model(args)
+        with timed(ledger, plan.PRUNING):
+            models[WANDA], pruning = pruned_model(args)
     if args.dori:
-        models[FINETUNED], finetuning = finetuned_model(args, results)
+        with timed(ledger, plan.FINETUNING):
+            models[FINETUNED], finetuning = finetuned_model(args, results)
         barrier(shard)
-    work = Work(results, models, pruning, finetuning, *generate_rows(args, results, rows, models))
+    work = Work(results, models, pruning, finetuning, *generate_rows(args, results, rows, models, ledger))
     barrier(shard)
     if args.unmemorized_prompts:
-        work.detection = detection_files(args)
+        work.detection = detection_files(args, ledger)
         barrier(shard)
     if args.dori:
-        work.attacks = run_attacks(args, results, models, attack_neuron_sets)
+        work.attacks = run_attacks(args, results, models, attack_neuron_sets, ledger)
         barrier(shard)
     return work
 
 
 def run(args, measures: Measures, title: str, claim: bool = True,
-        attack_neuron_sets: dict[str, str] | None = None, steps: Callable[[], object] | None = None,
-        sections: Callable[[dict, object], str] | None = None) -> dict:
+        attack_neuron_sets: dict[str, str] | None = None, steps: Callable[[Ledger | None], object] | None = None,
+        sections: Callable[[dict, object], str] | None = None, ledger: Ledger | None = None) -> dict:
     """Every step of the table for the configuration ``args`` (``config``); ``measures`` decide
     its columns. ``claim``: check and record the output folder's configuration here (False: the
     caller has). ``attack_neuron_sets``: with --dori, further neuron sets to attack
-    (``run_attacks``). ``steps() -> made``: further steps of the caller, run by every process
-    after the table's; ``sections(report, made) -> markdown``: further sections, added to the
-    report and the table before both are written.
+    (``run_attacks``). ``steps(ledger) -> made``: further steps of the caller, run by every
+    process after the table's (timed in ``ledger``); ``sections(report, made) -> markdown``:
+    further sections, added to the report and the table before both are written.
+
+    First the plan: every step's work and projected time (``plan_steps``, ``experiments.plan``),
+    printed by rank 0, which calibrates on the model while the others wait; ``ledger``: the
+    caller's plan instead (its own steps among them). With --plan that is all (nothing is
+    written; returns ``{"plan": ...}``); otherwise every step is timed and table1.md gets the
+    projection beside what each took.
 
     Under ``accelerate launch`` or ``torchrun`` (WORLD_SIZE > 1) the processes share every step
     (``run_steps``); rank 0 alone measures and writes, and every process returns its report.
@@ -364,21 +464,44 @@ def run(args, measures: Measures, title: str, claim: bool = True,
     rows = chosen_rows(args.rows, args.dori)
     check_inputs(args)
     with distributed.process_group(resolve_device(args.device)) as shard:
-        if claim:
+        if claim and not args.plan:
             claim_table_folder(args, args.output, shard)
-        work = run_steps(args, rows, shard, attack_neuron_sets)
-        made = steps() if steps else None
+        if ledger is None and shard.rank == 0:
+            ledger = plan.prepared(plan_steps(args, rows, attack_neuron_sets), args, measures, shard.world_size)
+        if args.plan:
+            return {"plan": ledger.report() if ledger else None}
+        distributed.barrier(shard)  # the plan's calibration had the device to itself
+        work = run_steps(args, rows, shard, attack_neuron_sets, ledger)
+        made = steps(ledger) if steps else None
         distributed.barrier(shard)
-        return distributed.main_process_result(shard, lambda: write_report(args, work, measures, title, sections, made))
+        return distributed.main_process_result(
+            shard, lambda: write_report(args, work, measures, title, sections, made, ledger))
 
 
 def write_report(args, work: Work, measures: Measures, title: str,
-                 sections: Callable[[dict, object], str] | None = None, made: object = None) -> dict:
+                 sections: Callable[[dict, object], str] | None = None, made: object = None,
+                 ledger: Ledger | None = None) -> dict:
     """Table 1 and its tables and figures from the steps' outputs (and the caller's ``sections``
-    of what its steps ``made``); writes table1.md and table1.json and returns the report."""
+    of what its steps ``made``), timed as the metrics step of ``ledger``, and the projected and
+    measured cost of every step; writes table1.md and table1.json and returns the report."""
+    from metrics.cli import write_json
+
+    with timed(ledger, plan.METRICS):
+        report, text = table_report(args, work, measures, title, sections, made)
+    if ledger:
+        report[plan.REPORT_KEY] = ledger.report()
+        text += "\n" + ledger.markdown()
+    write_json(os.path.join(args.output, "table1.json"), report)
+    write_text(os.path.join(args.output, "table1.md"), text)
+    print("\n" + text)
+    return report
+
+
+def table_report(args, work: Work, measures: Measures, title: str,
+                 sections: Callable[[dict, object], str] | None = None, made: object = None) -> tuple[dict, str]:
+    """The report and the markdown of ``write_report`` but the cost of the steps."""
     from experiments import locality, tables
     from metrics import plots
-    from metrics.cli import write_json
     from utils.files import read_prompts, read_results
     from utils.images import original_images
     from utils.layers import count_neurons
@@ -418,10 +541,7 @@ def write_report(args, work: Work, measures: Measures, title: str,
     if sections:
         text += sections(report, made)
     text += "\nFigures: " + ", ".join(os.path.basename(f) for f in report["figures"]) + "\n"
-    write_json(os.path.join(args.output, "table1.json"), report)
-    write_text(os.path.join(args.output, "table1.md"), text)
-    print("\n" + text)
-    return report
+    return report, text
 
 
 def paper_measures(args) -> Measures:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +30,8 @@ from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
 import testbed
-from experiments import detect, generate, statistics, table1 as reproduce, tables
-from experiments.rows import IN_P, PLAIN, WANDA, folder_name, table_rows
+from experiments import detect, generate, plan, statistics, table1 as reproduce, tables
+from experiments.rows import IN_P, PLAIN, WANDA, chosen_rows, folder_name, table_rows
 from metrics import ground_truth
 from metrics.copies import References
 from metrics.embedders import PixelEmbedder
@@ -43,6 +44,7 @@ from utils import cli, distributed
 from utils.defaults import GENERATION_STEPS, NUM_SAMPLES
 from utils.files import read_prompts, read_results, read_threshold, threshold_path
 from utils.images import generated_images, load_images, original_images
+from utils.methods import nemo
 from utils.methods.dori import ATTACK_TYPE, ATTACK_TYPES
 from utils.methods.wanda import WANDA_SUBSET_SIZE
 from utils.outputs import atomic_path
@@ -101,6 +103,7 @@ UTILITY_PAIRS = 64  # rendered ordinary training pairs of the utility loss, draw
 # score 0.55 between seeds only through their flat background: BENCHMARKS.md).
 PIXEL_COPY_THRESHOLD = 0.5
 REFERENCE_SEED = SEED + 4  # ours: draws the shapes' places and sizes of KID_pix's reference renders
+STATISTICS_STEP, THRESHOLD_STEP = "statistics (script 1)", "tau_mem (script 2)"  # the bed's steps before the table's
 
 
 def reference_renders(captions: list[str], seed: int = REFERENCE_SEED) -> list[Image.Image]:
@@ -223,18 +226,24 @@ def write_truth_file(run_truth: ground_truth.GroundTruth, path: str) -> None:
     write_csv(ground_truth.results_frame(run_truth), path)
 
 
-def planted_generations(truth_file: str, out: str, generation: dict) -> dict[str, str]:
-    """Script 4 with the ground truth (``truth_file``, a results file of script 3) deactivated,
-    as many random neurons per layer, and NeMo's initial neurons (this process's share of
-    each); returns the image folders by name."""
+def planted_runs(truth_file: str, dataset: str, out: str, generation: dict) -> dict[str, dict]:
+    """Script 4's settings with the ground truth (``truth_file``, a results file of script 3)
+    deactivated, as many random neurons per layer, and NeMo's initial neurons, by name."""
     nemo_file = os.path.join(out, "memorization_statistics.csv")
     settings = {PLANTED_OFF: (truth_file, "refined_neurons"), PLANTED_RANDOM: (truth_file, "block_random_neurons"),
                 "NeMo initial": (nemo_file, "initial_neurons")}
-    folders = {name: os.path.join(out, "images", folder_name(name)) for name in settings}
-    for name, (results, mode) in settings.items():
-        cli.run_step(generate, result_file=results, dataset=os.path.join(out, "memorized_prompts.csv"),
-                     output=folders[name], **generation, **{mode: True})
-    return folders
+    return {name: dict(result_file=results, dataset=dataset, output=os.path.join(out, "images", folder_name(name)),
+                       **generation, **{mode: True}) for name, (results, mode) in settings.items()}
+
+
+def planted_generations(truth_file: str, out: str, generation: dict, ledger: plan.Ledger | None) -> dict[str, str]:
+    """Script 4 for every setting of ``planted_runs`` (this process's share of each, each timed
+    in ``ledger``); returns the image folders by name."""
+    runs = planted_runs(truth_file, os.path.join(out, "memorized_prompts.csv"), out, generation)
+    for name, values in runs.items():
+        with plan.timed(ledger, plan.generation_step(name)):
+            cli.run_step(generate, **values)
+    return {name: values["output"] for name, values in runs.items()}
 
 
 def planted_checks(report: dict, run_truth: ground_truth.GroundTruth, folders: dict[str, str], out: str,
@@ -299,6 +308,10 @@ def add_args(parser) -> None:
     parser.add_argument("--unmemorized", type=cli.positive_int, default=DEMO_DETECTION_PROMPTS,
                         help="held-out prompts the detectors are compared on (sized for the demo; the bed has 25)")
     parser.add_argument("--rows", default=None, help="comma-separated subset of the rows (default: all)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print every step (the bed's statistics and tau_mem, then script 6's) with its units of "
+                             "work and projected time on this machine, and the total; then exit, writing nothing "
+                             "(script 6's --plan)")
     parser.add_argument("--dori", action="store_true",
                         help="also adversarial fine-tuning and the Dori attack on every mitigation (scripts 8, 9; "
                              "about 25 minutes on 2 CPU cores for 12 VM prompts)")
@@ -314,8 +327,9 @@ def add_args(parser) -> None:
 
 
 def run(args) -> dict:
-    """The bed's Table 1 for the flags of ``add_args``; returns the report. Under a launcher the
-    processes share every step (``experiments.table1.run``); rank 0 writes the inputs it makes."""
+    """The bed's Table 1 for the flags of ``add_args``; returns the report (with --plan: the
+    plan, writing nothing). Under a launcher the processes share every step
+    (``experiments.table1.run``); rank 0 writes the inputs it makes."""
     bed = BEDS[args.bed]
     counts = {kind: getattr(args, kind.lower()) if getattr(args, kind.lower()) is not None else n
               for kind, n in bed.demo_prompts}
@@ -323,53 +337,116 @@ def run(args) -> dict:
         raise ValueError("--vm 0 --tm 0: expected at least one memorized prompt")
     out = args.output = args.output or os.path.join("demo_output", args.bed)
     with distributed.process_group(torch.device("cpu")) as shard:
-        return run_bed(args, bed, counts, out, shard)
+        if not args.plan:
+            return run_bed(args, bed, counts, out, shard)
+        with tempfile.TemporaryDirectory() as inputs:  # the run's inputs, written nowhere else
+            run = bed_run(args, bed, counts, out, inputs)
+            if shard.rank == 0:
+                write_inputs(args, bed, run, inputs)
+            ledger = bed_plan(args, run, out, shard)
+            return {"plan": ledger.report() if ledger else None}
+
+
+@dataclass
+class BedRun:
+    """A bed's run: the model, its own steps' settings (statistics, tau_mem, planted
+    generations), the table's configuration and the columns."""
+
+    model: str
+    statistics: dict
+    threshold: dict | None  # script 2 on the held-out prompts; None: --memorization_threshold given
+    config: object
+    measures: tables.Measures
+    rows: list[int]
+    run_truth: ground_truth.GroundTruth | None
+    truth_file: str | None
+    generation: dict
+
+
+def bed_run(args, bed: Bed, counts: dict[str, int], out: str, inputs: str) -> BedRun:
+    """The settings of a bed's run whose derived inputs (prompt subsets, originals, ground
+    truth) are in ``inputs``; the configuration's tau_mem is --memorization_threshold or, until
+    script 2 has run, a stand-in (any value costs the same to plan)."""
+    model = args.model or bed.model
+    rows = subset_rows(counts, bed)
+    run_truth = planted_run_truth(bed, rows) if bed.ground_truth else None
+    threshold = None if args.memorization_threshold else dict(
+        prompts=bed.unmemorized, output=os.path.join(out, "scores_unmemorized.csv"), resume=True, version=model,
+        ssim_kernel_size=testbed.SSIM_KERNEL_SIZE)
+    config = reproduce.config(
+        dataset=os.path.join(inputs, "memorized_prompts.csv"), output=out,
+        statistics=os.path.join(out, "statistics.pt"),
+        memorization_threshold=args.memorization_threshold or nemo.MEMORIZATION_THRESHOLD,
+        ssim_kernel_size=testbed.SSIM_KERNEL_SIZE, originals=os.path.join(inputs, "originals"),
+        quality_prompts=os.path.join(inputs, "quality_prompts.csv"),
+        unmemorized_prompts=os.path.join(inputs, "unmemorized_prompts.csv"), steps=args.steps,
+        num_samples=args.num_samples, wanda_sparsity=WANDA_SPARSITY,
+        wanda_subset_size=wanda_subset_size(sum(counts.values())), version=model, rows=args.rows, dori=args.dori,
+        generation_option=[f"han_max_iterations={HAN_MAX_ITERATIONS}"])
+    if args.dori:
+        vars(config).update(
+            utility_data=os.path.join(inputs, "utility_pairs", "pairs.csv"), attack_similarity="pixel_ssim",
+            finetune_learning_rate=FINETUNE_LEARNING_RATE, finetune_distillation_weight=FINETUNE_DISTILLATION_WEIGHT,
+            finetune_utility_batch=FINETUNE_UTILITY_BATCH, dori_type=args.dori_type)
+    for name in ("finetune_epochs", "attack_steps"):
+        if getattr(args, name):
+            setattr(config, name, getattr(args, name))
+    return BedRun(model, dict(prompts=bed.additional, output=os.path.join(out, "statistics.pt"), version=model),
+                  threshold, config, testbed_measures(rows, bed.originals), rows, run_truth,
+                  os.path.join(inputs, "ground_truth_neurons.csv") if run_truth else None,
+                  dict(version=model, steps=args.steps, num_samples=args.num_samples, batch_size=args.num_samples))
+
+
+def write_inputs(args, bed: Bed, run: BedRun, inputs: str) -> None:
+    """The run's prompt files, training images, ground truth and (with --dori) utility pairs."""
+    held_out = read_prompts(bed.unmemorized)
+    write_csv(held_out[: args.quality], run.config.quality_prompts)
+    write_csv(held_out[: args.unmemorized], run.config.unmemorized_prompts)
+    write_subset(run.rows, inputs, bed)
+    if run.run_truth:
+        write_truth_file(run.run_truth, run.truth_file)
+    if args.dori:
+        write_ordinary_pairs(os.path.dirname(run.config.utility_data), UTILITY_PAIRS, SEED, SEED + 3)
+
+
+def bed_steps(run: BedRun, out: str) -> tuple[list[plan.Step], list[plan.Step]]:
+    """The bed's own steps before the table's (statistics, tau_mem) and after them (the planted
+    bed's generations), with their work."""
+    before = [plan.step_cost(STATISTICS_STEP, statistics, **run.statistics)]
+    if run.threshold:
+        before.append(plan.step_cost(THRESHOLD_STEP, detect, **run.threshold))
+    after = [plan.step_cost(plan.generation_step(name), generate, **values) for name, values in
+             planted_runs(run.truth_file, run.config.dataset, out, run.generation).items()] if run.run_truth else []
+    return before, after
+
+
+def bed_plan(args, run: BedRun, out: str, shard) -> plan.Ledger | None:
+    """Rank 0's calibrated and printed plan of the bed's run (its inputs written); None elsewhere."""
+    if shard.rank:
+        return None
+    before, after = bed_steps(run, out)
+    steps = reproduce.plan_steps(run.config, chosen_rows(args.rows, args.dori),
+                                 {PLANTED_OFF: run.truth_file} if run.truth_file else None, before, after)
+    return plan.prepared(steps, run.config, run.measures, shard.world_size)
 
 
 def run_bed(args, bed: Bed, counts: dict[str, int], out: str, shard: distributed.Shard) -> dict:
     reproduce.claim_table_folder(args, out, shard)  # a rerun continues every finished step; other settings are refused
-    model = args.model or bed.model
-    statistics_file = os.path.join(out, "statistics.pt")
-    cli.run_step(statistics, prompts=bed.additional, output=statistics_file, version=model)
-    threshold = args.memorization_threshold
-    if threshold is None:
-        scores = os.path.join(out, "scores_unmemorized.csv")
-        cli.run_step(detect, prompts=bed.unmemorized, output=scores, resume=True, version=model,
-                     ssim_kernel_size=testbed.SSIM_KERNEL_SIZE)
-    distributed.barrier(shard)
-    if threshold is None:
-        threshold = read_threshold(threshold_path(scores))
-    rows = subset_rows(counts, bed)
-    run_truth = planted_run_truth(bed, rows) if bed.ground_truth else None
-    quality, unmemorized = os.path.join(out, "quality_prompts.csv"), os.path.join(out, "unmemorized_prompts.csv")
-    prompts = os.path.join(out, "memorized_prompts.csv")
-    truth_file = os.path.join(out, "ground_truth_neurons.csv") if run_truth else None
+    run = bed_run(args, bed, counts, out, out)
     if shard.rank == 0:
-        held_out = read_prompts(bed.unmemorized)
-        write_csv(held_out[: args.quality], quality)
-        write_csv(held_out[: args.unmemorized], unmemorized)
-        write_subset(rows, out, bed)
-        if run_truth:
-            write_truth_file(run_truth, truth_file)
+        write_inputs(args, bed, run, out)
     distributed.barrier(shard)
-    config = reproduce.config(
-        dataset=prompts, output=out, statistics=statistics_file, memorization_threshold=threshold,
-        ssim_kernel_size=testbed.SSIM_KERNEL_SIZE, originals=os.path.join(out, "originals"), quality_prompts=quality,
-        unmemorized_prompts=unmemorized, steps=args.steps, num_samples=args.num_samples, wanda_sparsity=WANDA_SPARSITY,
-        wanda_subset_size=wanda_subset_size(sum(counts.values())), version=model, rows=args.rows, dori=args.dori,
-        generation_option=[f"han_max_iterations={HAN_MAX_ITERATIONS}"])
-    if args.dori:
-        utility_data = distributed.main_process_result(shard, lambda: write_ordinary_pairs(
-            os.path.join(out, "utility_pairs"), UTILITY_PAIRS, SEED, SEED + 3))
-        vars(config).update(
-            utility_data=utility_data, attack_similarity="pixel_ssim", finetune_learning_rate=FINETUNE_LEARNING_RATE,
-            finetune_distillation_weight=FINETUNE_DISTILLATION_WEIGHT, finetune_utility_batch=FINETUNE_UTILITY_BATCH,
-            dori_type=args.dori_type)
-    for name in ("finetune_epochs", "attack_steps"):
-        if getattr(args, name):
-            setattr(config, name, getattr(args, name))
-    measures = testbed_measures(rows, bed.originals)
-    generation = dict(version=model, steps=args.steps, num_samples=args.num_samples, batch_size=args.num_samples)
+    ledger = bed_plan(args, run, out, shard)
+    distributed.barrier(shard)  # the plan's calibration had the device to itself
+    with plan.timed(ledger, STATISTICS_STEP):
+        cli.run_step(statistics, **run.statistics)
+    if run.threshold:
+        with plan.timed(ledger, THRESHOLD_STEP):
+            cli.run_step(detect, **run.threshold)
+    distributed.barrier(shard)
+    threshold = run.config.memorization_threshold = (read_threshold(threshold_path(run.threshold["output"]))
+                                                     if run.threshold else args.memorization_threshold)
+    measures, run_truth, truth_file = run.measures, run.run_truth, run.truth_file
 
     def sections(report: dict, planted_folders: dict | None) -> str:
         """The test bed's checks, and on the planted bed its criteria and localization table."""
@@ -380,10 +457,10 @@ def run_bed(args, bed: Bed, counts: dict[str, int], out: str, shard: distributed
         return text + checks_markdown(report["checks"])
 
     title = ("Test-bed" if args.bed == "natural" else "Planted test-bed") + f" Table 1 (tau_mem = {threshold:.3f})"
-    return reproduce.run(config, measures, title, claim=False,
+    return reproduce.run(run.config, measures, title, claim=False,
                          attack_neuron_sets={PLANTED_OFF: truth_file} if truth_file else None,
-                         steps=(lambda: planted_generations(truth_file, out, generation)) if run_truth else None,
-                         sections=sections)
+                         steps=(lambda ledger: planted_generations(truth_file, out, run.generation, ledger))
+                         if run_truth else None, sections=sections, ledger=ledger)
 
 
 def main(argv=None) -> dict:

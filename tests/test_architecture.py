@@ -43,7 +43,7 @@ def test_the_direction_check_finds_wrong_arrows():
 def test_registry_entries_name_code_of_their_own_method():
     for entry in [*MITIGATIONS.values(), *DETECTORS.values()]:
         for target in filter(None, (entry.prepare if hasattr(entry, "prepare") else entry.score,
-                                    getattr(entry, "neuron_sets", None))):
+                                    getattr(entry, "neuron_sets", None), entry.cost)):
             assert target.startswith("utils.methods."), target
             assert callable(registry.load(target))
 

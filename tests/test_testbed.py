@@ -88,9 +88,10 @@ def test_training_data_matches_the_shipped_prompt_files_and_originals():
 
 
 def test_table1_demo_runs_every_row_end_to_end_reduced(tmp_path, capsys):
+    from experiments import plan
     from experiments.rows import FINETUNED, WANDA, table_rows
-    from utils.methods import DETECTORS
     from testbed import table1
+    from utils.methods import DETECTORS
 
     report = table1.main(["--output", str(tmp_path), "--vm", "1", "--tm", "1", "--steps", "4", "--num_samples", "2",
                           "--quality", "2", "--unmemorized", "3"])
@@ -116,8 +117,12 @@ def test_table1_demo_runs_every_row_end_to_end_reduced(tmp_path, capsys):
     assert all(group["seconds_per_prompt"] > 0 for groups in report["detection"].values() for group in groups.values())
     assert report["wanda"]["rows"] and (tmp_path / "wanda_model" / "model_index.json").exists()
     assert set(report["nemo_wanda_agreement"]["per_prompt"]) == {"nemo_left_on_pruned", "wanda_left_with_nemo"}
-    assert "Test-bed Table 1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Test-bed Table 1" in printed and "### Plan:" in printed
     assert (tmp_path / "table1.md").read_text().count("|") > 50
+    cost = report[plan.REPORT_KEY]  # every step planned and timed, none timed unplanned
+    assert all(row["projected_seconds"] > 0 and row["measured_seconds"] > 0 for row in cost["steps"])
+    assert "### Cost: projected and measured" in (tmp_path / "table1.md").read_text()
 
 
 def test_localizability_bounds(pipe, threshold):

@@ -191,6 +191,15 @@ def drop_partial_line(path: str) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
+def written_rows(path: str) -> pd.DataFrame:
+    """The rows a ``RowWriter`` has written to ``path`` (its unfinished ``.partial`` first),
+    indexed by prompt; empty when there are none (a line a kill cut off is left out)."""
+    for candidate in (path + PARTIAL_SUFFIX, path):
+        if os.path.isfile(candidate) and os.path.getsize(candidate):
+            return pd.read_csv(candidate, sep=CSV_SEPARATOR, index_col=0, keep_default_na=False, on_bad_lines="skip")
+    return pd.DataFrame()
+
+
 def merge_rows(parts: list[str], path: str) -> None:
     """Write the rows of ``parts`` (RowWriter files with one header) to ``path``, by index."""
     rows, header = [], None

@@ -65,6 +65,9 @@ class Mitigation:
     neuron_sets: str | None = None  # "module:function"; set: the mitigation reads script 3's results
     per_prompt: bool = False  # its neurons are each prompt's own (not for another prompt file)
     rows: tuple[Row, ...] = ()
+    # "module:function": (script 4's args) -> utils.cost.PromptCost, what it changes in a prompt's
+    # work (its own U-Net calls, ...) for the Table-1 plan; None: nothing (a plain generation's work)
+    cost: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ class Detector:
     add_options: Callable[[argparse.ArgumentParser], None] | None = None
     # Table 1's detection comparison: label -> script 2's flag dests for it
     comparisons: dict[str, dict] = field(default_factory=dict)
+    # "module:function": (script 2's args) -> tuple of utils.cost.Passes, the U-Net calls of one
+    # prompt's score, for the Table-1 plan; None: not declared (the plan counts its prompts only)
+    cost: str | None = None
 
 
 MITIGATIONS: dict[str, Mitigation] = {}

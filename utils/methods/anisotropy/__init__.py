@@ -65,4 +65,5 @@ register(Detector("anisotropy", "Asthana & Belagiannis's norm of the text-condit
                   "with the unconditional output at low noise, both on pure noise (no denoising)",
                   "utils.methods.anisotropy.score:prompt_scores", aggregate="mean", samples="anisotropy_samples",
                   add_options=add_options,
-                  comparisons={"Anisotropy (Asthana & Belagiannis)": ("anisotropy", {})}))
+                  comparisons={"Anisotropy (Asthana & Belagiannis)": ("anisotropy", {})},
+                  cost="utils.methods.anisotropy.score:score_cost"))

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from utils.cost import Passes
 from utils.diffusion import encode_prompts, initial_latents, prediction_type
-from utils.methods.anisotropy import (ALIGNMENT_MODE, ALIGNMENT_TIMESTEP_INDEX, ALIGNMENT_WEIGHTS,
-                                      NORM_TIMESTEP_INDEX, NORM_WEIGHTS)
+from utils.methods.anisotropy import (ALIGNMENT_MODE, ALIGNMENT_TIMESTEP_INDEX, ALIGNMENT_WEIGHTS, NORM_TIMESTEP_INDEX,
+                                      NORM_WEIGHTS)
 
 UNET_CALLS = 2  # one [uncond, cond] batch at each of the two timesteps
 
@@ -110,6 +111,11 @@ def weights(scheduler, args) -> tuple[float, float]:
     norm_weight, alignment_weight = args.anisotropy_norm_weight, args.anisotropy_alignment_weight
     return (NORM_WEIGHTS[kind] if norm_weight is None else norm_weight,
             ALIGNMENT_WEIGHTS[kind] if alignment_weight is None else alignment_weight)
+
+
+def score_cost(args) -> tuple[Passes, ...]:
+    """Script 2's ``--score anisotropy`` per prompt: a U-Net call on [x_T, x_T] at each of the two timesteps."""
+    return (Passes(UNET_CALLS, 2 * args.anisotropy_samples),)
 
 
 def prompt_scores(pipe, _layers, latents: torch.Tensor, args, prompt: str) -> torch.Tensor:

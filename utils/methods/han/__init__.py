@@ -68,8 +68,10 @@ def add_per_sample_options(parser) -> None:
 register(Mitigation("han_batch_wise", "ours: initial noise adjustment, batch-wise, with CFG from step "
                     "--han_apply_cfg_step + 1 (Han et al., NeurIPS 2025); settings below",
                     "utils.methods.han.initial_noise:prepare_batch_wise", add_options=add_batch_wise_options,
-                    rows=(Row("initial noise adjustment: batch-wise (Han)", 11, "han_batch_wise"),)))
+                    rows=(Row("initial noise adjustment: batch-wise (Han)", 11, "han_batch_wise"),),
+                    cost="utils.methods.han.initial_noise:batch_wise_cost"))
 register(Mitigation("han_per_sample", "ours: initial noise adjustment, per-sample (Han et al., NeurIPS 2025); "
                     "settings below", "utils.methods.han.initial_noise:prepare_per_sample",
                     add_options=add_per_sample_options,
-                    rows=(Row("initial noise adjustment: per-sample (Han)", 11.5, "han_per_sample"),)))
+                    rows=(Row("initial noise adjustment: per-sample (Han)", 11.5, "han_per_sample"),),
+                    cost="utils.methods.han.initial_noise:per_sample_cost"))

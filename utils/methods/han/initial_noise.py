@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from utils.cost import BACKWARD, Passes, PromptCost
 from utils.diffusion import encode_prompts, predicted_noise, schedule_timestep
 from utils.generation import Prepare, PromptCondition, caption_condition
 from utils.methods.han import (HAN_GAMMA, HAN_ITERATIONS, HAN_LEARNING_RATE, HAN_MAX_ITERATIONS, HAN_RHO,
@@ -82,6 +83,13 @@ def batch_wise_adjustment(pipe, embedding: torch.Tensor, latents: torch.Tensor, 
     return Adjustment(x, norms, [iterations] * n, iterations * 2 * 2 * n, 0)
 
 
+def batch_wise_cost(args) -> PromptCost:
+    """Script 4's ``--han_batch_wise`` per prompt (``batch_wise_adjustment``'s passes, exact):
+    two evaluations of d a ``--han_iterations`` update, each one U-Net call on [x, x] of all
+    latents; the denoising loop then computes both halves at every step (its guidance schedule)."""
+    return PromptCost((Passes(2 * args.han_iterations, 2 * args.num_samples),), both_halves=True)
+
+
 def per_sample_adjustment(pipe, embedding: torch.Tensor, latents: torch.Tensor, *, steps: int,
                           learning_rate: float = HAN_LEARNING_RATE, max_iterations: int = HAN_MAX_ITERATIONS,
                           target_loss: float = HAN_TARGET_LOSS,
@@ -114,6 +122,15 @@ def per_sample_adjustment(pipe, embedding: torch.Tensor, latents: torch.Tensor, 
     evaluations = sum(len(sample_losses) for sample_losses in losses)
     norms = [[sample_losses[0] for sample_losses in losses], [sample_losses[-1] for sample_losses in losses]]
     return Adjustment(torch.cat(adjusted), norms, updates, 2 * evaluations, 2 * sum(updates))
+
+
+def per_sample_cost(args) -> PromptCost:
+    """Script 4's ``--han_per_sample`` per prompt (``per_sample_adjustment``'s passes): each
+    latent alone, ``--han_max_iterations`` evaluations of d on [x, x], each backpropagated: an
+    upper bound, a latent stops at the target loss."""
+    return PromptCost((Passes(args.num_samples * args.han_max_iterations, 2, BACKWARD),),
+                      estimate=f"Han per-sample: upper bound, {args.han_max_iterations} passes a latent (it stops "
+                               f"at loss {args.han_target_loss})")
 
 
 def delayed_guidance(apply_cfg_step: int, guidance_scale: float, step: int) -> float:

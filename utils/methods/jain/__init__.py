@@ -61,13 +61,16 @@ def add_options(parser) -> None:
 register(Mitigation(
     "jain_static", "ours: no guidance until a fixed timestep, then the usual guidance (Jain et al., CVPR 2025, "
     "static transition point); settings below", "utils.methods.jain.guidance:prepare_static",
-    add_options=add_options, rows=(Row("guidance transition point: static (Jain)", 12, "jain_static"),)))
+    add_options=add_options, rows=(Row("guidance transition point: static (Jain)", 12, "jain_static"),),
+    cost="utils.methods.jain.guidance:generation_cost"))
 register(Mitigation(
     "jain_opposite", "ours: opposite guidance until a fixed timestep, then the usual guidance (Jain et al., CVPR "
     "2025); settings below", "utils.methods.jain.guidance:prepare_opposite",
-    add_options=add_options, rows=(Row("opposite guidance (Jain)", 12.5, "jain_opposite"),)))
+    add_options=add_options, rows=(Row("opposite guidance (Jain)", 12.5, "jain_opposite"),),
+    cost="utils.methods.jain.guidance:generation_cost"))
 register(Mitigation(
     "jain_dynamic", "ours: the conditional prediction alone until ||eps_u - eps_c|| passes its first minimum, "
     "then the usual guidance (Jain et al., CVPR 2025, dynamic transition point); settings below",
     "utils.methods.jain.guidance:prepare_dynamic",
-    add_options=add_options, rows=(Row("guidance transition point: dynamic (Jain)", 12.7, "jain_dynamic"),)))
+    add_options=add_options, rows=(Row("guidance transition point: dynamic (Jain)", 12.7, "jain_dynamic"),),
+    cost="utils.methods.jain.guidance:dynamic_cost"))

@@ -30,6 +30,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from utils.cost import PromptCost
 from utils.diffusion import predicted_noise
 from utils.generation import Prepare, PromptCondition, caption_condition
 from utils.hooks import edit_calls, edit_outputs
@@ -71,6 +72,18 @@ def cost(steps: int) -> dict:
     """What every variant costs per image: two U-Net sample-forwards a step (both branches, as
     plain guidance; the dynamic rule reads the same two), nothing before generation."""
     return dict(unet_sample_forwards_per_image=2 * steps, mitigation_unet_sample_forwards=0, mitigation_seconds=0.0)
+
+
+def generation_cost(args) -> PromptCost:
+    """Script 4's ``--jain_static`` and ``--jain_opposite`` per prompt: no pass of their own, both
+    halves at every step (their schedule is the run's guidance at no step)."""
+    return PromptCost(both_halves=True)
+
+
+def dynamic_cost(args) -> PromptCost:
+    """Script 4's ``--jain_dynamic`` per prompt: as ``generation_cost``, each prompt in a call of
+    its own (its rule's hooks are the prompt's)."""
+    return PromptCost(both_halves=True, own_call=True)
 
 
 def static_prepare(pipe, args, variant: str) -> Prepare:

@@ -59,6 +59,11 @@ SMOKE_THETA = 1000.0
 SMOKE_K = 1
 SMOKE_ACCEPT_ALL = 1.0
 SMOKE_REJECT_ALL = -1.0
+# The Table-1 plan's localization work a prompt while no prompt of the run is done (ours: the
+# test bed's first VM and TM prompt took 149 and 140 tests, 1,137 and 1,179 sample-forwards at
+# 10 seeds; BENCHMARKS.md, "The cost before the work"); a resumed run takes its own median.
+PRIOR_TESTS_PER_PROMPT = 150
+PRIOR_FORWARDS_PER_SEED = 115
 SCALING_FACTOR = 0.0  # authors' --scaling_factor: deactivated neurons are multiplied by it
 RANDOM_NEURON_SEED = 0  # ours: seeds the draw of random neurons
 
@@ -78,9 +83,10 @@ def add_score_options(parser) -> None:
 
 _PREPARE, _SETS = "utils.methods.nemo.mitigation:prepare", "utils.methods.nemo.mitigation:neuron_sets"
 _neuron_mode = dict(prepare=_PREPARE, neuron_sets=_SETS, add_options=add_neuron_options)
-register(Mitigation("initial_neurons", "authors': each prompt's initial selection", per_prompt=True, **_neuron_mode))
+_per_prompt = dict(per_prompt=True, cost="utils.methods.nemo.mitigation:per_prompt_cost")
+register(Mitigation("initial_neurons", "authors': each prompt's initial selection", **_per_prompt, **_neuron_mode))
 register(Mitigation(
-    "refined_neurons", "authors': each prompt's refined neurons (NeMo)", per_prompt=True, **_neuron_mode,
+    "refined_neurons", "authors': each prompt's refined neurons (NeMo)", **_per_prompt, **_neuron_mode,
     rows=(Row("NeMo", 7, "refined_neurons", neurons=True, held_out=("block_top_k_neurons", ALL_REFINED)),
           # NeMo on Chavhan et al.'s pruned model: how much of either mitigation the other leaves to do
           Row("NeMo on the Wanda-pruned model", 9, "refined_neurons", neurons=True, on_held_out=False,
@@ -94,8 +100,9 @@ register(Mitigation("block_top_k_neuron_subgroups", "authors': union of the K mo
                     "every prompt", takes=cli.positive_int, metavar="K", **_neuron_mode))
 register(Mitigation(
     "block_random_neurons", "ours (the authors' flag of this name takes a count): per prompt, as many random neurons "
-    "per layer as its refined set has", per_prompt=True, **_neuron_mode,
+    "per layer as its refined set has", **_per_prompt, **_neuron_mode,
     rows=(Row("random neurons", 2, "block_random_neurons", neurons=True, on_held_out=False),)))
 register(Detector("nemo", "NeMo's SSIM score (SPEC §3): max pairwise MS-SSIM of the first-step noise differences",
                   "utils.methods.nemo.score:prompt_scores", aggregate="max", samples="samples_per_prompt",
-                  add_options=add_score_options, comparisons={"NeMo (SSIM score)": ("nemo", {})}))
+                  add_options=add_score_options, comparisons={"NeMo (SSIM score)": ("nemo", {})},
+                  cost="utils.methods.nemo.score:score_cost"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import random
 
+from utils.cost import PromptCost
 from utils.generation import Prepare, PromptCondition, caption_condition
 from utils.layers import NeuronSet, count_neurons, value_layers
 from utils.methods.nemo import RANDOM_NEURON_SEED, SCALING_FACTOR, selection
@@ -47,6 +48,12 @@ def with_neurons(pipe, neuron_sets: dict[int, NeuronSet | None], factor: float =
         return condition
 
     return prepare
+
+
+def per_prompt_cost(args) -> PromptCost:
+    """Script 4's per-prompt neuron modes: no pass of their own; a pipeline call per prompt
+    (each prompt's hooks switch its own neurons off)."""
+    return PromptCost(own_call=True)
 
 
 def prepare(pipe, args, neuron_sets: dict[int, NeuronSet | None]) -> Prepare:

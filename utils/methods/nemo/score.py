@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
+from utils.cost import Passes
 from utils.methods.nemo import SSIM_BETAS, SSIM_KERNEL_SIZE
 from utils.methods.nemo.noise import prompt_noise_difference
 
@@ -70,6 +71,11 @@ def blocked_scores(unblocked: torch.Tensor, blocked: torch.Tensor, kernel_size: 
     """
     # one MS-SSIM batch per set, over the kept samples, as the authors compute it (see ms_ssim)
     return torch.stack([ms_ssim(unblocked, b, kernel_size).amax() for b in blocked]).cpu()
+
+
+def score_cost(args) -> tuple[Passes, ...]:
+    """Script 2's ``--score nemo`` per prompt: one U-Net call of all seeds (both halves with guidance)."""
+    return (Passes(1, args.samples_per_prompt * (2 if args.guidance_scale > 0 else 1)),)
 
 
 def prompt_scores(pipe, layers, latents: torch.Tensor, args, prompt: str) -> torch.Tensor:

@@ -21,4 +21,4 @@ def add_options(parser) -> None:
 
 register(Mitigation("ren", "ours: attention scaling (Ren et al., ECCV 2024); settings below",
                     "utils.methods.ren.attention:prepare", add_options=add_options,
-                    rows=(Row("attention scaling (Ren)", 3, "ren"),)))
+                    rows=(Row("attention scaling (Ren)", 3, "ren"),), cost="utils.methods.ren.attention:generation_cost"))

@@ -20,6 +20,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from utils.cost import PromptCost
 from utils.generation import Prepare, PromptCondition, caption_condition
 from utils.hooks import edit_calls, edit_outputs
 from utils.layers import modules_ending
@@ -73,6 +74,12 @@ def scale_attention(unet: nn.Module, length: int, guided: bool, factor: float = 
         if mask_padding:
             stack.enter_context(edit_calls(layers, mask_keys))
         yield
+
+
+def generation_cost(args) -> PromptCost:
+    """Script 4's ``--ren`` per prompt: no pass of its own; a pipeline call of its own (its
+    mask is the prompt's length)."""
+    return PromptCost(own_call=True)
 
 
 def prepare(pipe, args, _neuron_sets=None) -> Prepare:

@@ -55,11 +55,13 @@ def add_score_options(parser) -> None:
 
 register(Mitigation("wen", "ours: prompt embedding adjustment (Wen et al., ICLR 2024); settings below",
                     "utils.methods.wen.noise_magnitude:prepare", add_options=add_adjustment_options,
-                    rows=(Row("prompt embedding adjustment (Wen)", 1, "wen"),)))
+                    rows=(Row("prompt embedding adjustment (Wen)", 1, "wen"),),
+                    cost="utils.methods.wen.noise_magnitude:adjustment_cost"))
 register(Detector("wen", "Wen et al.'s noise-prediction magnitude, averaged over the steps of a guided generation",
                   "utils.methods.wen.noise_magnitude:prompt_scores", aggregate="mean", samples="wen_samples",
                   add_options=add_score_options,
                   # at the authors' aggregation (all 50 steps) and at the first step alone (their
                   # paper's cheapest variant)
                   comparisons={"Wen (noise magnitude, 50 steps)": ("wen", {}),
-                               "Wen (noise magnitude, first step)": ("wen_first_step", {"wen_score_steps": 1})}))
+                               "Wen (noise magnitude, first step)": ("wen_first_step", {"wen_score_steps": 1})},
+                  cost="utils.methods.wen.noise_magnitude:score_cost"))

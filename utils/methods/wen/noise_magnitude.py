@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from utils.cost import BACKWARD, Passes, PromptCost
 from utils.defaults import GENERATION_STEPS, GUIDANCE_SCALE
 from utils.diffusion import encode_prompts, predicted_noise, schedule_timestep
 from utils.generation import Prepare, PromptCondition, caption_condition, stop_after
@@ -92,6 +93,23 @@ def adjust_embedding(pipe, embedding: torch.Tensor, latents: torch.Tensor, *, ti
             with torch.no_grad():
                 adjusted[:, :1] = bos  # weight decay would still move BOS; the authors' bf16 rounds it away
     return Adjustment(adjusted.detach(), losses, denoising_forwards + n * (len(losses) + 1))
+
+
+def adjustment_cost(args) -> PromptCost:
+    """Script 4's ``--wen`` per prompt (``adjust_embedding``'s passes): the denoising to the
+    loss's timestep past the first, the empty prompt's prediction and ``--wen_max_iterations``
+    passes, each backpropagated: an upper bound, the optimization stops at the target loss."""
+    n = min(args.wen_samples, args.num_samples)
+    passes = (Passes(args.wen_timestep_index, n * (2 if args.guidance_scale > 1 else 1)),) if args.wen_timestep_index else ()
+    return PromptCost(passes + (Passes(1, n), Passes(args.wen_max_iterations, n, BACKWARD)),
+                      estimate=f"Wen: upper bound, {args.wen_max_iterations} passes a prompt (it stops at loss "
+                               f"{args.wen_target_loss})")
+
+
+def score_cost(args) -> tuple[Passes, ...]:
+    """Script 2's ``--score wen`` per prompt: the first ``--wen_score_steps`` steps of a guided
+    generation of ``--wen_samples`` latents, both halves at each."""
+    return (Passes(args.wen_score_steps, 2 * args.wen_samples),)
 
 
 @torch.no_grad()
