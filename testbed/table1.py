@@ -45,7 +45,7 @@ from utils.defaults import GENERATION_STEPS, NUM_SAMPLES
 from utils.files import read_prompts, read_results, read_threshold, threshold_path
 from utils.images import generated_images, load_images, original_images
 from utils.methods import nemo
-from utils.methods.dori import ATTACK_TYPE, ATTACK_TYPES
+from utils.methods.dori import ATTACK_TYPE, ATTACK_TYPES, SCHEDULE, SCHEDULES
 from utils.methods.wanda import WANDA_SUBSET_SIZE
 from utils.outputs import atomic_path
 
@@ -322,6 +322,10 @@ def add_args(parser) -> None:
                              "SD v1.4's is 0.428)")
     parser.add_argument("--finetune_epochs", type=cli.positive_int, default=None, help="script 9's epochs (default: the paper's 5)")
     parser.add_argument("--attack_steps", type=cli.positive_int, default=None, help="steps of every attack (default: the paper's 50)")
+    parser.add_argument("--finetune_schedule", choices=SCHEDULES, default=SCHEDULE,
+                        help="script 9's --schedule under a launcher: images (data-parallel over the memorized images, "
+                             "a model of its own per number of processes) or single (one process's updates, each "
+                             "batch split over the processes; default: images, as script 6)")
     cli.add_run_args(parser, resumable=False, limit=False)
     parser.set_defaults(log_level="WARNING")
 
@@ -387,7 +391,8 @@ def bed_run(args, bed: Bed, counts: dict[str, int], out: str, inputs: str) -> Be
         vars(config).update(
             utility_data=os.path.join(inputs, "utility_pairs", "pairs.csv"), attack_similarity="pixel_ssim",
             finetune_learning_rate=FINETUNE_LEARNING_RATE, finetune_distillation_weight=FINETUNE_DISTILLATION_WEIGHT,
-            finetune_utility_batch=FINETUNE_UTILITY_BATCH, dori_type=args.dori_type)
+            finetune_utility_batch=FINETUNE_UTILITY_BATCH, finetune_schedule=args.finetune_schedule,
+            dori_type=args.dori_type)
     for name in ("finetune_epochs", "attack_steps"):
         if getattr(args, name):
             setattr(config, name, getattr(args, name))
