@@ -31,8 +31,6 @@ def main(argv=None) -> None:
         print(f"{args.output} is complete with the same settings; nothing to do")
         return
 
-    import torch
-
     from utils.files import parse_neuron_set, read_results
     from utils.layers import count_neurons, layer_widths, value_layers
     from utils.methods.nemo import selection

@@ -1,5 +1,6 @@
-"""The test-bed Table 1 with one process against two under torchrun: wall time of each, and
-whether the two tables agree (all but the timing columns) and the neurons are the same.
+"""The test-bed Table 1 with one process against two under torchrun: wall time of each,
+whether the two tables agree (all but the timing columns) and the neurons are the same, and
+each run's projected seconds per step beside the measured (``benchmarks.plan``).
 
 One process gets both cores (``OMP_NUM_THREADS=2``); torchrun's two processes get one each.
 Flags after ``--`` go to ``testbed.table1`` (default: the demo's size).
@@ -18,6 +19,9 @@ import sys
 import time
 
 import pandas as pd
+
+from benchmarks import plan as plan_benchmark
+from experiments import plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # keys of what the number of processes changes: time, the count itself, the plan (a continued
@@ -61,6 +65,9 @@ def main(argv=None) -> dict:
     parser.add_argument("table_args", nargs="*", help="flags of testbed.table1, after --")
     args = parser.parse_args(argv)
     outputs = {n: os.path.abspath(os.path.join(args.output, name)) for n, name in ((1, "one"), (2, "two"))}
+    if any(os.path.exists(out) for out in outputs.values()):
+        raise SystemExit(f"--output {args.output} holds runs already (one/, two/): a continued run would time "
+                         "only what was left; give a new folder")
     os.makedirs(args.output, exist_ok=True)
     table = ["-m", "testbed.table1", *args.table_args]
     seconds = {
@@ -68,13 +75,16 @@ def main(argv=None) -> dict:
         2: timed_run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                       "--module", *table[1:], "--output", outputs[2]], 1, os.path.join(args.output, "two.log")),
     }
-    reports = {n: comparable(json.load(open(os.path.join(out, "table1.json"))), out) for n, out in outputs.items()}
+    raw = {n: json.load(open(os.path.join(out, "table1.json"))) for n, out in outputs.items()}
+    reports = {n: comparable(report, outputs[n]) for n, report in raw.items()}
     found = differences(reports[1], reports[2])
     neurons = {n: pd.read_csv(os.path.join(out, "memorization_statistics.csv"), sep=";")[["Initial Neurons", "Refined Neurons"]]
                for n, out in outputs.items()}
     if not neurons[1].equals(neurons[2]):
         found.append("memorization_statistics.csv: other neurons")
     result = dict(seconds=seconds, ratio=seconds[1] / seconds[2], differences=found)
+    for n, label in ((1, "1 process x 2 threads"), (2, "2 processes x 1 thread")):
+        print(f"\n{label}: the plan against the run\n\n" + plan_benchmark.comparison(raw[n][plan.REPORT_KEY]))
     print(f"1 process x 2 threads: {seconds[1]:.0f} s; 2 processes x 1 thread (torchrun): {seconds[2]:.0f} s; "
           f"speed-up {result['ratio']:.2f}x")
     print("tables: " + ("identical (all but the timing columns)" if not found else

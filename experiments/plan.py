@@ -82,7 +82,7 @@ def calibrate(steps: list[Step], args, measures=None, processes: int = 1) -> Tim
 
 
 def measure_seconds(pipe, measures, images: int) -> float:
-    """Seconds per image of the table's per-prompt measures (``tables.folder_row``) on one
+    """Seconds per image of the table's per-prompt measures (``tables.folder_scores``) on one
     prompt of ``images`` images decoded from random latents (their own original)."""
     import torch
 
@@ -100,7 +100,7 @@ def measure_seconds(pipe, measures, images: int) -> float:
             save_image(image_path(folder, 0, j), image)
         plain = {0: measures.embed(decoded)}
         start = time.perf_counter()
-        tables.folder_row(folder, plain, {0: image_path(folder, 0, 0)}, {0: "a photo"}, {0: "VM"}, measures)
+        tables.folder_scores(folder, plain, {0: image_path(folder, 0, 0)}, {0: "a photo"}, measures)
         return (time.perf_counter() - start) / images
 
 
@@ -117,7 +117,7 @@ def plan_markdown(steps: list[Step], timings: Timings, processes: int = 1) -> st
     """The plan as a table: each step's units and projected time, the total, and the estimates."""
     notes = list(dict.fromkeys(step.work.estimate for step in steps if step.work.estimate))
     lines = [f"### Plan: {len(steps)} steps on {timings.device}"
-             + (f", {processes} processes sharing each step but metrics and fine-tuning" if processes > 1 else ""), "",
+             + (f", {processes} processes sharing each step but fine-tuning" if processes > 1 else ""), "",
              "| step | prompts | images | U-Net sample-forwards | U-Net sample-backwards | attack steps "
              "| images measured | projected |", "|---|---|---|---|---|---|---|---|"]
     for step in steps:

@@ -5,7 +5,11 @@ list them in ``--help`` at once."""
 from __future__ import annotations
 
 from utils.methods import ROWS
-from utils.methods.registry import ALL_REFINED, FINETUNED, GIVEN, WANDA, Row  # noqa: F401 (the rows' vocabulary)
+from utils.methods.registry import ALL_REFINED, FINETUNED, GIVEN, WANDA, Row
+
+# the rows' vocabulary, the registry's names among it, for the experiments
+__all__ = ["ALL_REFINED", "FINETUNED", "GIVEN", "IN_P", "PLAIN", "WANDA", "Row", "chosen_rows", "folder_name",
+           "table_rows"]
 
 PLAIN = "all neurons active"
 IN_P = ", prompts in P"  # the second row of a pruned model: the prompts it was pruned on

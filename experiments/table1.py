@@ -407,7 +407,7 @@ def plan_steps(args, rows: list[Row], attack_neuron_sets: dict[str, str] | None 
     if args.dori:
         steps += [step_cost(plan.attack_step(name), attack, **values)
                   for name, values in attack_runs(args, results, models, attack_neuron_sets).items()]
-    return steps + list(after) + [Step(plan.METRICS, CostWork(measured=images), shared=False)]
+    return steps + list(after) + [Step(plan.METRICS, CostWork(measured=images))]
 
 
 def run_steps(args, rows: list[Row], shard, attack_neuron_sets: dict[str, str] | None = None,
@@ -456,7 +456,8 @@ def run(args, measures: Measures, title: str, claim: bool = True,
     projection beside what each took.
 
     Under ``accelerate launch`` or ``torchrun`` (WORLD_SIZE > 1) the processes share every step
-    (``run_steps``); rank 0 alone measures and writes, and every process returns its report.
+    (``run_steps``) and the per-prompt measures (``measured_scores``); rank 0 alone summarizes
+    and writes, and every process returns its report.
     """
     from utils import distributed
     from utils.models import resolve_device
@@ -474,20 +475,49 @@ def run(args, measures: Measures, title: str, claim: bool = True,
         work = run_steps(args, rows, shard, attack_neuron_sets, ledger)
         made = steps(ledger) if steps else None
         distributed.barrier(shard)
+        with timed(ledger, plan.METRICS):
+            scores = measured_scores(args, work, measures, shard)
         return distributed.main_process_result(
-            shard, lambda: write_report(args, work, measures, title, sections, made, ledger))
+            shard, lambda: write_report(args, work, measures, title, sections, made, ledger, scores))
+
+
+def table_inputs(args) -> tuple[dict[int, str], dict[int, str], dict[int, str], dict[int, str]]:
+    """The memorized prompts' captions and types, the held-out prompts' captions and the
+    originals, by prompt index."""
+    from utils.files import read_prompts
+    from utils.images import original_images
+
+    prompts = read_prompts(args.dataset)
+    types = dict(enumerate(prompts["type"])) if "type" in prompts else {}
+    quality_captions = dict(enumerate(read_prompts(args.quality_prompts)["Caption"])) if args.quality_prompts else {}
+    originals = original_images(args.originals) if args.originals else {}
+    return dict(enumerate(prompts["Caption"])), types, quality_captions, originals
+
+
+def measured_scores(args, work: Work, measures: Measures, shard) -> dict:
+    """The per-prompt measures of every row (``tables.table_scores``): each process measures
+    its share of the memorized and of the held-out prompts, and every process gets them all."""
+    from experiments import tables
+    from utils.distributed import gather_by_index
+
+    captions, _, quality_captions, originals = table_inputs(args)
+    mine = tables.table_scores(work.folders, work.quality, originals, captions, quality_captions, measures,
+                               set(shard.indices(len(captions))), set(shard.indices(len(quality_captions))))
+    return {part: {name: gather_by_index(shard, values) for name, values in named.items()}
+            for part, named in mine.items()}
 
 
 def write_report(args, work: Work, measures: Measures, title: str,
                  sections: Callable[[dict, object], str] | None = None, made: object = None,
-                 ledger: Ledger | None = None) -> dict:
-    """Table 1 and its tables and figures from the steps' outputs (and the caller's ``sections``
-    of what its steps ``made``), timed as the metrics step of ``ledger``, and the projected and
-    measured cost of every step; writes table1.md and table1.json and returns the report."""
+                 ledger: Ledger | None = None, scores: dict | None = None) -> dict:
+    """Table 1 and its tables and figures from the steps' outputs and the prompts' ``scores``
+    (``measured_scores``; None: measured here), and the caller's ``sections`` of what its
+    steps ``made``, timed as the metrics step of ``ledger``, and the projected and measured
+    cost of every step; writes table1.md and table1.json and returns the report."""
     from metrics.cli import write_json
 
     with timed(ledger, plan.METRICS):
-        report, text = table_report(args, work, measures, title, sections, made)
+        report, text = table_report(args, work, measures, title, sections, made, scores)
     if ledger:
         report[plan.REPORT_KEY] = ledger.report()
         text += "\n" + ledger.markdown()
@@ -498,25 +528,21 @@ def write_report(args, work: Work, measures: Measures, title: str,
 
 
 def table_report(args, work: Work, measures: Measures, title: str,
-                 sections: Callable[[dict, object], str] | None = None, made: object = None) -> tuple[dict, str]:
+                 sections: Callable[[dict, object], str] | None = None, made: object = None,
+                 scores: dict | None = None) -> tuple[dict, str]:
     """The report and the markdown of ``write_report`` but the cost of the steps."""
     from experiments import locality, tables
     from metrics import plots
-    from utils.files import read_prompts, read_results
-    from utils.images import original_images
+    from utils.files import read_results
     from utils.layers import count_neurons
 
     frame = read_results(work.results, None)
     refined = dict(enumerate(frame["Refined Neurons"]))
-    prompts = read_prompts(args.dataset)
-    types = dict(enumerate(prompts["type"])) if "type" in prompts else {}
-    captions = dict(enumerate(prompts["Caption"]))
-    quality_captions = dict(enumerate(read_prompts(args.quality_prompts)["Caption"])) if args.quality_prompts else {}
-    originals = original_images(args.originals) if args.originals else {}
+    captions, types, quality_captions, originals = table_inputs(args)
     pruning, finetuning = work.pruning, work.finetuning
     report = tables.build_table(work.folders, work.quality, originals, captions, quality_captions, types,
                                 {i: count_neurons(cell) for i, cell in refined.items()}, measures,
-                                set(pruning["rows"]) if pruning else set())
+                                set(pruning["rows"]) if pruning else set(), scores)
     report["localization"] = {key: float(frame[column].median()) if column in frame else None
                               for key, column in (("seconds", "Seconds"), ("forwards", "UNet Sample Forwards"))}
     report["wanda"], report["finetuning"] = pruning, finetuning

@@ -1,9 +1,10 @@
 """The paper's Table 1 from the image folders of its rows (SPEC §6; paper Table 1).
 
 Pure table building: the folders are written by script 4 (``6_reproduce_table1.py`` runs it
-for every row); this module reads them, computes the columns per prompt and summarizes
-them per memorization type. With SSCD and CLIP weights the columns are the paper's; without
-them, weight-free stand-ins that the header names.
+for every row); this module reads them, computes the columns per prompt (``table_scores``,
+one process's share of the prompts under a launcher) and summarizes them per memorization
+type. With SSCD and CLIP weights the columns are the paper's; without them, weight-free
+stand-ins that the header names.
 """
 
 from __future__ import annotations
@@ -82,63 +83,92 @@ def _median_table(per_prompt: dict[int, float], types: dict[int, str]) -> dict:
 
 def _rate_table(per_prompt: dict[int, float], types: dict[int, str]) -> dict:
     """The mean over prompts of a per-prompt share, i.e. the share of all images (every prompt
-    has the same number), overall and per type."""
-    groups = {OVERALL: list(per_prompt), **{k: [p for p in per_prompt if types.get(p) == k] for k in MEMORIZATION_TYPES}}
+    has the same number), overall and per type; summed in prompt order, whichever process
+    measured which prompt."""
+    groups = {OVERALL: sorted(per_prompt),
+              **{k: sorted(p for p in per_prompt if types.get(p) == k) for k in MEMORIZATION_TYPES}}
     return {group: dict(mean=sum(per_prompt[p] for p in members) / len(members), n=len(members))
             for group, members in groups.items() if members}
 
 
-def folder_row(folder: str, plain: dict[int, torch.Tensor], originals: dict[int, str], captions: dict[int, str],
-                types: dict[int, str], measures: Measures, prompts: set[int] | None = None,
-                embedded: dict[int, torch.Tensor] | None = None) -> dict:
-    """Median over prompts (and MAD) per type of each column for one row's folder (only
-    ``prompts`` when given).
+def score_columns(measures: Measures) -> list[str]:
+    """The per-prompt columns of a row under ``measures`` (``folder_scores``)."""
+    columns = [measures.orig_name, measures.gen_name, measures.div_name]
+    if measures.align is not None and measures.align_memorized:
+        columns.append(measures.align_name)
+    if measures.references:
+        columns += [NEAREST, COPY_ANY, COPY_OTHER]
+    return columns
+
+
+def folder_scores(folder: str, plain: dict[int, torch.Tensor], originals: dict[int, str], captions: dict[int, str],
+                  measures: Measures, prompts: set[int] | None = None,
+                  embedded: dict[int, torch.Tensor] | None = None) -> dict[int, dict]:
+    """Each prompt's measures of one row's folder (only ``prompts`` when given): column -> value
+    (``score_columns``), and under "nearest" each image's nearest reference and similarity.
 
     plain: the embeddings [n, d] of each prompt's images with nothing changed (SSCD_Gen's reference).
     embedded: this folder's embeddings by prompt when already computed (the plain folder's are ``plain``).
     """
-    per_prompt = {measures.orig_name: {}, measures.gen_name: {}, measures.div_name: {}}
     aligned = measures.align is not None and measures.align_memorized
-    if aligned:
-        per_prompt[measures.align_name] = {}
-    if measures.references:
-        per_prompt.update({NEAREST: {}, COPY_ANY: {}, COPY_OTHER: {}})
-    per_image = {}
+    scores = {}
     for prompt, images in _prompt_images(folder, prompts):
         embeddings = embedded[prompt] if embedded else measures.embed(images)  # [n, d]
+        values = {}
         if prompt in originals:
-            original = load_images([originals[prompt]])[0]
-            per_prompt[measures.orig_name][prompt] = measures.orig(original, images, embeddings)
-        per_prompt[measures.gen_name][prompt] = sscd_gen_score(embeddings, plain[prompt])
-        per_prompt[measures.div_name][prompt] = diversity_score(embeddings)
+            values[measures.orig_name] = measures.orig(load_images([originals[prompt]])[0], images, embeddings)
+        values[measures.gen_name] = sscd_gen_score(embeddings, plain[prompt])
+        values[measures.div_name] = diversity_score(embeddings)
         if aligned:
-            per_prompt[measures.align_name][prompt] = measures.align(images, captions[prompt])
+            values[measures.align_name] = measures.align(images, captions[prompt])
         if measures.references:
             shared = embeddings if measures.references.embedder is measures.embed else None
             nearest = nearest_copies(measures.references, images, shared)  # embedded once
-            per_prompt[NEAREST][prompt] = median(nearest.similarity)
+            values[NEAREST] = median(nearest.similarity)
             for name, rate in nearest.copies(measures.references.threshold, measures.own_reference.get(prompt)).items():
-                per_prompt[{"copies_any": COPY_ANY, "copies_other": COPY_OTHER}[name]][prompt] = rate
-            per_image[prompt] = [[name, round(value, 4)] for name, value in zip(nearest.reference,
-                                                                               nearest.similarity.tolist())]
+                values[{"copies_any": COPY_ANY, "copies_other": COPY_OTHER}[name]] = rate
+            values["nearest"] = [[name, round(value, 4)] for name, value in zip(nearest.reference,
+                                                                              nearest.similarity.tolist())]
+        scores[prompt] = values
+    return scores
+
+
+def folder_row(scores: dict[int, dict], types: dict[int, str], measures: Measures) -> dict:
+    """Median over prompts (and MAD) per type of each column of one row (Copy_*: the mean), from
+    its prompts' ``folder_scores``."""
+    per_prompt = {column: {prompt: values[column] for prompt, values in scores.items() if column in values}
+                  for column in score_columns(measures)}
     row = {name: (_rate_table if name in RATES else _median_table)(values, types) for name, values in per_prompt.items()}
-    row["per_prompt"], row["nearest"] = per_prompt, per_image
+    row["per_prompt"] = per_prompt
+    row["nearest"] = {prompt: values["nearest"] for prompt, values in scores.items() if "nearest" in values}
     return row
 
 
-def quality_score(folder: str, captions: dict[int, str], measures: Measures) -> dict | None:
-    """Median alignment over the held-out prompts of ``folder`` (their original captions), and
-    the mean (less coarse where a prompt's alignment is a share of a few images)."""
+def quality_scores(folder: str, captions: dict[int, str], measures: Measures,
+                   prompts: set[int] | None = None) -> dict[int, float]:
+    """The alignment of each held-out prompt's images of ``folder`` with its original caption
+    (only ``prompts`` when given; prompts it cannot score left out)."""
     values = {}
-    for prompt, images in _prompt_images(folder):
+    for prompt, images in _prompt_images(folder, prompts):
         value = measures.align(images, captions[prompt])
         if value is not None:
             values[prompt] = value
+    return values
+
+
+def quality_summary(values: dict[int, float]) -> dict | None:
+    """Median alignment over the held-out prompts, and the mean (less coarse where a prompt's
+    alignment is a share of a few images)."""
     if not values:
         return None
     summary = summarize(values, {})
-    summary[OVERALL]["mean"] = sum(values.values()) / len(values)
+    summary[OVERALL]["mean"] = sum(values[prompt] for prompt in sorted(values)) / len(values)
     return summary
+
+
+def quality_score(folder: str, captions: dict[int, str], measures: Measures) -> dict | None:
+    """``quality_summary`` of every held-out prompt of ``folder``."""
+    return quality_summary(quality_scores(folder, captions, measures))
 
 
 def image_quality_score(folder: str, captions: dict[int, str], measures: Measures) -> dict:
@@ -169,15 +199,34 @@ def folder_cost(folder: str) -> dict:
     return cost
 
 
+def table_scores(folders: dict[str, str], quality_folders: dict[str, str], originals: dict[int, str],
+                 captions: dict[int, str], quality_captions: dict[int, str], measures: Measures,
+                 prompts: set[int] | None = None, held_out: set[int] | None = None) -> dict:
+    """The per-prompt measures of every row of Table 1 whose folder exists (``folder_scores``)
+    and of its held-out images (``quality_scores``); only ``prompts`` and ``held_out`` when
+    given (one process's share). Returns {"rows": name -> prompt -> scores, "quality": name ->
+    held-out prompt -> alignment}."""
+    names = [row.name for row in table_rows() if row.name in folders]
+    plain = {prompt: measures.embed(images) for prompt, images in _prompt_images(folders[PLAIN], prompts)}
+    rows = {name: folder_scores(folders[name], plain, originals, captions, measures, prompts,
+                                plain if name == PLAIN else None) for name in names}
+    quality = {name: quality_scores(quality_folders[name], quality_captions, measures, held_out)
+               for name in names if name in quality_folders and measures.align}
+    return dict(rows=rows, quality=quality)
+
+
 def build_table(folders: dict[str, str], quality_folders: dict[str, str], originals: dict[int, str],
                 captions: dict[int, str], quality_captions: dict[int, str], types: dict[int, str],
-                neurons: dict[int, int], measures: Measures, pruned_on: set[int] = frozenset()) -> dict:
+                neurons: dict[int, int], measures: Measures, pruned_on: set[int] = frozenset(),
+                scores: dict | None = None) -> dict:
     """Every row of Table 1 whose folder exists (row name -> folder), in the table's order.
 
     pruned_on: the prompts P the Wanda model was pruned on; its rows are over the others,
     and once more over P.
+    scores: ``table_scores`` of every prompt when already measured (by the processes of a launch).
     """
-    plain = {prompt: measures.embed(images) for prompt, images in _prompt_images(folders[PLAIN])}
+    if scores is None:
+        scores = table_scores(folders, quality_folders, originals, captions, quality_captions, measures)
     rows = {}
     for table_row in table_rows():
         name = table_row.name
@@ -189,20 +238,15 @@ def build_table(folders: dict[str, str], quality_folders: dict[str, str], origin
             subsets[name + IN_P] = set(pruned_on)
         counts = neurons if table_row.neurons else {prompt: 0 for prompt in neurons}
         for subset, prompts in subsets.items():
-            row = folder_row(folders[name], plain, originals, captions, types, measures, prompts,
-                             plain if name == PLAIN else None)
+            row = folder_row({p: values for p, values in scores["rows"][name].items() if p in prompts}, types, measures)
             row["neurons"] = _median_table({p: c for p, c in counts.items() if p in prompts}, types)
             row["cost"] = folder_cost(folders[name])
             rows[subset] = row
-        if name in quality_folders and measures.align:
-            rows[name]["quality"] = quality_score(quality_folders[name], quality_captions, measures)
+        if name in scores["quality"]:
+            rows[name]["quality"] = quality_summary(scores["quality"][name])
         if name in quality_folders and measures.image_quality:
             rows[name]["image_quality"] = image_quality_score(quality_folders[name], quality_captions, measures)
-    columns = ["neurons", measures.orig_name, measures.gen_name, measures.div_name]
-    if measures.align and measures.align_memorized:
-        columns.append(measures.align_name)
-    if measures.references:
-        columns += [NEAREST, COPY_ANY, COPY_OTHER]
+    columns = ["neurons"] + score_columns(measures)
     quality = f"{measures.align_name} (held-out prompts)" if quality_folders and measures.align else None
     image_quality = f"{measures.quality_name} (held-out prompts)" if quality_folders and measures.image_quality else None
     return dict(columns=columns, rows=rows, notes=list(measures.notes), quality_column=quality,

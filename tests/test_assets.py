@@ -21,7 +21,7 @@ from PIL import Image
 from benchmarks.loopback import Loopback, Route, random_image
 from tests.conftest import upstream_file
 from utils.assets import CATALOGUE, SD14, TRAINING_IMAGES, Asset, mirror_url, select, sscd_checkpoint
-from utils.download import DEAD_LINKS, MANIFEST, Settings, fetch_file, fetch_images, prompt_urls, read_manifest
+from utils.download import DEAD_LINKS, Settings, fetch_file, fetch_images, prompt_urls, read_manifest
 from utils.images import original_images
 
 fetch_assets = importlib.import_module("0_fetch_assets")

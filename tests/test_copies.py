@@ -1,5 +1,7 @@
 """Nearest copies among a whole reference set, and the image grids that show them."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -8,8 +10,8 @@ from torchvision.transforms.functional import to_tensor
 
 from metrics.copies import References, embedded_references, nearest_copies
 from metrics.embedders import PixelEmbedder
-from metrics.plots import GRID_CELL, GRID_LABEL_WIDTH, image_grid
 from metrics.pixel_ssim import pixel_ssim_matrix, ssim_to_original
+from metrics.plots import GRID_CELL, GRID_LABEL_WIDTH, image_grid
 
 
 def pictures(count, seed):
@@ -53,3 +55,41 @@ def test_grid_has_a_cell_per_image_and_a_row_per_prompt(tmp_path):
         header = grid.height - 2 * (GRID_CELL + 24)
         centre = grid.getpixel((GRID_LABEL_WIDTH + GRID_CELL // 2, header + GRID_CELL + 24 + GRID_CELL // 2))
         assert centre != (255, 255, 255)
+
+
+def test_the_table_from_two_shares_of_the_prompts_is_the_table_measured_at_once(tmp_path):
+    """Under a launcher each process scores its share of the prompts (tables.table_scores); the
+    table built from the two shares together is the one measured in one go."""
+    from experiments import tables
+    from experiments.rows import PLAIN, table_rows
+    from utils.generation import image_path
+
+    other = next(row.name for row in table_rows() if row.name != PLAIN)
+    folders = {name: str(tmp_path / f"row{k}") for k, name in enumerate((PLAIN, other))}
+    quality = {name: str(tmp_path / f"held_out{k}") for k, name in enumerate((PLAIN, other))}
+    for k, folder in enumerate([*folders.values(), *quality.values()]):
+        os.makedirs(folder)
+        for prompt in range(5):
+            for sample, image in enumerate(pictures(3, 100 * k + prompt)):
+                image.save(image_path(folder, prompt, sample))
+    originals = {}
+    for prompt, image in enumerate(pictures(5, 7)):
+        originals[prompt] = str(tmp_path / f"original_{prompt}.png")
+        image.save(originals[prompt])
+    measures = tables.embedder_measures(PixelEmbedder())
+    measures.align_name, measures.align = "A", lambda images, caption: float(len(caption) % 3) / len(images)
+    measures.references = embedded_references(PixelEmbedder(), list(originals.values()),
+                                              [f"o{p}" for p in originals], threshold=0.2)
+    captions = {p: "x" * (p + 1) for p in range(5)}
+    types = {p: "VM" if p < 3 else "TM" for p in range(5)}
+    table = lambda scores=None: tables.build_table(folders, quality, originals, captions, captions, types,
+                                                   {p: p for p in range(5)}, measures, scores=scores)
+    shares = [tables.table_scores(folders, quality, originals, captions, captions, measures,
+                                  {p for p in range(5) if p % 2 == rank}, {p for p in range(5) if p % 2 == rank})
+              for rank in range(2)]
+    merged = {part: {name: {**shares[0][part][name], **shares[1][part][name]} for name in shares[0][part]}
+              for part in shares[0]}
+    whole = table()
+    assert set(whole["rows"]) == {PLAIN, other} and whole["rows"][other]["quality"] is not None
+    assert table(merged) == whole
+    assert table(shares[0]) != whole  # one share alone is not the table

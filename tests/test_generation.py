@@ -59,3 +59,24 @@ def test_records_count_every_unet_sample_forward_and_backward(tiny_pipe, tmp_pat
     # per prompt: the adjustment's 2 latents x (2 passes + 1 final check), then 3 steps of 3 images, both branches
     assert [r["unet_sample_forwards"] for r in records] == [2 * 3 + 3 * 3 * 2] * 2
     assert [r["unet_sample_backwards"] for r in records] == [2 * 2] * 2 and records[0]["images"] == 3
+
+
+def test_each_process_of_a_launch_writes_its_own_records(tiny_pipe, tmp_path, monkeypatch):
+    """Process RANK > 0 appends to prompt_records.{RANK}.jsonl, not to the file rank 0 writes,
+    and a prompt recorded by any process is done for every one."""
+    import os
+
+    from utils.generation import RECORDS_NAME, generate_images, read_records
+
+    plain = lambda _index, caption, _latents: caption_condition(tiny_pipe, caption)
+    out = str(tmp_path)
+    for rank, captions in ((0, {0: "a red cat"}), (1, {1: "a blue dog"}), (12, {2: "a green hat"})):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "13")
+        generate_images(tiny_pipe, captions, plain, out, num_samples=1, steps=2)
+    names = sorted(name for name in os.listdir(out) if name.endswith(".jsonl"))
+    assert names == ["prompt_records.1.jsonl", "prompt_records.12.jsonl", RECORDS_NAME]
+    assert {p: r["caption"] for p, r in read_records(out).items()} == {0: "a red cat", 1: "a blue dog", 2: "a green hat"}
+    monkeypatch.setenv("RANK", "0")
+    assert generate_images(tiny_pipe, {0: "a red cat", 1: "a blue dog", 2: "a green hat"}, plain, out,
+                           num_samples=1, steps=2) == 0

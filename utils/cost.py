@@ -154,8 +154,9 @@ def calibrate(pipe, shapes: set[tuple[int, str]], image_batch: int, load_seconds
     device = unet.device
     tokens = pipe.tokenizer.model_max_length
     timestep = torch.tensor(CALIBRATION_TIMESTEP, device=device)
+    threads = torch.get_num_threads()
     timings = Timings(f"{device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-                                          f" ({torch.get_num_threads()} threads)"), load=load_seconds)
+                                          f" ({threads} thread{'s' if threads > 1 else ''})"), load=load_seconds)
 
     def call(batch: int, kind: str):
         latents = torch.randn(batch, *latent_shape(unet), device=device, dtype=unet.dtype)

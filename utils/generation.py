@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from utils.crashpoints import crash_point, step_callback
 from utils.defaults import GENERATION_SEED, GENERATION_STEPS, GUIDANCE_SCALE, NUM_SAMPLES, PROMPTS_PER_BATCH
 from utils.diffusion import encode_prompts, initial_latents, latent_shape
+from utils.distributed import Shard
 from utils.files import drop_partial_line
 from utils.hooks import count_samples
 from utils.outputs import remove_leftovers, save_image
@@ -30,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 IMAGE_NAME = "img_{prompt:04d}_{sample:02d}.jpg"
 RECORDS_NAME = "prompt_records.jsonl"  # one line per generated prompt: what was done, its cost
+# under a launcher, process RANK > 0 writes its lines here: no two processes append to one file,
+# which a shared file system (NFS) does not keep whole
+RANK_RECORDS_NAME = "prompt_records.{rank}.jsonl"
+RANK_RECORDS = re.compile(r"prompt_records\.([1-9][0-9]*)\.jsonl")
 CONFIG_NAME = "config.json"  # the run's flags, prompts and neurons (the authors' script 4 writes it too)
 
 
@@ -168,13 +174,14 @@ def generate_images(pipe, captions: dict[int, str], prepare: Prepare, output: st
                     num_samples: int = NUM_SAMPLES, batch_size: int = PROMPTS_PER_BATCH, **settings) -> int:
     """Write ``img_{prompt:04d}_{sample:02d}.jpg`` for every prompt of ``captions`` (prompt
     index -> caption), ``batch_size`` prompts a pipeline call with all their ``num_samples``
-    images, each image atomically, then a line per prompt in ``prompt_records.jsonl``. Prompts
-    done already (``prompt_done``) are skipped, so a killed run continues. The folder's
-    settings are the caller's to check (``utils.outputs.claim_output``). Returns the prompts
-    generated."""
+    images, each image atomically, then a line per prompt in ``prompt_records.jsonl`` (under a
+    launcher, process RANK > 0 in ``prompt_records.{RANK}.jsonl``). Prompts done already
+    (``prompt_done``) are skipped, so a killed run continues. The folder's settings are the
+    caller's to check (``utils.outputs.claim_output``). Returns the prompts generated."""
     os.makedirs(output, exist_ok=True)
     remove_leftovers(output)
-    records_path = os.path.join(output, RECORDS_NAME)
+    rank = Shard.from_env().rank
+    records_path = os.path.join(output, RANK_RECORDS_NAME.format(rank=rank) if rank else RECORDS_NAME)
     if os.path.exists(records_path):
         drop_partial_line(records_path)  # what a killed run left half written
     done = read_records(output)
@@ -204,19 +211,26 @@ def generate_images(pipe, captions: dict[int, str], prepare: Prepare, output: st
     return len(pending)
 
 
+def records_files(output: str) -> list[str]:
+    """``output``'s record files: ``prompt_records.jsonl``, then each process's by rank."""
+    ranks = sorted(int(match[1]) for match in map(RANK_RECORDS.fullmatch, os.listdir(output)) if match)
+    names = [RECORDS_NAME] + [RANK_RECORDS_NAME.format(rank=rank) for rank in ranks]
+    return [os.path.join(output, name) for name in names if os.path.exists(os.path.join(output, name))]
+
+
 def read_records(output: str) -> dict[int, dict]:
-    """The last record of each prompt in ``output``'s ``prompt_records.jsonl`` (empty if none)."""
-    path = os.path.join(output, RECORDS_NAME)
-    if not os.path.exists(path):
+    """The last record of each prompt in ``output``'s record files (``records_files``; empty if none)."""
+    if not os.path.isdir(output):
         return {}
     records = {}
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                records[int(record["prompt"])] = record
-            except (ValueError, KeyError):
-                raise ValueError(f"{path} line {number}: expected a JSON object with a 'prompt' key") from None
+    for path in records_files(output):
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    records[int(record["prompt"])] = record
+                except (ValueError, KeyError):
+                    raise ValueError(f"{path} line {number}: expected a JSON object with a 'prompt' key") from None
     return records

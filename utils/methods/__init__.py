@@ -13,7 +13,9 @@ folder (imported here by discovery) and its tests.
 import importlib
 import pkgutil
 
-from utils.methods.registry import DETECTORS, MITIGATIONS, ROWS  # noqa: F401
+from utils.methods.registry import DETECTORS, MITIGATIONS, ROWS
+
+__all__ = ["DETECTORS", "MITIGATIONS", "ROWS", "PACKAGES"]  # every registry entry, once every package is imported
 
 # The paper's methods register first, in this order (script 4's flags and script 2's scores
 # are listed in it); later packages follow by name.
