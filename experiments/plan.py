@@ -205,10 +205,14 @@ def show(steps: list[Step], timings: Timings, processes: int = 1) -> str:
     return text
 
 
-def prepared(steps: list[Step], args, measures=None, processes: int = 1) -> Ledger:
-    """The steps of a run calibrated on ``args``' model and printed: what a Table-1 run does first."""
+def prepared(steps: list[Step], args, measures=None, shard=None) -> Ledger:
+    """The steps of a run calibrated on ``args``' model and printed: what a Table-1 run does
+    first. Under a launcher (``shard``) every process calibrates at once, so that the times hold
+    what the processes share (a CPU's cores and memory); rank 0 prints the plan."""
+    processes = shard.world_size if shard else 1
     timings = calibrate(steps, args, measures, processes)
-    show(steps, timings, processes)
+    if shard is None or shard.rank == 0:
+        show(steps, timings, processes)
     return Ledger(steps, timings, processes)
 
 

@@ -450,8 +450,8 @@ def run(args, measures: Measures, title: str, claim: bool = True,
     further sections, added to the report and the table before both are written.
 
     First the plan: every step's work and projected time (``plan_steps``, ``experiments.plan``),
-    printed by rank 0, which calibrates on the model while the others wait; ``ledger``: the
-    caller's plan instead (its own steps among them). With --plan that is all (nothing is
+    calibrated by every process at once and printed by rank 0; ``ledger``: the caller's plan
+    instead (its own steps among them). With --plan that is all (nothing is
     written; returns ``{"plan": ...}``); otherwise every step is timed and table1.md gets the
     projection beside what each took.
 
@@ -467,11 +467,11 @@ def run(args, measures: Measures, title: str, claim: bool = True,
     with distributed.process_group(resolve_device(args.device)) as shard:
         if claim and not args.plan:
             claim_table_folder(args, args.output, shard)
-        if ledger is None and shard.rank == 0:
-            ledger = plan.prepared(plan_steps(args, rows, attack_neuron_sets), args, measures, shard.world_size)
+        if ledger is None:
+            ledger = plan.prepared(plan_steps(args, rows, attack_neuron_sets), args, measures, shard)
         if args.plan:
             return {"plan": ledger.report() if ledger else None}
-        distributed.barrier(shard)  # the plan's calibration had the device to itself
+        distributed.barrier(shard)  # every process's calibration is over
         work = run_steps(args, rows, shard, attack_neuron_sets, ledger)
         made = steps(ledger) if steps else None
         distributed.barrier(shard)

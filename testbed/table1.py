@@ -314,7 +314,8 @@ def add_args(parser) -> None:
                              "(script 6's --plan)")
     parser.add_argument("--dori", action="store_true",
                         help="also adversarial fine-tuning and the Dori attack on every mitigation (scripts 8, 9; "
-                             "about 25 minutes on 2 CPU cores for 12 VM prompts)")
+                             "with 12 VM prompts the whole table takes 73 minutes on 2 CPU cores in two processes, "
+                             "BENCHMARKS.md)")
     parser.add_argument("--dori_type", choices=ATTACK_TYPES, default=ATTACK_TYPE,
                         help="with --dori: the memorized prompts attacked and erased (script 6's default: VM, as the paper)")
     parser.add_argument("--memorization_threshold", type=cli.positive_float, default=None,
@@ -345,10 +346,8 @@ def run(args) -> dict:
             return run_bed(args, bed, counts, out, shard)
         with tempfile.TemporaryDirectory() as inputs:  # the run's inputs, written nowhere else
             run = bed_run(args, bed, counts, out, inputs)
-            if shard.rank == 0:
-                write_inputs(args, bed, run, inputs)
-            ledger = bed_plan(args, run, out, shard)
-            return {"plan": ledger.report() if ledger else None}
+            write_inputs(args, bed, run, inputs)  # each process its own: every process calibrates
+            return {"plan": bed_plan(args, run, out, shard).report()}
 
 
 @dataclass
@@ -425,14 +424,12 @@ def bed_steps(run: BedRun, out: str) -> tuple[list[plan.Step], list[plan.Step]]:
     return before, after
 
 
-def bed_plan(args, run: BedRun, out: str, shard) -> plan.Ledger | None:
-    """Rank 0's calibrated and printed plan of the bed's run (its inputs written); None elsewhere."""
-    if shard.rank:
-        return None
+def bed_plan(args, run: BedRun, out: str, shard) -> plan.Ledger:
+    """The calibrated plan of the bed's run (its inputs written), printed by rank 0."""
     before, after = bed_steps(run, out)
     steps = reproduce.plan_steps(run.config, chosen_rows(args.rows, args.dori),
                                  {PLANTED_OFF: run.truth_file} if run.truth_file else None, before, after)
-    return plan.prepared(steps, run.config, run.measures, shard.world_size)
+    return plan.prepared(steps, run.config, run.measures, shard)
 
 
 def run_bed(args, bed: Bed, counts: dict[str, int], out: str, shard: distributed.Shard) -> dict:
@@ -442,7 +439,7 @@ def run_bed(args, bed: Bed, counts: dict[str, int], out: str, shard: distributed
         write_inputs(args, bed, run, out)
     distributed.barrier(shard)
     ledger = bed_plan(args, run, out, shard)
-    distributed.barrier(shard)  # the plan's calibration had the device to itself
+    distributed.barrier(shard)  # every process's calibration is over
     with plan.timed(ledger, STATISTICS_STEP):
         cli.run_step(statistics, **run.statistics)
     if run.threshold:
