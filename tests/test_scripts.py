@@ -189,7 +189,8 @@ def test_bad_inputs_are_one_line_errors(tiny_model_dir, prompt_files, statistics
     with pytest.raises(ValueError, match="--neurons: malformed neuron list"):
         script[5].main(["-v", tiny_model_dir, "-o", str(tmp_path / "p"), "--neurons", "[[1], []"])
     with pytest.raises(ValueError, match="could not load model .*pass a local diffusers folder"):
-        script[1].main(["-v", str(tmp_path / "no_model"), "--prompts", prompt_files["unmemorized"]])
+        script[1].main(["-v", str(tmp_path / "no_model"), "--prompts", prompt_files["unmemorized"],
+                        "--output", str(tmp_path / "statistics.pt")])
 
 
 def test_command_line_error_is_one_line(tmp_path):
