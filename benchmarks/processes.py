@@ -41,24 +41,19 @@ def comparable(value, output: str):
     return value
 
 
-def differences(one, two, path: str = "") -> list[str]:
-    """Where two comparable reports differ (at most the first few keys)."""
+def differing(one, two, path: str = "") -> list[tuple[str, object, object]]:
+    """(path, value in one, value in two) wherever two comparable reports differ."""
     if isinstance(one, dict) and isinstance(two, dict):
-        return [d for k in sorted(set(one) | set(two), key=str) for d in differences(one.get(k), two.get(k), f"{path}/{k}")]
+        return [d for k in sorted(set(one) | set(two), key=str) for d in differing(one.get(k), two.get(k), f"{path}/{k}")]
     if isinstance(one, list) and isinstance(two, list) and len(one) == len(two):
-        return [d for i, (a, b) in enumerate(zip(one, two)) for d in differences(a, b, f"{path}[{i}]")]
-    return [] if one == two else [f"{path}: {one!r} != {two!r}"]
+        return [d for i, (a, b) in enumerate(zip(one, two)) for d in differing(a, b, f"{path}[{i}]")]
+    return [] if one == two else [(path, one, two)]
 
 
-def largest_relative_difference(one, two) -> float:
-    """The largest |a - b| / |a| over the numbers where two comparable reports differ."""
-    if isinstance(one, dict) and isinstance(two, dict):
-        return max([largest_relative_difference(one[k], two[k]) for k in one.keys() & two.keys()], default=0.0)
-    if isinstance(one, list) and isinstance(two, list):
-        return max([largest_relative_difference(a, b) for a, b in zip(one, two)], default=0.0)
-    if isinstance(one, (int, float)) and isinstance(two, (int, float)) and one != two:
-        return abs(one - two) / max(abs(one), 1e-12)
-    return 0.0
+def largest_relative_difference(pairs: list[tuple[str, object, object]]) -> float:
+    """The largest |a - b| / |a| over the numbers of ``differing``'s pairs."""
+    return max([abs(a - b) / max(abs(a), 1e-12) for _, a, b in pairs
+                if isinstance(a, (int, float)) and isinstance(b, (int, float))], default=0.0)
 
 
 def timed_run(command: list[str], threads: int, log: str) -> float:
@@ -89,13 +84,14 @@ def main(argv=None) -> dict:
     }
     raw = {n: json.load(open(os.path.join(out, "table1.json"))) for n, out in outputs.items()}
     reports = {n: comparable(report, outputs[n]) for n, report in raw.items()}
-    found = differences(reports[1], reports[2])
+    pairs = differing(reports[1], reports[2])
+    found = [f"{path}: {a!r} != {b!r}" for path, a, b in pairs]
     neurons = {n: pd.read_csv(os.path.join(out, "memorization_statistics.csv"), sep=";")[["Initial Neurons", "Refined Neurons"]]
                for n, out in outputs.items()}
     if not neurons[1].equals(neurons[2]):
         found.append("memorization_statistics.csv: other neurons")
     result = dict(seconds=seconds, ratio=seconds[1] / seconds[2], differences=found,
-                  largest_relative_difference=largest_relative_difference(reports[1], reports[2]))
+                  largest_relative_difference=largest_relative_difference(pairs))
     for n, label in ((1, "1 process x 2 threads"), (2, "2 processes x 1 thread")):
         print(f"\n{label}: the plan against the run\n\n" + plan_benchmark.comparison(raw[n][plan.REPORT_KEY]))
     print(f"1 process x 2 threads: {seconds[1]:.0f} s; 2 processes x 1 thread (torchrun): {seconds[2]:.0f} s; "
