@@ -326,7 +326,7 @@ def add_args(parser) -> None:
     parser.add_argument("--finetune_schedule", choices=SCHEDULES, default=SCHEDULE,
                         help="script 9's --schedule under a launcher: images (data-parallel over the memorized images, "
                              "a model of its own per number of processes) or single (one process's updates, each "
-                             "batch split over the processes; default: images, as script 6)")
+                             "batch split over the processes; ours, as script 6 and 9: utils/methods/dori)")
     cli.add_run_args(parser, resumable=False, limit=False)
     parser.set_defaults(log_level="WARNING")
 
